@@ -1,0 +1,373 @@
+"""Frame-accurate video decoding behind one interface (decord or PyAV), plus JPEG frame folders.
+
+"Frame i" always means the i-th frame a plain forward decode presents (for VFR files too). Backends may
+seek to get there faster only where seeking has been shown to land on the same frames; elsewhere they
+decode forward from the start. Every failure to deliver exactly the requested frames raises
+VideoDecodeError; nothing returns fewer frames or neighbouring frames silently.
+
+Readers are opened inside the call (never shared across DataLoader workers) with one decoder thread:
+the parallelism is the DataLoader's workers.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+BACKENDS = ("auto", "decord", "pyav")
+
+# Containers with per-sample timestamps and a keyframe index: seeking there is frame-accurate (see
+# tests/data/test_decode.py). AVI with B-frames and MPEG program streams are not: decord returns
+# neighbouring frames after seeks there, so they are decoded forward from the start.
+SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
+SEEKABLE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot deliver the requested frames. ``str(e)`` is one line: ``path: reason``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        # DataLoader workers re-raise exceptions as ``type(e)(message)``: accept a single argument too.
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split()) if reason is not None else ""
+        super().__init__(f"{self.path}: {self.reason}" if reason is not None else self.path)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+def _check_indices(indices: Sequence[int]) -> list[int]:
+    out = [int(i) for i in indices]
+    if not out:
+        raise ValueError("indices must not be empty")
+    if min(out) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(out)}")
+    return out
+
+
+def _pick(frames: dict[int, np.ndarray], indices: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class _PyAVReader:
+    """PyAV: seeks by presentation timestamps in seekable containers, decodes forward elsewhere."""
+
+    def __init__(self, path: str, seek: bool | None = None) -> None:
+        import av
+
+        av.logging.set_level(av.logging.PANIC)  # failures surface as exceptions, not as stderr noise
+        self.path = path
+        try:
+            self._container = av.open(path)
+        except Exception as exc:  # noqa: BLE001 - any failure to open is a property of the file
+            raise VideoDecodeError(path, f"cannot open: {_one_line(exc)}") from None
+        try:
+            if not self._container.streams.video:
+                raise VideoDecodeError(path, "no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_count = 1
+            rate = self._stream.average_rate or self._stream.guessed_rate
+            self.fps = float(rate) if rate else 0.0
+            if seek is None:
+                seek = any(name in SEEKABLE_FORMATS for name in self._container.format.name.split(","))
+            self._build_index(seek)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _build_index(self, seek: bool) -> None:
+        """Demux every packet once (no decoding): frame count, presentation timestamps and keyframes."""
+        pts, keys = [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0 or packet.is_discard:
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append((packet.pts, packet.dts))
+        except Exception as exc:  # noqa: BLE001 - a demux error after some packets is a truncated file
+            if not pts:
+                raise VideoDecodeError(self.path, f"cannot read packets: {_one_line(exc)}") from None
+        if not pts:
+            raise VideoDecodeError(self.path, "video stream has no frames")
+        self.num_frames = len(pts)
+        self._seekable = seek and None not in pts and bool(keys) and all(k[1] is not None for k in keys)
+        if self._seekable:
+            self._pts = sorted(pts)
+            self._keys = sorted(keys)
+        self._rewind()
+
+    def _rewind(self) -> None:
+        # Reopen rather than seek to 0: in program streams and AVI a seek to 0 is not guaranteed to land
+        # on the first frame, and the forward decode is what defines the frame order.
+        import av
+
+        self._container.close()
+        self._container = av.open(self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = 1
+        self._frames = self._container.decode(self._stream)
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = _check_indices(indices)
+        if max(indices) >= self.num_frames:
+            raise VideoDecodeError(
+                self.path, f"frame {max(indices)} requested but the video has {self.num_frames} frames"
+            )
+        wanted = sorted(set(indices))
+        frames = self._get_by_seeking(wanted) if self._seekable else None
+        if frames is None:
+            frames = self._get_forward(wanted)
+        return _pick(frames, indices)
+
+    def _get_forward(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        self._rewind()
+        need, last, out, decoded = set(wanted), wanted[-1], {}, 0
+        try:
+            for frame in self._frames:
+                if decoded in need:
+                    out[decoded] = frame.to_ndarray(format="rgb24")
+                if decoded == last:
+                    return out
+                decoded += 1
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(
+                self.path,
+                f"frame {last} requested but decoding fails after frame {decoded - 1} "
+                f"(the container lists {self.num_frames}): {_one_line(exc)}",
+            ) from None
+        raise VideoDecodeError(
+            self.path, f"frame {last} requested but only {decoded} frames decode (the container lists {self.num_frames})"
+        )
+
+    def _get_by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray] | None:
+        """Seek to the keyframe before each run of wanted frames and decode forward, matching by pts.
+
+        Returns None when the decoder does not present the timestamps the index promised; the caller
+        then decodes forward from the start, which is the definition of the frame order.
+        """
+        out: dict[int, np.ndarray] = {}
+        targets = {self._pts[i]: i for i in wanted}
+        position = None  # pts of the last frame decoded without a seek since
+        try:
+            for i in wanted:
+                if i in out:
+                    continue
+                target = self._pts[i]
+                key = bisect.bisect_right(self._keys, (target, float("inf"))) - 1
+                if key < 0:
+                    return None
+                key_pts, key_dts = self._keys[key]
+                # Keep decoding forward when the next wanted frame lies inside the GOP we are already in.
+                if position is None or position >= target or key_pts > position:
+                    self._container.seek(key_dts, stream=self._stream, backward=True, any_frame=False)
+                    self._frames = self._container.decode(self._stream)
+                    position = None
+                for frame in self._frames:
+                    if frame.pts is None or (position is None and frame.pts > target):
+                        return None  # the seek landed after the frame we want
+                    position = frame.pts
+                    if position in targets and targets[position] not in out:
+                        out[targets[position]] = frame.to_ndarray(format="rgb24")
+                    if position >= target:
+                        break
+                if i not in out:
+                    return None
+        except Exception:  # noqa: BLE001 - the forward decode reports what is wrong with the file
+            return None
+        return out
+
+    def close(self) -> None:
+        self._container.close()
+
+
+class _DecordReader:
+    """decord (the maintained ``decord2`` fork): fast seeks, trusted only in SEEKABLE containers."""
+
+    def __init__(self, path: str) -> None:
+        import decord
+
+        self.path = path
+        try:
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            self.num_frames = len(self._reader)
+            self.fps = float(self._reader.get_avg_fps())
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(path, f"cannot open: {_decord_reason(exc)}") from None
+        if self.num_frames <= 0:
+            raise VideoDecodeError(path, "video stream has no frames")
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = _check_indices(indices)
+        if max(indices) >= self.num_frames:
+            raise VideoDecodeError(
+                self.path, f"frame {max(indices)} requested but the video has {self.num_frames} frames"
+            )
+        wanted = sorted(set(indices))
+        try:
+            batch = self._reader.get_batch(wanted).asnumpy()
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(self.path, f"decoding failed: {_decord_reason(exc)}") from None
+        if batch.shape[0] != len(wanted):
+            raise VideoDecodeError(self.path, f"decoder returned {batch.shape[0]} of {len(wanted)} frames")
+        return _pick(dict(zip(wanted, batch)), indices)
+
+    def close(self) -> None:
+        del self._reader
+
+
+def _decord_reason(exc: BaseException) -> str:
+    # decord's messages carry a C++ stack location before the useful part.
+    text = " ".join(str(exc).split())
+    marker = "Check failed:"
+    return text[text.rfind(marker):][:300] if marker in text else text[:300]
+
+
+def _choose_backend(path: str, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown decode backend {backend!r}; one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    return "decord" if Path(path).suffix.lower() in SEEKABLE_SUFFIXES else "pyav"
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "file not found")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "file is empty (0 bytes)")
+
+
+class VideoReader:
+    """One open video; read several index sets (test views) without reopening.
+
+    ``num_frames`` is what the container lists (exact for intact files, found without decoding);
+    ``get`` raises VideoDecodeError when a requested frame lies beyond what actually decodes.
+    In "auto" mode a decord failure is retried with PyAV, whose diagnosis is the one reported.
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: str = "auto") -> None:
+        self.path = str(path)
+        self.backend = _choose_backend(self.path, backend)
+        _check_file(self.path)
+        self._auto = backend == "auto"
+        self._impl = self._open(self.backend)
+        self.num_frames: int = self._impl.num_frames
+        self.fps: float = self._impl.fps
+
+    def _open(self, backend: str):
+        if backend == "decord":
+            try:
+                return _DecordReader(self.path)
+            except VideoDecodeError:
+                if not self._auto:
+                    raise
+                self.backend = "pyav"
+        return _PyAVReader(self.path)
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        """uint8 (K, H, W, 3): the frames at ``indices`` (repeats and any order allowed)."""
+        try:
+            return self._impl.get(indices)
+        except VideoDecodeError:
+            if not (self._auto and self.backend == "decord"):
+                raise
+        self._impl.close()
+        self.backend = "pyav"
+        self._impl = _PyAVReader(self.path)
+        return self._impl.get(indices)
+
+    def close(self) -> None:
+        self._impl.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int], backend: str = "auto") -> torch.Tensor:
+    """uint8 (len(indices), H, W, 3): exactly the frames at ``indices``; raises VideoDecodeError."""
+    with VideoReader(path, backend) as reader:
+        return reader.get(indices)
+
+
+def count_frames(path: str | os.PathLike, backend: str = "auto") -> int:
+    """The number of frames a forward decode actually delivers (decodes the whole file, no RGB).
+
+    "auto" counts with PyAV: it skips the RGB conversion and names the problem when nothing decodes.
+    """
+    path = str(path)
+    _choose_backend(path, backend)
+    _check_file(path)
+    if backend == "decord":
+        return _count_decord(path)
+    return _count_pyav(path)
+
+
+def _count_pyav(path: str) -> int:
+    reader = _PyAVReader(path, seek=False)
+    count = 0
+    try:
+        for _ in reader._frames:
+            count += 1
+    except Exception as exc:  # noqa: BLE001 - a truncated tail: the frames before it are real
+        if count == 0:
+            raise VideoDecodeError(path, f"no frame decodes: {_one_line(exc)}") from None
+    finally:
+        reader.close()
+    if count == 0:
+        raise VideoDecodeError(path, "no frame decodes")
+    return count
+
+
+def _count_decord(path: str) -> int:
+    reader = _DecordReader(path)
+    count = 0
+    try:
+        for _ in range(reader.num_frames):
+            reader._reader.next()
+            count += 1
+    except Exception as exc:  # noqa: BLE001
+        if count == 0:
+            raise VideoDecodeError(path, f"no frame decodes: {_decord_reason(exc)}") from None
+    return count
+
+
+def read_frame_folder(
+    dirpath: str | os.PathLike,
+    indices: Sequence[int],
+    template: str = "img_{:05d}.jpg",
+    start: int = 1,
+) -> torch.Tensor:
+    """uint8 (K, H, W, 3) from image files named ``template.format(start + index)``."""
+    from PIL import Image
+
+    indices = _check_indices(indices)
+    dirpath = str(dirpath)
+    if not os.path.isdir(dirpath):
+        raise VideoDecodeError(dirpath, "frame folder not found")
+    frames: dict[int, np.ndarray] = {}
+    for i in sorted(set(indices)):
+        name = os.path.join(dirpath, template.format(start + i))
+        try:
+            with Image.open(name) as image:
+                frames[i] = np.asarray(image.convert("RGB"))
+        except FileNotFoundError:
+            raise VideoDecodeError(dirpath, f"frame {i} missing: {os.path.basename(name)}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(dirpath, f"frame {i} ({os.path.basename(name)}) unreadable: {_one_line(exc)}") from None
+    shapes = {f.shape for f in frames.values()}
+    if len(shapes) > 1:
+        raise VideoDecodeError(dirpath, f"frames differ in size: {sorted(shapes)}")
+    return _pick(frames, indices)
