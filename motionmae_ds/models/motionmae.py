@@ -1,0 +1,206 @@
+"""The MotionMAE pretraining model: a ViT encoder on visible tokens and two decoders, the space
+head (masked frame pixels) and the time head (masked temporal differences), each with its loss."""
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from motionmae_ds.models import targets as tg
+from motionmae_ds.models.decoder import Decoder
+from motionmae_ds.models.registry import resolve_size
+from motionmae_ds.models.validation import (
+    ModelConfigError, check_choice, check_fraction, check_positive_int, reject_unknown,
+)
+from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
+
+DECODER_MODES = ("divide", "shared")
+TARGETS = ("frame", "motion", "frame_motion")
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MotionMAE(nn.Module):
+    """Build through `build_pretrain_model`, which resolves the registry and checks every value.
+
+    forward(videos, mask, return_pred=False): videos (B, C, T, H, W) normalised by mean/std, mask
+    bool (B, N) with True = masked and the same count in every row. Returns fp32 "loss",
+    "loss_frame", "loss_motion" (0 for a target not trained) and, with return_pred, "pred_frame" /
+    "pred_motion" (B, N_masked, P) in ascending token order and "target_frame" / "target_motion"
+    (B, N, P) for every token."""
+
+    def __init__(self, *, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
+                 embed_dim: int, depth: int, num_heads: int, decoder_embed_dim: int, decoder_depth: int,
+                 decoder_num_heads: int, decoder_mode: str, pos_embed: str, target: str, norm_target: bool,
+                 motion_granularity: int, motion_signed: bool, loss_type: str, loss_weight_frame: float,
+                 loss_weight_motion: float, drop_path_rate: float, grad_checkpointing: bool,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        check_choice("decoder_mode", decoder_mode, DECODER_MODES)
+        check_choice("target", target, TARGETS)
+        check_choice("loss_type", loss_type, LOSSES)
+        check_fraction("drop_path_rate", drop_path_rate, low_open=False, high_open=True)
+        check_positive_int("motion_granularity", motion_granularity)
+        if motion_granularity >= num_frames:
+            raise ModelConfigError(f"motion_granularity={motion_granularity} leaves no frame difference "
+                                   f"in a clip of num_frames={num_frames}")
+        for key, w in (("loss_weight_frame", loss_weight_frame), ("loss_weight_motion", loss_weight_motion)):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+                raise ModelConfigError(f"{key}={w!r} must be a number >= 0")
+        for key, values in (("mean", mean), ("std", std)):
+            if len(values) != in_chans:
+                raise ModelConfigError(f"{key}={tuple(values)} needs one value per channel (in_chans={in_chans})")
+        if any(s <= 0 for s in std):
+            raise ModelConfigError(f"std={tuple(std)} must be positive")
+
+        self.patch_size, self.tubelet_size, self.in_chans = patch_size, tubelet_size, in_chans
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.norm_target, self.loss_type = bool(norm_target), loss_type
+        self.motion_granularity, self.motion_signed = motion_granularity, bool(motion_signed)
+        self.decoder_mode = decoder_mode
+        self.train_frame = target in ("frame", "frame_motion")
+        self.train_motion = target in ("motion", "frame_motion")
+        self.loss_weight_frame, self.loss_weight_motion = float(loss_weight_frame), float(loss_weight_motion)
+
+        self.encoder = VisionTransformerEncoder(
+            num_frames, img_size, patch_size, tubelet_size, in_chans, embed_dim, depth, num_heads,
+            drop_path_rate=drop_path_rate, pos_embed=pos_embed, final_norm=True,
+            grad_checkpointing=grad_checkpointing)
+        self.grid = self.encoder.grid
+        self.num_tokens = self.encoder.num_tokens
+        self.patch_dim = tubelet_size * patch_size * patch_size * in_chans
+        decoder_kwargs = dict(encoder_dim=embed_dim, grid=self.grid, dim=decoder_embed_dim, depth=decoder_depth,
+                              num_heads=decoder_num_heads, out_dim=self.patch_dim, pos_embed=pos_embed,
+                              drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing)
+        if decoder_mode == "divide":
+            # Only the heads a target needs exist: an idle head would hold parameters without grads.
+            if self.train_frame:
+                self.space_head = Decoder(**decoder_kwargs)
+            if self.train_motion:
+                self.time_head = Decoder(**decoder_kwargs)
+        else:
+            names = [n for n, on in (("head_frame", self.train_frame), ("head_motion", self.train_motion)) if on]
+            self.decoder = Decoder(head_names=names, **decoder_kwargs)
+        self.apply(init_vit_weights)
+        for module in self.modules():
+            if isinstance(module, Decoder):
+                nn.init.trunc_normal_(module.mask_token, std=0.02)
+
+    # -- patches and targets -------------------------------------------------------------------
+    def patchify(self, videos: torch.Tensor) -> torch.Tensor:
+        return tg.patchify(videos, self.patch_size, self.tubelet_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        return tg.unpatchify(patches, self.grid, self.patch_size, self.tubelet_size)
+
+    def unnormalize(self, videos: torch.Tensor) -> torch.Tensor:
+        """Loader-normalised clip -> fp32 pixels in [0, 1]."""
+        return tg.unnormalize(videos, self.mean, self.std)
+
+    def _finish_target(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = self.patchify(pixels)
+        return tg.normalize_per_token(patches, self.in_chans) if self.norm_target else patches
+
+    @torch.no_grad()
+    def frame_target(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, N, P) fp32 frame target of a loader-normalised clip (computed on its [0, 1] pixels)."""
+        return self._finish_target(self.unnormalize(videos))
+
+    @torch.no_grad()
+    def motion_target(self, videos: torch.Tensor) -> torch.Tensor:
+        """(B, N, P) fp32 motion target: patches of |x_{t+g} - x_t| (or signed) on [0, 1] pixels."""
+        diff = tg.temporal_difference(self.unnormalize(videos), self.motion_granularity, self.motion_signed)
+        return self._finish_target(diff)
+
+    # -- forward -------------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
+            module.set_grad_checkpointing(enabled)
+
+    def _token_order(self, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Visible token ids then masked ones, each ascending, and the visible count; both heads
+        share this bookkeeping."""
+        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
+            raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
+                                   f"{tuple(mask.shape)}")
+        lo, hi = (int(v) for v in mask.sum(dim=1).aminmax())  # the step's one host sync
+        if lo != hi or not 0 < lo < self.num_tokens:
+            raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
+                                   f"got counts from {lo} to {hi}")
+        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        return order, self.num_tokens - lo
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return LOSSES[self.loss_type](pred.float(), target).float()
+
+    def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False) -> dict[str, torch.Tensor]:
+        order, n_vis = self._token_order(mask)
+        masked_ids = order[:, n_vis:, None].expand(-1, -1, self.patch_dim)
+        x_vis = self.encoder(videos, order[:, :n_vis])
+
+        preds = {}
+        if self.decoder_mode == "divide":
+            if self.train_frame:
+                preds["frame"] = self.space_head.head(self.space_head(x_vis, order))
+            if self.train_motion:
+                preds["motion"] = self.time_head.head(self.time_head(x_vis, order))
+        else:
+            features = self.decoder(x_vis, order)
+            for kind in ("frame", "motion"):
+                if hasattr(self.decoder, f"head_{kind}"):
+                    preds[kind] = getattr(self.decoder, f"head_{kind}")(features)
+
+        zero = torch.zeros((), dtype=torch.float32, device=videos.device)
+        out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
+        full_targets = {}
+        if self.train_frame or return_pred:
+            full_targets["frame"] = self.frame_target(videos)
+        if self.train_motion or return_pred:
+            full_targets["motion"] = self.motion_target(videos)
+        weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
+        for kind, pred in preds.items():
+            pred = pred.float()
+            out[f"loss_{kind}"] = self._loss(pred, torch.gather(full_targets[kind], 1, masked_ids))
+            out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
+            if return_pred:
+                out[f"pred_{kind}"] = pred
+        if return_pred:
+            out.update({f"target_{k}": v for k, v in full_targets.items()})
+        return out
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay beyond the usual 1-D ones (mask tokens are 3-D)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("mask_token")}
+
+
+def build_pretrain_model(
+    name: str = "vit_base", num_frames: int = 16, img_size: int = 224, patch_size: int = 16,
+    tubelet_size: int = 2, in_chans: int = 3,
+    embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
+    decoder_embed_dim: Optional[int] = None, decoder_depth: Optional[int] = None,
+    decoder_num_heads: Optional[int] = None,
+    decoder_mode: str = "divide", pos_embed: str = "sincos_1d", target: str = "frame_motion",
+    norm_target: bool = False, motion_granularity: int = 1, motion_signed: bool = False,
+    loss_type: str = "mse", loss_weight_frame: float = 1.0, loss_weight_motion: float = 1.0,
+    drop_path_rate: float = 0.0, grad_checkpointing: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, **unknown,
+) -> MotionMAE:
+    """The pretraining model of registry size `name`; non-None size arguments override the registry."""
+    reject_unknown("build_pretrain_model", unknown, PRETRAIN_KWARGS)
+    for key, value in (("num_frames", num_frames), ("img_size", img_size), ("patch_size", patch_size),
+                       ("tubelet_size", tubelet_size), ("in_chans", in_chans)):
+        check_positive_int(key, value)
+    size = resolve_size(name, embed_dim, depth, num_heads, decoder_embed_dim, decoder_depth, decoder_num_heads)
+    return MotionMAE(
+        num_frames=num_frames, img_size=img_size, patch_size=patch_size, tubelet_size=tubelet_size,
+        in_chans=in_chans, **vars(size), decoder_mode=decoder_mode, pos_embed=pos_embed, target=target,
+        norm_target=norm_target, motion_granularity=motion_granularity, motion_signed=motion_signed,
+        loss_type=loss_type, loss_weight_frame=loss_weight_frame, loss_weight_motion=loss_weight_motion,
+        drop_path_rate=drop_path_rate, grad_checkpointing=grad_checkpointing, mean=mean, std=std)
+
+
+PRETRAIN_KWARGS = tuple(p for p in inspect.signature(build_pretrain_model).parameters if p != "unknown")

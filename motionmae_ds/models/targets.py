@@ -1,0 +1,57 @@
+"""Reconstruction targets on unnormalised pixels: tubelet patches of the frames and of their
+temporal differences, with optional per-token normalisation. Everything here runs in fp32."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+NORM_EPS = 1e-6
+
+
+def patchify(videos: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, N, P): tokens in (t h w) order, values in (p0 p1 p2 c) order."""
+    b, c, t, h, w = videos.shape
+    gt, gh, gw = t // tubelet_size, h // patch_size, w // patch_size
+    x = videos.reshape(b, c, gt, tubelet_size, gh, patch_size, gw, patch_size)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(b, gt * gh * gw, tubelet_size * patch_size * patch_size * c)
+
+
+def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """Inverse of `patchify` for a (t, h, w) token grid."""
+    b, n, p = patches.shape
+    gt, gh, gw = grid
+    c = p // (tubelet_size * patch_size * patch_size)
+    x = patches.reshape(b, gt, gh, gw, tubelet_size, patch_size, patch_size, c)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, c, gt * tubelet_size, gh * patch_size, gw * patch_size)
+
+
+def unnormalize(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo the loader's (x - mean) / std in fp32. mean/std stay Python floats (not buffers)
+    so that casting the module to bf16 cannot round them."""
+    shape = (1, len(mean), 1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=videos.device).reshape(shape)
+    s = torch.tensor(std, dtype=torch.float32, device=videos.device).reshape(shape)
+    return videos.float() * s + m
+
+
+def temporal_difference(pixels: torch.Tensor, granularity: int = 1, signed: bool = False) -> torch.Tensor:
+    """D_t = x_{t+g} - x_t along dim 2 (absolute unless `signed`); the last g frames have no
+    successor in the clip, so they repeat the last valid difference to keep T frames."""
+    diff = pixels[:, :, granularity:] - pixels[:, :, :-granularity]
+    if not signed:
+        diff = diff.abs()
+    tail = diff[:, :, -1:].expand(-1, -1, granularity, -1, -1)
+    return torch.cat([diff, tail], dim=2)
+
+
+def normalize_per_token(patches: torch.Tensor, channels: int) -> torch.Tensor:
+    """Per token and channel: (x - mean) / (std + 1e-6) over the tubelet's pixels, with the
+    unbiased std, which is how VideoMAE defines its normalised-pixel target."""
+    b, n, p = patches.shape
+    x = patches.reshape(b, n, p // channels, channels)
+    mean = x.mean(dim=-2, keepdim=True)
+    std = x.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+    return ((x - mean) / (std + NORM_EPS)).reshape(b, n, p)
