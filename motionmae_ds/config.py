@@ -85,6 +85,10 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     # where synthetic videos are cached; empty = $MOTIONMAE_CACHE or ~/.cache/motionmae_ds
     cache_dir: str = ""
+    # size of the synthetic set (None = the generator's defaults); tests use tiny ones
+    synthetic_videos: Optional[int] = None
+    synthetic_frames: Optional[int] = None
+    synthetic_size: Optional[int] = None
 
 
 @dataclass

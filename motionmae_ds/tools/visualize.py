@@ -1,0 +1,166 @@
+"""Reconstruction figures (like the paper's Figure 3): original frames, mask, predicted frames, true and
+predicted motion, one row each, one column per frame. Used by the training run at every checkpoint and by
+``launch/visualize.py`` for any video file and a saved checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from motionmae_ds.config import ConfigError, ExperimentConfig, config_from_dict
+
+CELL_MIN = 96      # pixels per frame cell: tiny demo clips would be unreadable at their own size
+LABEL_WIDTH = 110
+GREY = 0.5
+NORM_EPS = 1e-6    # the model's per-token target normalisation uses (std + 1e-6)
+
+
+def load_clip(cfg: ExperimentConfig, path: str | Path) -> torch.Tensor:
+    """The centre clip of a video as the eval pipeline sees it: normalised (3, T, S, S)."""
+    from motionmae_ds.data.decode import count_frames, read_frames
+    from motionmae_ds.data.sampling import uniform_clip_indices
+    from motionmae_ds.data.transforms import EvalTransform
+
+    n = count_frames(str(path), backend=cfg.data.decode_backend)
+    indices = uniform_clip_indices(n, cfg.model.num_frames, cfg.data.sampling_rate, num_clips=1)[0]
+    frames = read_frames(str(path), indices, backend=cfg.data.decode_backend)
+    size = cfg.model.img_size
+    return EvalTransform(input_size=size, short_side_size=size, mean=cfg.data.mean, std=cfg.data.std)(frames)
+
+
+def _denorm_tokens(pred: torch.Tensor, raw: torch.Tensor, channels: int) -> torch.Tensor:
+    """Map per-token-normalised predictions back to pixels with the true token's mean/std (the only
+    statistics available; this is how normalised-target reconstructions are shown)."""
+    b, n, p = raw.shape
+    r = raw.reshape(b, n, p // channels, channels)
+    mean = r.mean(dim=-2, keepdim=True)
+    std = r.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+    return (pred.reshape(b, n, p // channels, channels) * (std + NORM_EPS) + mean).reshape(b, n, p)
+
+
+def _fill_masked(raw: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, norm: bool, channels: int) -> torch.Tensor:
+    """Visible tokens keep their true values, masked tokens get the prediction (ascending token order)."""
+    out = raw.clone()
+    masked_raw = raw[mask].reshape(pred.shape)
+    values = _denorm_tokens(pred, masked_raw, channels) if norm else pred
+    out[mask] = values.reshape(-1, raw.shape[-1]).to(out.dtype)
+    return out
+
+
+def _to_rgb(clip: torch.Tensor, scale: float = 1.0) -> np.ndarray:
+    """(3, T, H, W) in [0, scale] -> uint8 (T, H, W, 3)."""
+    x = (clip.float() / scale).clamp(0, 1).permute(1, 2, 3, 0).cpu().numpy()
+    return (x * 255.0 + 0.5).astype(np.uint8)
+
+
+@torch.no_grad()
+def reconstruct(model: Any, video: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run the model on one clip; returns [0, 1]-pixel clips (3, T, H, W) for every row of the figure."""
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        videos = video[None].to(param.device, torch.float32)
+        out = model(videos, mask.to(param.device), return_pred=True)
+    finally:
+        model.train(was_training)
+    norm, c = bool(model.norm_target), model.in_chans
+    pixels = model.unnormalize(videos)
+    frame_raw = model.patchify(pixels)
+    rows = {"original": pixels[0]}
+    token_mask = mask.to(param.device)
+    masked_view = frame_raw.clone()
+    masked_view[token_mask] = GREY
+    rows["mask"] = model.unpatchify(masked_view)[0]
+    if "pred_frame" in out:
+        rows["predicted"] = model.unpatchify(_fill_masked(frame_raw, out["pred_frame"].float(), token_mask, norm, c))[0]
+    from motionmae_ds.models.targets import temporal_difference
+
+    motion = temporal_difference(pixels, model.motion_granularity, model.motion_signed)
+    motion_raw = model.patchify(motion)
+    rows["true motion"] = motion[0]
+    if "pred_motion" in out:
+        rows["pred motion"] = model.unpatchify(
+            _fill_masked(motion_raw, out["pred_motion"].float(), token_mask, norm, c))[0]
+    return rows
+
+
+def render_rows(rows: dict[str, torch.Tensor], title: str = "") -> Image.Image:
+    """Compose labelled rows of frames into one RGB image."""
+    # motion is small in [0, 1]; show true and predicted on one shared scale so they compare
+    motion_keys = [k for k in rows if "motion" in k]
+    motion_scale = max(float(rows["true motion"].abs().max()), 1e-3) if "true motion" in rows else 1.0
+    arrays = {}
+    for key, clip in rows.items():
+        if key in motion_keys:
+            clip = clip.abs() if key == "true motion" or clip.min() < 0 else clip
+            arrays[key] = _to_rgb(clip, motion_scale)
+        else:
+            arrays[key] = _to_rgb(clip)
+    t, h, w, _ = next(iter(arrays.values())).shape
+    zoom = max(1, -(-CELL_MIN // max(h, w)))
+    ch, cw = h * zoom, w * zoom
+    top = 20 if title else 0
+    canvas = Image.new("RGB", (LABEL_WIDTH + t * (cw + 2), top + len(arrays) * (ch + 2)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 4), title, fill="black")
+    for r, (key, frames) in enumerate(arrays.items()):
+        y = top + r * (ch + 2)
+        draw.text((4, y + ch // 2 - 6), key, fill="black")
+        for i in range(t):
+            cell = Image.fromarray(frames[i]).resize((cw, ch), Image.NEAREST)
+            canvas.paste(cell, (LABEL_WIDTH + i * (cw + 2), y))
+    return canvas
+
+
+def render_reconstruction(model: Any, video: torch.Tensor, cfg: ExperimentConfig, ratio: Optional[float] = None,
+                          seed: int = 0) -> Image.Image:
+    """Mask ``video`` with the config's mask kind at ``ratio`` (a fixed seed) and draw the figure."""
+    from motionmae_ds.engine.builders import build_masker
+
+    ratio = cfg.masking.ratio if ratio is None else ratio
+    masker_cfg = config_from_dict(cfg.to_dict(), origin=cfg.source)
+    masker_cfg.masking.ratio = ratio
+    gen = torch.Generator().manual_seed(seed)
+    mask = build_masker(masker_cfg, tuple(model.grid))(1, device=torch.device("cpu"), generator=gen)
+    rows = reconstruct(model, video, mask)
+    return render_rows(rows, title=f"mask {cfg.masking.kind} {ratio:.0%}")
+
+
+# -- loading a trained model without a DeepSpeed engine ---------------------------------------------------
+def resolve_tag(ckpt_dir: Path, tag: Optional[str]) -> str:
+    if tag:
+        return tag
+    latest = ckpt_dir / "latest"
+    if not latest.is_file():
+        raise ConfigError(f"--checkpoint {ckpt_dir}: no 'latest' file (is this a run's checkpoints/ directory?)")
+    return latest.read_text().strip()
+
+
+def load_pretrained(ckpt_dir: str | Path, tag: Optional[str] = None) -> tuple[Any, ExperimentConfig]:
+    """fp32 model + config from a DeepSpeed checkpoint dir; the config comes from the checkpoint itself."""
+    from motionmae_ds.engine.builders import build_model
+
+    ckpt_dir = Path(ckpt_dir)
+    tag = resolve_tag(ckpt_dir, tag)
+    states = ckpt_dir / tag / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise ConfigError(f"--checkpoint {ckpt_dir}: {states} not found")
+    # the file holds our client state (config dict, RNG states), which needs full unpickling
+    blob = torch.load(states, map_location="cpu", weights_only=False)
+    if "config" in blob:
+        cfg = config_from_dict(blob["config"], origin=str(states))
+    else:
+        run_cfg = ckpt_dir.parent / "config.yaml"
+        from motionmae_ds.config import load_config
+
+        cfg = load_config(run_cfg)
+    model = build_model(cfg)
+    # module weights are bf16 copies of the fp32 master; plenty for a figure
+    model.load_state_dict({k: v.float() for k, v in blob["module"].items()})
+    model.eval()
+    return model, cfg
