@@ -1,0 +1,75 @@
+"""Schedule values and AdamW param groups against hand-computed numbers."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd
+from motionmae_ds.engine.schedule import Schedule, cosine_with_warmup, scaled_lr
+
+
+def test_scaled_lr():
+    assert scaled_lr(1.5e-4, 1024) == pytest.approx(6e-4)
+    assert scaled_lr(1.5e-4, 128) == pytest.approx(7.5e-5)
+
+
+def test_cosine_with_warmup_by_hand():
+    # 10 steps, 4 warmup, peak 1, final 0.1
+    vals = [cosine_with_warmup(s, 10, 4, 1.0, 0.1) for s in range(11)]
+    assert vals[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert vals[4] == pytest.approx(1.0)
+    # step 7 is half-way through the 6 cosine steps: 0.1 + 0.9 * 0.5 * (1 + cos(pi/2))
+    assert vals[7] == pytest.approx(0.55)
+    assert vals[5] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 6)))
+    assert vals[10] == pytest.approx(0.1)
+    assert cosine_with_warmup(50, 10, 4, 1.0, 0.1) == pytest.approx(0.1)  # clamped after the end
+    with pytest.raises(ValueError, match="total_steps"):
+        cosine_with_warmup(0, 0, 0, 1.0, 0.0)
+
+
+def test_schedule_epochs_to_steps_and_wd():
+    s = Schedule(peak_lr=2.0, min_lr=0.0, weight_decay=0.05, weight_decay_end=None, steps_per_epoch=5,
+                 epochs=4, warmup_epochs=1)
+    assert s.total_steps == 20 and s.warmup_steps == 5
+    assert s.lr(0) == pytest.approx(0.4) and s.lr(4) == pytest.approx(2.0)
+    assert s.lr(5 + 7.5) == pytest.approx(1.0)
+    assert s.wd(0) == s.wd(19) == 0.05
+    s = Schedule(2.0, 0.0, 0.04, 0.4, steps_per_epoch=5, epochs=4, warmup_epochs=1)
+    assert s.wd(0) == pytest.approx(0.04) and s.wd(10) == pytest.approx(0.22) and s.wd(20) == pytest.approx(0.4)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.fc = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.q_bias = nn.Parameter(torch.zeros(8))
+        self.frozen = nn.Parameter(torch.zeros(8, 8), requires_grad=False)
+
+
+def test_param_groups_split_decay():
+    groups = param_groups(Toy(), weight_decay=0.05)
+    by_decay = {g["wd_scale"]: g for g in groups}
+    assert sorted(by_decay[1.0]["param_names"]) == ["fc.weight"]
+    assert sorted(by_decay[0.0]["param_names"]) == ["fc.bias", "mask_token", "norm.bias", "norm.weight",
+                                                    "pos_embed", "q_bias"]
+    assert by_decay[1.0]["weight_decay"] == 0.05 and by_decay[0.0]["weight_decay"] == 0.0
+    assert all(g["lr_scale"] == 1.0 for g in groups)
+
+
+def test_layer_decay_hook_and_set_lr_wd():
+    model = Toy()
+    layer = {"pos_embed": 0, "mask_token": 0, "fc": 1, "norm": 2, "q_bias": 2}
+    groups = param_groups(model, 0.05, layer_id=lambda n: layer[n.split(".")[0]], num_layers=2, layer_decay=0.5)
+    scales = {g["group_name"]: g["lr_scale"] for g in groups}
+    assert scales == {"layer0_no_decay": 0.25, "layer1_decay": 0.5, "layer1_no_decay": 0.5, "layer2_no_decay": 1.0}
+    opt = build_adamw(groups, lr=1.0, betas=(0.9, 0.95), eps=1e-8)
+    set_lr_wd(opt, lr=0.1, weight_decay=0.2)
+    got = {g["group_name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert got["layer0_no_decay"] == (pytest.approx(0.025), 0.0)
+    assert got["layer1_decay"] == (pytest.approx(0.05), pytest.approx(0.2))
+    assert got["layer2_no_decay"] == (pytest.approx(0.1), 0.0)
+    assert opt.defaults["betas"] == (0.9, 0.95)
