@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +24,6 @@ BACKENDS = ("auto", "decord", "pyav")
 # tests/data/test_decode.py). AVI with B-frames and MPEG program streams are not: decord returns
 # neighbouring frames after seeks there, so they are decoded forward from the start.
 SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
-SEEKABLE_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 
 
 class VideoDecodeError(Exception):
@@ -75,6 +74,7 @@ class _PyAVReader:
                 raise VideoDecodeError(path, "no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.thread_count = 1
+            self.header_frames = max(0, self._stream.frames or 0)
             rate = self._stream.average_rate or self._stream.guessed_rate
             self.fps = float(rate) if rate else 0.0
             if seek is None:
@@ -237,7 +237,18 @@ def _choose_backend(path: str, backend: str) -> str:
         raise ValueError(f"unknown decode backend {backend!r}; one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
-    return "decord" if Path(path).suffix.lower() in SEEKABLE_SUFFIXES else "pyav"
+    return "decord" if _has_seekable_container(path) else "pyav"
+
+
+def _has_seekable_container(path: str) -> bool:
+    """MP4/MOV (ISO BMFF) or Matroska/WebM, judged by the first bytes rather than the file name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    iso_bmff = head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+    return iso_bmff or head[:4] == b"\x1a\x45\xdf\xa3"
 
 
 def _check_file(path: str) -> None:
@@ -257,8 +268,8 @@ class VideoReader:
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto") -> None:
         self.path = str(path)
-        self.backend = _choose_backend(self.path, backend)
         _check_file(self.path)
+        self.backend = _choose_backend(self.path, backend)
         self._auto = backend == "auto"
         self._impl = self._open(self.backend)
         self.num_frames: int = self._impl.num_frames
@@ -302,21 +313,38 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], backend: str = 
         return reader.get(indices)
 
 
-def count_frames(path: str | os.PathLike, backend: str = "auto") -> int:
-    """The number of frames a forward decode actually delivers (decodes the whole file, no RGB).
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int      # frames a forward decode actually delivers
+    listed_frames: int   # what the container claims (header count, else demuxed packets)
+    fps: float
 
-    "auto" counts with PyAV: it skips the RGB conversion and names the problem when nothing decodes.
+    @property
+    def truncated(self) -> bool:
+        return self.num_frames < self.listed_frames
+
+
+def probe_video(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
+    """Decode the whole file (no RGB conversion with PyAV) and compare with what the container claims.
+
+    "auto" probes with PyAV: it skips the RGB conversion and names the problem when nothing decodes.
     """
     path = str(path)
-    _choose_backend(path, backend)
     _check_file(path)
+    _choose_backend(path, backend)
     if backend == "decord":
-        return _count_decord(path)
-    return _count_pyav(path)
+        return _probe_decord(path)
+    return _probe_pyav(path)
 
 
-def _count_pyav(path: str) -> int:
+def count_frames(path: str | os.PathLike, backend: str = "auto") -> int:
+    """The number of frames a forward decode actually delivers (not a header guess)."""
+    return probe_video(path, backend).num_frames
+
+
+def _probe_pyav(path: str) -> VideoInfo:
     reader = _PyAVReader(path, seek=False)
+    listed = max(reader.header_frames, reader.num_frames)
     count = 0
     try:
         for _ in reader._frames:
@@ -328,10 +356,10 @@ def _count_pyav(path: str) -> int:
         reader.close()
     if count == 0:
         raise VideoDecodeError(path, "no frame decodes")
-    return count
+    return VideoInfo(count, listed, reader.fps)
 
 
-def _count_decord(path: str) -> int:
+def _probe_decord(path: str) -> VideoInfo:
     reader = _DecordReader(path)
     count = 0
     try:
@@ -341,7 +369,9 @@ def _count_decord(path: str) -> int:
     except Exception as exc:  # noqa: BLE001
         if count == 0:
             raise VideoDecodeError(path, f"no frame decodes: {_decord_reason(exc)}") from None
-    return count
+    finally:
+        reader.close()
+    return VideoInfo(count, reader.num_frames, reader.fps)
 
 
 def read_frame_folder(
@@ -371,3 +401,29 @@ def read_frame_folder(
     if len(shapes) > 1:
         raise VideoDecodeError(dirpath, f"frames differ in size: {sorted(shapes)}")
     return _pick(frames, indices)
+
+
+def count_folder_frames(dirpath: str | os.PathLike, template: str = "img_{:05d}.jpg", start: int = 1) -> int:
+    """Consecutive readable images ``template.format(start), template.format(start + 1), ...``.
+
+    Stops at the first missing or undecodable file: frames after a gap cannot be addressed by index.
+    """
+    from PIL import Image
+
+    dirpath = str(dirpath)
+    if not os.path.isdir(dirpath):
+        raise VideoDecodeError(dirpath, "frame folder not found")
+    count = 0
+    while True:
+        name = os.path.join(dirpath, template.format(start + count))
+        if not os.path.isfile(name):
+            break
+        try:
+            with Image.open(name) as image:
+                image.load()
+        except Exception:  # noqa: BLE001 - an unreadable frame ends the usable part of the folder
+            break
+        count += 1
+    if count == 0:
+        raise VideoDecodeError(dirpath, f"no readable frame {template.format(start)!r}")
+    return count

@@ -6,8 +6,7 @@ may contain spaces):
     path_frames_label   path num_frames label           VideoMAE lists with counts (what prepare_data writes)
     path_start_total    path start_idx total_frames     VideoMAEv2 pretraining; total -1 = unknown, no label
     frame_dir           dir total_frames label          frame folders (e.g. SSv2 as JPEGs)
-"auto" decides from the first entry: 1 number -> path_label, 3 numbers -> path_start_total, 2 numbers ->
-frame_dir when the path has no video file suffix, else path_frames_label.
+"auto" decides from the first entries (see detect_format); pass the format when a list is ambiguous.
 """
 from __future__ import annotations
 
@@ -83,18 +82,26 @@ def _is_int(token: str) -> bool:
     return token.lstrip("+-").isdigit()
 
 
-def detect_format(list_path: str, first_line: str, line_number: int) -> str:
-    numbers = _trailing_ints(first_line)
+def detect_format(list_path: str, lines: list[tuple[int, str]]) -> str:
+    """Guess the format from the first entries (``(line number, text)`` pairs).
+
+    Two numbers are ambiguous; VideoMAEv2's ``path start_idx total_frames`` is recognised by a total of
+    -1, a start of 0 (never a valid count), or every first number <= 1 in a frame-folder list (folders of
+    one frame are not a dataset, start indices 0/1 are the norm).
+    """
+    number, first = lines[0]
+    numbers = _trailing_ints(first)
     if numbers == 0:
-        raise ListFormatError(list_path, line_number, f"cannot tell the list format: no numeric field in {first_line!r}")
+        raise ListFormatError(list_path, number, f"cannot tell the list format: no numeric field in {first!r}")
     if numbers == 1:
         return "path_label"
-    if numbers == 3:
+    sample = [text.rsplit(None, 2) for _, text in lines[:100] if _trailing_ints(text) >= 2]
+    pairs = [(int(p[1]), int(p[2])) for p in sample]
+    if any(b == -1 or a == 0 for a, b in pairs):
         return "path_start_total"
-    if numbers > 3:
-        raise ListFormatError(list_path, line_number, f"cannot tell the list format: {numbers} numeric fields")
-    path = first_line.rsplit(None, 2)[0]
-    return "path_frames_label" if is_video_file(path) else "frame_dir"
+    if is_video_file(sample[0][0]):
+        return "path_frames_label"
+    return "path_start_total" if all(a <= 1 for a, _ in pairs) else "frame_dir"
 
 
 def parse_line(
@@ -146,10 +153,11 @@ def scan_list(
         raise ValueError(f"unknown list format {fmt!r}; one of {', '.join(FORMATS)}")
     records: list[VideoRecord] = []
     errors: list[ListFormatError] = []
-    for number, line in _data_lines(list_path):
+    lines = list(_data_lines(list_path))
+    if fmt == "auto" and lines:
+        fmt = detect_format(list_path, lines)
+    for number, line in lines:
         try:
-            if fmt == "auto":
-                fmt = detect_format(list_path, line, number)
             records.append(parse_line(list_path, number, line, fmt, root, frame_template, frame_start))
         except ListFormatError as exc:
             errors.append(exc)
@@ -183,3 +191,116 @@ def format_line(record: VideoRecord, fmt: str, path: str | None = None) -> str:
     if fmt in ("path_frames_label", "frame_dir"):
         return f"{path} {total} {record.label}"
     raise ValueError(f"cannot write list format {fmt!r}")
+
+
+# ---- cleaning a list: true decodable counts for every entry (launch/prepare_data.py) ----
+
+@dataclass
+class CleanSummary:
+    entries: int = 0          # non-blank lines
+    kept: int = 0
+    bad_lines: int = 0        # lines that do not parse
+    bad_files: int = 0        # entries that do not decode (or are shorter than min_frames)
+    truncated: int = 0        # entries that decode fewer frames than their container lists
+    recounted: int = 0        # kept entries whose count in the list was wrong
+
+    def __str__(self) -> str:
+        return (f"{self.entries} entries: {self.kept} kept, {self.bad_lines} bad lines, {self.bad_files} bad "
+                f"files, {self.truncated} truncated, {self.recounted} frame counts corrected")
+
+
+def probe_record(record: VideoRecord, backend: str = "auto") -> tuple[int | None, str]:
+    """(usable frame count from ``record.start`` on, note) or (None, reason). Decodes everything."""
+    from motionmae_ds.data.decode import VideoDecodeError, count_folder_frames, probe_video
+
+    try:
+        if record.is_frame_dir:
+            total = count_folder_frames(record.path, record.frame_template, record.start)
+            return total, ""
+        info = probe_video(record.path, backend)
+        total = info.num_frames - record.start
+    except VideoDecodeError as exc:
+        return None, exc.reason
+    except Exception as exc:  # noqa: BLE001 - a scan reports every file, whatever breaks
+        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    if total <= 0:
+        return None, f"start_idx {record.start} is past the last decodable frame"
+    if info.truncated:
+        return total, f"truncated: the container lists {info.listed_frames} frames, {info.num_frames} decode"
+    return total, ""
+
+
+def _probe_all(records: list[VideoRecord], backend: str, workers: int, timeout: float) -> list[tuple]:
+    """probe_record over all records in worker processes; a file that hangs the decoder gets a reason."""
+    import multiprocessing
+
+    results: list[tuple | None] = [None] * len(records)
+    pending = list(range(len(records)))
+    while pending:
+        # A hung native decoder cannot be interrupted in-process: on a timeout the pool is torn down
+        # (terminate) and the remaining entries go to a fresh one.
+        with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
+            jobs = {i: pool.apply_async(probe_record, (records[i], backend)) for i in pending}
+            for position, i in enumerate(pending):
+                try:
+                    results[i] = jobs[i].get(timeout)
+                except multiprocessing.TimeoutError:
+                    results[i] = (None, f"decoder did not finish within {timeout:g}s")
+                    pending = pending[position + 1:]
+                    break
+            else:
+                pending = []
+    return results
+
+
+def clean_list(
+    list_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    root: str = "",
+    fmt: str = "auto",
+    backend: str = "auto",
+    frame_template: str = "img_{:05d}.jpg",
+    frame_start: int = 1,
+    min_frames: int = 1,
+    workers: int = 1,
+    timeout: float = 300.0,
+    drop_truncated: bool = False,
+) -> tuple[CleanSummary, str]:
+    """Write ``out_path`` (good entries, true counts) and ``out_path + ".report.txt"`` (every bad line or
+    file and why, every truncated file and every corrected count). Truncated files keep their decodable
+    frames unless ``drop_truncated``. Paths stay as written in the list (relative to ``root``).
+    Lists without counts (path_label) come out as path_frames_label. Returns (summary, report path)."""
+    records, line_errors, fmt = scan_list(list_path, fmt, root, frame_template, frame_start)
+    out_fmt = "path_frames_label" if fmt in ("auto", "path_label") else fmt
+    summary = CleanSummary(bad_lines=len(line_errors))
+    report = [f"bad line  {e}" for e in line_errors]
+    prefix = os.path.join(root, "") if root else ""
+    lines = []
+    for record, (count, reason) in zip(records, _probe_all(records, backend, workers, timeout)):
+        where = f"{list_path}:{record.line}: {record.path}"
+        if count is not None and count < min_frames:
+            count, reason = None, f"only {count} decodable frames (min_frames {min_frames})"
+        if count is not None and reason:  # decodes, but fewer frames than the container lists
+            summary.truncated += 1
+            if drop_truncated:
+                count = None
+            else:
+                report.append(f"truncated {where}: {reason}; kept with {count} frames")
+        if count is None:
+            summary.bad_files += 1
+            report.append(f"bad file  {where}: {reason}")
+            continue
+        if record.num_frames is not None and record.num_frames != count:
+            summary.recounted += 1
+            report.append(f"recounted {where}: listed {record.num_frames} frames, {count} decode")
+        written = record.path[len(prefix):] if prefix and record.path.startswith(prefix) else record.path
+        lines.append(format_line(VideoRecord(written, record.label, record.start, count, record.is_frame_dir), out_fmt))
+    summary.entries = len(records) + len(line_errors)
+    summary.kept = len(lines)
+    report_path = str(out_path) + ".report.txt"
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    with open(report_path, "w", encoding="utf-8") as f:
+        f.write(f"# {list_path} -> {out_path} (format {fmt} -> {out_fmt}, backend {backend})\n# {summary}\n")
+        f.writelines(line + "\n" for line in report)
+    return summary, report_path
