@@ -13,10 +13,12 @@ def sincos_1d_table(num_positions: int, dim: int) -> torch.Tensor:
     p / 10000^(2*(j//2)/dim). Pairs are interleaved, not split into halves, because that is the
     layout VideoMAE and HF transformers use; exported weights must see the same table."""
     # float64 first: the reference tables are built in double precision and then rounded once.
-    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
-    pair = torch.div(torch.arange(dim), 2, rounding_mode="floor").to(torch.float64)
+    # On the CPU even when the default device is meta: the values are needed, and meta kernels
+    # for these ops take seconds to load.
+    pos = torch.arange(num_positions, dtype=torch.float64, device="cpu")[:, None]
+    pair = torch.div(torch.arange(dim, device="cpu"), 2, rounding_mode="floor").to(torch.float64)
     angle = pos / torch.pow(10000.0, 2.0 * pair / dim)
-    table = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angle), torch.cos(angle))
+    table = torch.where(torch.arange(dim, device="cpu") % 2 == 0, torch.sin(angle), torch.cos(angle))
     return table.to(torch.float32)
 
 
@@ -40,4 +42,4 @@ def build_pos_table(kind: str, grid: tuple[int, int, int], dim: int) -> torch.Te
     check_choice("pos_embed", kind, POS_EMBED_KINDS)
     t, h, w = grid
     table = sincos_1d_table(t * h * w, dim) if kind == "sincos_1d" else sincos_3d_table(grid, dim)
-    return table[None]
+    return table[None].to(torch.get_default_device())
