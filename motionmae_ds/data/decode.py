@@ -134,11 +134,18 @@ class _PyAVReader:
         need, last, out, decoded = set(wanted), wanted[-1], {}, 0
         try:
             for frame in self._frames:
+                if frame.is_corrupt:
+                    raise VideoDecodeError(
+                        self.path, f"frame {last} requested but frame {decoded} is damaged (corrupt data); "
+                        f"{decoded} frames decode cleanly (the container lists {self.num_frames})"
+                    )
                 if decoded in need:
                     out[decoded] = frame.to_ndarray(format="rgb24")
                 if decoded == last:
                     return out
                 decoded += 1
+        except VideoDecodeError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise VideoDecodeError(
                 self.path,
@@ -173,8 +180,8 @@ class _PyAVReader:
                     self._frames = self._container.decode(self._stream)
                     position = None
                 for frame in self._frames:
-                    if frame.pts is None or (position is None and frame.pts > target):
-                        return None  # the seek landed after the frame we want
+                    if frame.pts is None or frame.is_corrupt or (position is None and frame.pts > target):
+                        return None  # damaged data, or the seek landed after the frame we want
                     position = frame.pts
                     if position in targets and targets[position] not in out:
                         out[targets[position]] = frame.to_ndarray(format="rgb24")
@@ -327,6 +334,8 @@ class VideoInfo:
 def probe_video(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     """Decode the whole file (no RGB conversion with PyAV) and compare with what the container claims.
 
+    ``num_frames`` ends before the first frame PyAV flags as corrupt (decord cannot tell).
+
     "auto" probes with PyAV: it skips the RGB conversion and names the problem when nothing decodes.
     """
     path = str(path)
@@ -347,7 +356,9 @@ def _probe_pyav(path: str) -> VideoInfo:
     listed = max(reader.header_frames, reader.num_frames)
     count = 0
     try:
-        for _ in reader._frames:
+        for frame in reader._frames:
+            if frame.is_corrupt:  # concealed damage: this frame and those predicted from it are not real
+                break
             count += 1
     except Exception as exc:  # noqa: BLE001 - a truncated tail: the frames before it are real
         if count == 0:

@@ -24,6 +24,19 @@ CODECS: dict[str, tuple[str, str, str]] = {
     "ffv1": ("matroska", "ffv1", ".mkv"),
 }
 
+# The session fixtures' good videos (tests/data/conftest.py): name -> make_video keyword arguments.
+# Small (64x48) so the whole data suite stays fast.
+GOOD_VIDEOS: dict[str, dict] = {
+    "h264": dict(codec="h264", num_frames=48, bframes=2, gop=12),
+    "h264_faststart": dict(codec="h264", num_frames=40, bframes=0, gop=8, faststart=True),
+    "vp9": dict(codec="vp9", num_frames=40, gop=10),
+    "avi_bframes": dict(codec="mpeg4", num_frames=48, bframes=2, gop=12),
+    "mpeg_ps": dict(codec="mpeg2_ps", num_frames=48, bframes=2, gop=12),
+    "vfr": dict(codec="h264", num_frames=40, bframes=2, gop=10, vfr=True),
+    "gray": dict(codec="h264", num_frames=24, pix_fmt="gray", gop=8),
+    "short10": dict(codec="h264", num_frames=10, gop=4, bframes=1),
+}
+
 
 def source_frames(num_frames: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """uint8 (N, H, W, 3): a moving gradient plus a bright square whose position encodes the index.

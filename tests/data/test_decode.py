@@ -1,0 +1,230 @@
+"""Decoding against a forward reference decode of the same real files, and every kind of broken file."""
+from __future__ import annotations
+
+import pickle
+import random
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from motionmae_ds.data.decode import (
+    VideoDecodeError,
+    VideoReader,
+    count_folder_frames,
+    count_frames,
+    probe_video,
+    read_frame_folder,
+    read_frames,
+)
+from videos import GOOD_VIDEOS, reference_folder_frames, source_frames
+
+# decord is only trusted in containers with timestamps and keyframe indexes
+DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
+ALL_GOOD = list(GOOD_VIDEOS) + ["avi_named_mp4"]
+
+
+def _index_sets(num_frames: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    sets = [
+        [0], [num_frames - 1], list(range(num_frames)),
+        list(range(num_frames - 1, -1, -3)),                   # descending
+        [5 % num_frames, 5 % num_frames, 1, 1, 0],              # repeats, unsorted
+    ]
+    for _ in range(6):
+        start = rng.randrange(num_frames)
+        sets.append([min(start + 2 * k, num_frames - 1) for k in range(8)])  # a clip, last frame repeated
+        sets.append([rng.randrange(num_frames) for _ in range(5)])
+    return sets
+
+
+def _assert_frames(got: torch.Tensor, ref: np.ndarray, indices: list[int]) -> None:
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (len(indices),) + ref.shape[1:]
+    for row, index in enumerate(indices):
+        assert np.array_equal(got[row].numpy(), ref[index]), f"row {row} is not frame {index}"
+
+
+@pytest.mark.parametrize("name", ALL_GOOD)
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_read_frames_equal_reference(good_videos, reference, name, backend):
+    ref = reference(good_videos[name])
+    for indices in _index_sets(len(ref), seed=0):
+        _assert_frames(read_frames(good_videos[name], indices, backend), ref, indices)
+
+
+@pytest.mark.parametrize("name", DECORD_TRUSTED)
+def test_decord_equal_reference_in_trusted_containers(good_videos, reference, name):
+    ref = reference(good_videos[name])
+    for indices in _index_sets(len(ref), seed=1):
+        _assert_frames(read_frames(good_videos[name], indices, "decord"), ref, indices)
+
+
+@pytest.mark.parametrize("name", ["avi_bframes", "mpeg_ps"])
+def test_decord_seeks_are_wrong_where_auto_avoids_it(good_videos, reference, name):
+    # Why "auto" decodes AVI and MPEG-PS with PyAV: decord returns neighbouring frames after seeks there.
+    # If this starts failing, decord was fixed and the choice in decode.py can be revisited.
+    ref = reference(good_videos[name])
+    indices = [40, 3, 30, 9, 21]
+    got = read_frames(good_videos[name], indices, "decord").numpy()
+    wrong = sum(not np.array_equal(got[row], ref[i]) for row, i in enumerate(indices))
+    assert wrong > 0
+    assert VideoReader(good_videos[name]).backend == "pyav"
+
+
+def test_auto_follows_content_not_file_name(good_videos, reference):
+    reader = VideoReader(good_videos["avi_named_mp4"])
+    assert reader.backend == "pyav"
+    ref = reference(good_videos["avi_bframes"])
+    _assert_frames(reader.get([40, 3, 30]), ref, [40, 3, 30])
+    reader.close()
+    assert VideoReader(good_videos["h264"]).backend == "decord"
+
+
+@pytest.mark.parametrize("name", ALL_GOOD)
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_count_frames_is_the_decodable_count(good_videos, name, backend):
+    expected = GOOD_VIDEOS.get(name, GOOD_VIDEOS["avi_bframes"])["num_frames"]
+    assert count_frames(good_videos[name], backend) == expected
+
+
+def test_video_reader_reads_several_views_without_reopening(good_videos, reference):
+    ref = reference(good_videos["h264"])
+    for backend in ("decord", "pyav"):
+        with VideoReader(good_videos["h264"], backend) as reader:
+            assert reader.num_frames == 48 and reader.fps == pytest.approx(25.0)
+            for view in ([0, 4, 8, 12], [40, 44, 47, 47], [20, 2, 33]):
+                _assert_frames(reader.get(view), ref, view)
+
+
+def test_vfr_file_has_irregular_timestamps_and_is_indexed_by_presentation(good_videos, reference):
+    with av.open(str(good_videos["vfr"])) as container:
+        pts = sorted(p.pts for p in container.demux(video=0) if p.size)
+    assert len(set(np.diff(pts).tolist())) > 1, "fixture is not variable frame rate"
+    ref = reference(good_videos["vfr"])
+    assert len(ref) == 40
+    # presentation order = the order of the encoded source: frame i shows the square of source frame i
+    for i in (0, 13, 39):
+        assert np.abs(ref[i].astype(int) - source_frames(40, (64, 48))[i]).mean() < 12
+
+
+def test_grayscale_returns_three_equal_channels(good_videos):
+    frames = read_frames(good_videos["gray"], [0, 23]).numpy()
+    assert frames.shape == (2, 48, 64, 3)
+    assert np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2])
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_short_video_never_reads_short(good_videos, reference, backend):
+    path = good_videos["short10"]
+    indices = [0, 3, 6, 9, 9, 9, 9, 9]  # a clip longer than the video repeats the last frame
+    _assert_frames(read_frames(path, indices, backend), reference(path), indices)
+    with pytest.raises(VideoDecodeError, match="frame 10 requested"):
+        read_frames(path, [8, 9, 10], backend)
+
+
+BAD = ["zero_bytes", "text_as_mp4", "audio_only", "missing"]
+
+
+@pytest.mark.parametrize("name", BAD)
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_undecodable_files_raise_one_line_errors(bad_videos, name, backend):
+    path = bad_videos[name]
+    for call in (lambda: read_frames(path, [0], backend), lambda: count_frames(path, backend),
+                 lambda: VideoReader(path, backend)):
+        with pytest.raises(VideoDecodeError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(str(path) + ": ") and "\n" not in message and info.value.reason
+
+
+def test_bad_file_reasons_are_specific(bad_videos):
+    reasons = {}
+    for name in BAD:
+        with pytest.raises(VideoDecodeError) as info:
+            read_frames(bad_videos[name], [0])
+        reasons[name] = info.value.reason
+    assert reasons["zero_bytes"] == "file is empty (0 bytes)"
+    assert reasons["missing"] == "file not found"
+    assert reasons["audio_only"] == "no video stream"
+    assert reasons["text_as_mp4"].startswith("cannot open")
+
+
+@pytest.mark.parametrize("name,source,backend", [
+    ("truncated_mp4", "h264_faststart", "auto"), ("truncated_mp4", "h264_faststart", "pyav"),
+    ("truncated_mp4", "h264_faststart", "decord"),
+    # decord cannot see that the last AVI packet is cut and returns the concealed frame; "auto" uses PyAV
+    ("truncated_avi", "avi_bframes", "auto"), ("truncated_avi", "avi_bframes", "pyav"),
+])
+def test_truncated_files_deliver_real_frames_then_raise(bad_videos, good_videos, reference, name, source, backend):
+    path = bad_videos[name]
+    info = probe_video(path, backend)
+    full = GOOD_VIDEOS[source]["num_frames"]
+    assert 0 < info.num_frames < full
+    if backend != "decord":  # PyAV reads the header's count; decord only what it demuxed
+        assert info.listed_frames == full and info.truncated
+    # frames before the cut are bit-identical to those of the intact file
+    ref = reference(good_videos[source])
+    indices = [info.num_frames - 1, 0, info.num_frames // 2]
+    _assert_frames(read_frames(path, indices, backend), ref, indices)
+    with pytest.raises(VideoDecodeError, match="requested"):
+        read_frames(path, [0, full - 1], backend)
+    if backend != "decord":  # the frame after the clean prefix is damaged or missing: never returned
+        with pytest.raises(VideoDecodeError, match=f"requested but (frame {info.num_frames} is damaged|decoding fails)"):
+            read_frames(path, [info.num_frames], backend)
+
+
+def test_decode_error_survives_pickling_and_worker_reraise():
+    error = VideoDecodeError("/data/a.mp4", "no video stream")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.path, copy.reason, str(copy)) == ("/data/a.mp4", "no video stream", "/data/a.mp4: no video stream")
+    assert str(VideoDecodeError("worker said: x")) == "worker said: x"  # how DataLoader re-raises
+
+
+def test_bad_arguments_raise_value_error(good_videos):
+    with pytest.raises(ValueError, match="unknown decode backend"):
+        read_frames(good_videos["h264"], [0], backend="opencv")
+    with pytest.raises(ValueError, match=">= 0"):
+        read_frames(good_videos["h264"], [-1])
+    with pytest.raises(ValueError, match="empty"):
+        read_frames(good_videos["h264"], [])
+
+
+class _ClipsFromFiles(torch.utils.data.Dataset):
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return read_frames(self.paths[i], [1, 3, 5, 7])
+
+
+def test_reads_inside_dataloader_workers(good_videos, reference):
+    paths = [str(good_videos[n]) for n in ("h264", "vp9", "avi_bframes", "mpeg_ps")]
+    loader = torch.utils.data.DataLoader(_ClipsFromFiles(paths), batch_size=None, num_workers=2, timeout=60)
+    for path, clip in zip(paths, loader):
+        _assert_frames(clip, reference(path), [1, 3, 5, 7])
+
+
+def test_frame_folders_equal_the_images(frame_folders):
+    for name, spec in frame_folders.items():
+        indices = [spec["num_frames"] - 1, 0, 2, 2]
+        got = read_frame_folder(spec["path"], indices, spec["template"], spec["start"])
+        ref = reference_folder_frames(spec["path"], indices, spec["template"], spec["start"])
+        assert got.shape == (4, 48, 64, 3) and np.array_equal(got.numpy(), ref)
+        assert count_folder_frames(spec["path"], spec["template"], spec["start"]) == spec["num_frames"]
+
+
+def test_frame_folder_errors_name_the_missing_frame(frame_folders, tmp_path):
+    spec = frame_folders["rgb"]
+    with pytest.raises(VideoDecodeError, match=r"frame 12 missing: img_00013\.jpg"):
+        read_frame_folder(spec["path"], [11, 12])
+    with pytest.raises(VideoDecodeError, match="frame folder not found"):
+        read_frame_folder(tmp_path / "nope", [0])
+    (tmp_path / "img_00001.jpg").write_text("not a jpeg")
+    with pytest.raises(VideoDecodeError, match="unreadable"):
+        read_frame_folder(tmp_path, [0])
+    with pytest.raises(VideoDecodeError, match="no readable frame"):
+        count_folder_frames(tmp_path)
