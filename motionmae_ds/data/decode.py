@@ -13,10 +13,12 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("auto", "decord", "pyav")
 
@@ -48,7 +50,10 @@ def _check_indices(indices: Sequence[int]) -> list[int]:
     return out
 
 
-def _pick(frames: dict[int, np.ndarray], indices: list[int]) -> torch.Tensor:
+def _pick(frames: dict[int, np.ndarray], indices: list[int]) -> "torch.Tensor":
+    # torch is imported on first use so that scanning tools (prepare_data) start without it.
+    import torch
+
     return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
 
