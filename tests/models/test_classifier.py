@@ -1,0 +1,77 @@
+"""The finetuning classifier: forward against its definition, init, names, encoder loading."""
+import pytest
+import torch
+
+from motionmae_ds.models import ModelConfigError, build_classifier, build_pretrain_model
+
+
+def test_forward_is_mean_pool_fc_norm_head(videos, tiny_clf):
+    clf = build_classifier(**tiny_clf, init_scale=1.0).eval()
+    x = clf.patch_embed(videos) + clf.pos_embed
+    for blk in clf.blocks:
+        x = blk(x)
+    features = clf.fc_norm(x.mean(dim=1))
+    torch.testing.assert_close(clf.forward_features(videos), features)
+    torch.testing.assert_close(clf(videos), features @ clf.head.weight.T + clf.head.bias)
+    assert clf(videos).shape == (2, 5)
+
+
+def test_head_init_is_scaled(tiny_clf):
+    torch.manual_seed(0)
+    clf = build_classifier(**{**tiny_clf, "num_classes": 50}, init_scale=0.001)
+    std = clf.head.weight.std().item()
+    assert 0.9 * 0.02e-3 < std < 1.1 * 0.02e-3
+    assert clf.head.bias.abs().max() < 1e-4
+    assert torch.equal(clf.fc_norm.weight, torch.ones(192))
+
+
+def test_names_follow_videomae_finetune_model(tiny_clf):
+    names = set(build_classifier(**tiny_clf).state_dict())
+    assert {"patch_embed.proj.weight", "blocks.1.attn.q_bias", "blocks.0.mlp.fc1.weight", "fc_norm.weight",
+            "head.weight", "head.bias"} <= names
+    assert not any(n.startswith("norm.") for n in names)
+
+
+def test_load_pretrained_encoder(tiny, tiny_clf):
+    pre = build_pretrain_model(**tiny)
+    clf = build_classifier(**tiny_clf)
+    missing, unexpected = clf.load_pretrained_encoder(pre.state_dict())
+    assert sorted(missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert unexpected == []
+    assert torch.equal(clf.blocks[1].attn.qkv.weight, pre.encoder.blocks[1].attn.qkv.weight)
+    assert torch.equal(clf.patch_embed.proj.bias, pre.encoder.patch_embed.proj.bias)
+
+
+def test_layer_ids_for_layer_decay(tiny_clf):
+    clf = build_classifier(**tiny_clf)
+    assert clf.get_num_layers() == 2
+    assert [clf.layer_id(n) for n in ("patch_embed.proj.weight", "blocks.0.norm1.bias", "blocks.1.mlp.fc2.weight",
+                                      "fc_norm.weight", "head.bias")] == [0, 1, 2, 3, 3]
+
+
+def test_other_clip_shapes(tiny_clf):
+    clf = build_classifier(**{**tiny_clf, "num_frames": 8, "img_size": 48, "tubelet_size": 4})
+    assert clf.grid == (2, 3, 3)
+    assert clf(torch.randn(1, 3, 8, 48, 48)).shape == (1, 5)
+
+
+def test_grad_checkpointing_gives_identical_grads(videos, tiny_clf):
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        clf = build_classifier(**tiny_clf, drop_path_rate=0.5, head_dropout=0.5, init_scale=1.0)
+        clf.set_grad_checkpointing(ckpt)
+        torch.manual_seed(7)
+        clf(videos).logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in clf.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_bad_settings_are_named(tiny_clf):
+    for override, message in [(dict(decoder_depth=2), "unknown argument\\(s\\) decoder_depth"),
+                              (dict(num_classes=0), "num_classes=0"),
+                              (dict(tubelet_size=3), "tubelet_size=3 does not divide num_frames=4"),
+                              (dict(name="vit_b"), "'vit_b'"),
+                              (dict(drop_path_rate=1.0), "drop_path_rate=1.0")]:
+        with pytest.raises(ModelConfigError, match=message):
+            build_classifier(**{**tiny_clf, **override})
