@@ -127,7 +127,7 @@ class MotionMAE(nn.Module):
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
             raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
                                    f"{tuple(mask.shape)}")
-        lo, hi = (int(v) for v in mask.sum(dim=1).aminmax())  # the step's one host sync
+        lo, hi = torch.stack(mask.sum(dim=1).aminmax()).tolist()  # the step's one host sync
         if lo != hi or not 0 < lo < self.num_tokens:
             raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
                                    f"got counts from {lo} to {hi}")
