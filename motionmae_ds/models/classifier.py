@@ -45,6 +45,11 @@ class VideoClassifier(VisionTransformerEncoder):
     def forward(self, videos: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_dropout(self.forward_features(videos)))
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for timm's `param_groups_layer_decay`: the embedding, then each block, and
+        fc_norm + head (unmatched) together last, the layer ids VideoMAE's finetuning assigns."""
+        return {"stem": r"^patch_embed", "blocks": r"^blocks\.(\d+)"}
+
     def get_num_layers(self) -> int:
         return len(self.blocks)
 

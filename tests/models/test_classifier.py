@@ -49,6 +49,23 @@ def test_layer_ids_for_layer_decay(tiny_clf):
                                       "fc_norm.weight", "head.bias")] == [0, 1, 2, 3, 3]
 
 
+def test_timm_layer_decay_uses_videomae_layer_ids(tiny_clf):
+    from timm.optim import param_groups_layer_decay
+
+    clf = build_classifier(**tiny_clf)
+    groups = param_groups_layer_decay(clf, weight_decay=0.05, layer_decay=0.5)
+    scale = {name: g["lr_scale"] for g in groups for name in _names(clf, g["params"])}
+    # depth 2: embedding 0.5^3, block i 0.5^(2 - i), fc_norm and head 1
+    expected = {n: 0.5 ** (3 - clf.layer_id(n)) for n, _ in clf.named_parameters()}
+    assert scale == expected
+    assert scale["patch_embed.proj.weight"] == 0.125 and scale["head.weight"] == 1.0
+
+
+def _names(model, params):
+    ids = {id(p) for p in params}
+    return [n for n, p in model.named_parameters() if id(p) in ids]
+
+
 def test_other_clip_shapes(tiny_clf):
     clf = build_classifier(**{**tiny_clf, "num_frames": 8, "img_size": 48, "tubelet_size": 4})
     assert clf.grid == (2, 3, 3)
