@@ -184,3 +184,11 @@ def test_bad_inputs_are_named(videos, tiny):
         model(videos, uneven.long())
     with pytest.raises(ValueError, match="do not match"):
         model(videos[:, :, :2], torch.tensor([[True] * 4 + [False] * 4] * 2))
+
+
+def test_sincos_3d_option_and_no_weight_decay_names(videos, half_mask, tiny):
+    model = build_pretrain_model(**tiny, pos_embed="sincos_3d", decoder_mode="shared")
+    assert torch.isfinite(model(videos, half_mask)["loss"])
+    assert model.encoder.pos_embed.shape == (1, 8, 192) and model.decoder.pos_embed.shape == (1, 8, 96)
+    assert not torch.equal(model.encoder.pos_embed, build_pretrain_model(**tiny).encoder.pos_embed)
+    assert model.no_weight_decay() == {"decoder.mask_token"}
