@@ -21,6 +21,7 @@ from motionmae_ds.engine import distributed as dist_utils
 
 TAG_RE = re.compile(r"^step(\d+)$")
 TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
 
 
 def tag_for(step: int) -> str:
@@ -33,6 +34,10 @@ def read_latest(ckpt_dir: str | Path) -> Optional[str]:
     if not latest.is_file():
         return None
     tag = latest.read_text().strip()
+    old = Path(ckpt_dir) / (OLD_PREFIX + tag)
+    if not (Path(ckpt_dir) / tag).exists() and old.is_dir():
+        # a crash while replacing a tag by a newer save of the same tag: the old one is still whole
+        os.replace(old, Path(ckpt_dir) / tag)
     if not (Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt").is_file():
         raise FileNotFoundError(f"{latest} names tag '{tag}' but {Path(ckpt_dir) / tag} is incomplete")
     return tag
@@ -54,7 +59,7 @@ def remove_stale(ckpt_dir: str | Path) -> None:
     path = Path(ckpt_dir)
     if path.is_dir():
         for child in path.iterdir():
-            if child.name.startswith(TMP_PREFIX) and child.is_dir():
+            if child.name.startswith((TMP_PREFIX, OLD_PREFIX)) and child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
 
 
@@ -78,14 +83,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
-    """Save ``tag`` and point ``latest`` at it. Returns False if that tag is already the latest."""
+def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> None:
+    """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole."""
     ckpt_dir = Path(ckpt_dir)
     if dist_utils.is_main():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     dist_utils.barrier()
-    if (ckpt_dir / "latest").is_file() and (ckpt_dir / "latest").read_text().strip() == tag:
-        return False
     tmp_tag = TMP_PREFIX + tag
     if dist_utils.is_main() and (ckpt_dir / tmp_tag).exists():
         shutil.rmtree(ckpt_dir / tmp_tag)
@@ -93,15 +96,19 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     dist_utils.barrier()
     if dist_utils.is_main():
-        final = ckpt_dir / tag
+        final, old = ckpt_dir / tag, ckpt_dir / (OLD_PREFIX + tag)
         if final.exists():
-            # not referenced by latest (checked above), so it is a leftover we may replace
-            shutil.rmtree(final)
+            # e.g. a --no_resume run reaching the step of an earlier run; read_latest restores `old` if we
+            # die between these two renames
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
         os.replace(ckpt_dir / tmp_tag, final)
         _write_latest(ckpt_dir, tag)
+        if old.exists():
+            shutil.rmtree(old)
         _prune(ckpt_dir, keep_last, keep=tag)
     dist_utils.barrier()
-    return True
 
 
 def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:

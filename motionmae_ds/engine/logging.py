@@ -21,6 +21,11 @@ class RunLogger:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out_dir / "log.jsonl"
         self._truncate_after(resume_step)
+        if resume_step == 0 and (self.out_dir / "tb").is_dir():
+            # a fresh start in an old run dir: old curves would overlay the new ones
+            import shutil
+
+            shutil.rmtree(self.out_dir / "tb")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -78,9 +78,11 @@ class Trainer:
                  resume: bool = True) -> None:
         self.cfg = cfg
         self.resume = resume
+        # config and data paths first: a typo should not wait for the process group and the comm build
+        check_paths(cfg)
+        load_ds_config(ds_config_path)
         dist_utils.init_distributed()
         _limit_cpu_threads()
-        check_paths(cfg)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         self.out_dir = Path(output_dir) if output_dir else (Path(cfg.run.output_dir) if cfg.run.output_dir
@@ -140,12 +142,14 @@ class Trainer:
             "epoch_bad": int(counts[0]), "epoch_seen": int(counts[1]),
             "world_size": self.world, "config": self.cfg.to_dict(), "rng": ckpt.rng_state(),
         }
+        if pos.step == self.saved_step:
+            return  # e.g. the end of an epoch that a step checkpoint already covered
         tag = ckpt.tag_for(pos.step)
-        saved = ckpt.save(self.engine, self.ckpt_dir, tag, state, keep_last=self.cfg.run.keep_last)
-        if saved:
-            self.log.info(f"checkpoint {self.ckpt_dir / tag} (epoch {pos.epoch}, step {pos.step})")
-            if self.cfg.run.visualize and dist_utils.is_main():
-                self._visualize(tag)
+        ckpt.save(self.engine, self.ckpt_dir, tag, state, keep_last=self.cfg.run.keep_last)
+        self.saved_step = pos.step
+        self.log.info(f"checkpoint {self.ckpt_dir / tag} (epoch {pos.epoch}, step {pos.step})")
+        if self.cfg.run.visualize and dist_utils.is_main():
+            self._visualize(tag)
         dist_utils.barrier()
 
     def _visualize(self, tag: str) -> None:
@@ -187,12 +191,14 @@ class Trainer:
         if pos.micro_in_epoch >= self.micro_per_epoch:
             pos.epoch, pos.micro_in_epoch, pos.epoch_bad, pos.epoch_seen = pos.epoch + 1, 0, 0, 0
         self.resumed_from = state["tag"]
+        self.saved_step = pos.step
         return pos
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self._build()
         self.resumed_from = None
+        self.saved_step = -1
         pos = self._restore()
         cfg = self.cfg
         self.log = RunLogger(self.out_dir, enabled=dist_utils.is_main(), resume_step=pos.step)

@@ -1,0 +1,80 @@
+"""Non-finite loss stop, bad configs and bad batch settings: clear one-line errors, no damage."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO, ZERO2, read_log, run, run_env
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
+    # checkpoints at steps 2 and 4; the loss of micro-step 4 (0-based, i.e. optimizer step 5) becomes NaN
+    cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
+                      run={"save_every_steps": 2, "keep_last": 5}, debug={"inject_nonfinite_at_step": 4})
+    out = tmp_path / "nan"
+    res = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out])
+    assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
+    lines = [l for l in res.stderr.splitlines() if "non-finite loss" in l]
+    assert len(lines) == 1 and "at epoch 0 step 5" in lines[0] and "step00000004" in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+    ckpt = out / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step00000004"
+    assert not list(ckpt.glob(".tmp-*"))
+    # the last good checkpoint is complete and loadable into a fresh model
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from motionmae_ds.config import config_from_dict
+    from motionmae_ds.engine.builders import build_model
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
+    blob = torch.load(ckpt / "step00000004" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    assert blob["step"] == 4 and blob["micro_in_epoch"] == 4
+    model = build_model(config_from_dict(blob["config"]))
+    model.load_state_dict(state)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # and a run resumes from it (without the injection) to the end
+    again = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out,
+                 "--set", "debug.inject_nonfinite_at_step=null"])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["step"] for r in read_log(out)] == list(range(1, 13))
+
+
+def _one_error_line(res):
+    lines = [l for l in res.stderr.splitlines() if l.startswith("config error:")]
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    return lines[0]
+
+
+def _python(args):
+    return subprocess.run([sys.executable, str(REPO / "launch" / "pretrain.py"), *map(str, args)], cwd=REPO,
+                          env=run_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_bad_configs_exit_2_with_one_line(tiny_config, tmp_path):
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("model:\n  name: vit_tiny\n  depht: 2\ndata:\n  synthetic: true\n")
+    assert f"{bad_key}:3: model.depht: unknown key" in _one_error_line(_python(["--config", bad_key]))
+
+    bad_type = tmp_path / "bad_type.yaml"
+    bad_type.write_text("data:\n  synthetic: true\nschedule:\n  epochs: many\n")
+    assert "schedule.epochs: expected an integer, got 'many'" in _one_error_line(_python(["--config", bad_type]))
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"data:\n  list_file: {tmp_path}/no_such_list.csv\n")
+    assert "data.list_file=" in _one_error_line(_python(["--config", missing])) 
+
+    assert "--config" in _one_error_line(_python(["--config", tmp_path / "nope.yaml"]))
+    assert "optim.lr: unknown key" in _one_error_line(_python(["--set", "optim.lr=1"]))
+
+
+def test_batch_mismatch_in_json_is_an_error(tiny_config, tmp_path):
+    ds = json.loads(ZERO2.read_text())
+    ds["train_micro_batch_size_per_gpu"] = 16
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    cfg = tiny_config()
+    line = _one_error_line(run(["--config", cfg, "--deepspeed_config", path, "--output_dir", tmp_path / "o"]))
+    assert "train_micro_batch_size_per_gpu=16 disagrees" in line and "schedule.batch_size gives 2" in line
