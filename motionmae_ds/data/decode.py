@@ -68,7 +68,8 @@ class _PyAVReader:
     def __init__(self, path: str, seek: bool | None = None) -> None:
         import av
 
-        av.logging.set_level(av.logging.PANIC)  # failures surface as exceptions, not as stderr noise
+        # Process-wide: in a data worker, failures must surface as exceptions, not as stderr noise.
+        av.logging.set_level(av.logging.PANIC)
         self.path = path
         try:
             self._container = av.open(path)
@@ -105,11 +106,12 @@ class _PyAVReader:
         if not pts:
             raise VideoDecodeError(self.path, "video stream has no frames")
         self.num_frames = len(pts)
-        self._seekable = seek and None not in pts and bool(keys) and all(k[1] is not None for k in keys)
+        # Frames are matched to indices by pts: missing or repeated timestamps make that ambiguous.
+        self._seekable = (seek and None not in pts and len(set(pts)) == len(pts) and bool(keys)
+                          and all(k[1] is not None for k in keys))
         if self._seekable:
             self._pts = sorted(pts)
             self._keys = sorted(keys)
-        self._rewind()
 
     def _rewind(self) -> None:
         # Reopen rather than seek to 0: in program streams and AVI a seek to 0 is not guaranteed to land
@@ -361,6 +363,7 @@ def _probe_pyav(path: str) -> VideoInfo:
     listed = max(reader.header_frames, reader.num_frames)
     count = 0
     try:
+        reader._rewind()
         for frame in reader._frames:
             if frame.is_corrupt:  # concealed damage: this frame and those predicted from it are not real
                 break
