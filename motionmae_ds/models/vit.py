@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch.utils.checkpoint import checkpoint
 
 from motionmae_ds.models.pos_embed import build_pos_table
@@ -63,26 +64,6 @@ class Attention(nn.Module):
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a residual branch per sample with probability `rate` and
-    scale survivors by 1 / (1 - rate). Our own few lines instead of timm's, whose import alone
-    costs ~3 s in every launcher and rank."""
-
-    def __init__(self, rate: float) -> None:
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        return x * torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep).div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"rate={self.rate}"
 
 
 class Mlp(nn.Module):
