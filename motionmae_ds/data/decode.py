@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 
 BACKENDS = ("auto", "decord", "pyav")
 
-# Containers with per-sample timestamps and a keyframe index: seeking there is frame-accurate (see
-# tests/data/test_decode.py). AVI with B-frames and MPEG program streams are not: decord returns
-# neighbouring frames after seeks there, so they are decoded forward from the start.
+# Containers with per-frame timestamps and a keyframe index: PyAV seeks there (verified by pts);
+# elsewhere (AVI, MPEG-PS/TS, ...) it decodes forward from the start.
 SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
+# Codecs whose decord seeks land on the right frames in SEEKABLE_FORMATS (tests/data/test_decode.py).
+# decord returns neighbouring frames after seeks in AVI, MPEG-PS/TS, and for MPEG-4 Part 2 with
+# B-frames even inside MP4/MKV: "auto" sends all of those to PyAV.
+DECORD_CODECS = ("h264", "vp9")
 
 
 class VideoDecodeError(Exception):
@@ -65,16 +68,9 @@ def _one_line(exc: BaseException) -> str:
 class _PyAVReader:
     """PyAV: seeks by presentation timestamps in seekable containers, decodes forward elsewhere."""
 
-    def __init__(self, path: str, seek: bool | None = None) -> None:
-        import av
-
-        # Process-wide: in a data worker, failures must surface as exceptions, not as stderr noise.
-        av.logging.set_level(av.logging.PANIC)
+    def __init__(self, path: str, seek: bool | None = None, container=None) -> None:
         self.path = path
-        try:
-            self._container = av.open(path)
-        except Exception as exc:  # noqa: BLE001 - any failure to open is a property of the file
-            raise VideoDecodeError(path, f"cannot open: {_one_line(exc)}") from None
+        self._container = container if container is not None else _open_av(path)
         try:
             if not self._container.streams.video:
                 raise VideoDecodeError(path, "no video stream")
@@ -116,10 +112,8 @@ class _PyAVReader:
     def _rewind(self) -> None:
         # Reopen rather than seek to 0: in program streams and AVI a seek to 0 is not guaranteed to land
         # on the first frame, and the forward decode is what defines the frame order.
-        import av
-
         self._container.close()
-        self._container = av.open(self.path)
+        self._container = _open_av(self.path)
         self._stream = self._container.streams.video[0]
         self._stream.thread_count = 1
         self._frames = self._container.decode(self._stream)
@@ -246,23 +240,29 @@ def _decord_reason(exc: BaseException) -> str:
     return text[text.rfind(marker):][:300] if marker in text else text[:300]
 
 
-def _choose_backend(path: str, backend: str) -> str:
+def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    return "decord" if _has_seekable_container(path) else "pyav"
 
 
-def _has_seekable_container(path: str) -> bool:
-    """MP4/MOV (ISO BMFF) or Matroska/WebM, judged by the first bytes rather than the file name."""
+def _open_av(path: str):
+    import av
+
+    # Process-wide: in a data worker, failures must surface as exceptions, not as stderr noise.
+    av.logging.set_level(av.logging.PANIC)
     try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-    except OSError:
+        return av.open(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a property of the file
+        raise VideoDecodeError(path, f"cannot open: {_one_line(exc)}") from None
+
+
+def _decord_is_exact(container) -> bool:
+    """Judged from the container's header (format and codec), not from the file name."""
+    if not container.streams.video:
         return False
-    iso_bmff = head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
-    return iso_bmff or head[:4] == b"\x1a\x45\xdf\xa3"
+    formats = container.format.name.split(",")
+    codec = container.streams.video[0].codec_context.name
+    return any(name in SEEKABLE_FORMATS for name in formats) and codec in DECORD_CODECS
 
 
 def _check_file(path: str) -> None:
@@ -277,27 +277,37 @@ class VideoReader:
 
     ``num_frames`` is what the container lists (exact for intact files, found without decoding);
     ``get`` raises VideoDecodeError when a requested frame lies beyond what actually decodes.
-    In "auto" mode a decord failure is retried with PyAV, whose diagnosis is the one reported.
+    "auto" uses decord where its seeks are exact (DECORD_CODECS in SEEKABLE_FORMATS), PyAV elsewhere;
+    a decord failure is retried with PyAV, whose diagnosis is the one reported. ``backend`` tells which
+    one is reading.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto") -> None:
         self.path = str(path)
+        _check_backend(backend)
         _check_file(self.path)
-        self.backend = _choose_backend(self.path, backend)
         self._auto = backend == "auto"
-        self._impl = self._open(self.backend)
+        self.backend = backend
+        self._impl = self._open()
         self.num_frames: int = self._impl.num_frames
         self.fps: float = self._impl.fps
 
-    def _open(self, backend: str):
-        if backend == "decord":
+    def _open(self):
+        if self.backend == "decord":
+            return _DecordReader(self.path)
+        if self.backend == "pyav":
+            return _PyAVReader(self.path)
+        # auto: PyAV's header parse (a few ms) tells whether decord can be trusted with this file
+        container = _open_av(self.path)
+        if _decord_is_exact(container):
+            container.close()
+            self.backend = "decord"
             try:
                 return _DecordReader(self.path)
             except VideoDecodeError:
-                if not self._auto:
-                    raise
-                self.backend = "pyav"
-        return _PyAVReader(self.path)
+                container = None
+        self.backend = "pyav"
+        return _PyAVReader(self.path, container=container)
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 (K, H, W, 3): the frames at ``indices`` (repeats and any order allowed)."""
@@ -346,8 +356,8 @@ def probe_video(path: str | os.PathLike, backend: str = "auto") -> VideoInfo:
     "auto" probes with PyAV: it skips the RGB conversion and names the problem when nothing decodes.
     """
     path = str(path)
+    _check_backend(backend)
     _check_file(path)
-    _choose_backend(path, backend)
     if backend == "decord":
         return _probe_decord(path)
     return _probe_pyav(path)

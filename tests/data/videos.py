@@ -20,6 +20,8 @@ CODECS: dict[str, tuple[str, str, str]] = {
     "h264": ("mp4", "libx264", ".mp4"),
     "vp9": ("webm", "libvpx-vp9", ".webm"),
     "mpeg4": ("avi", "mpeg4", ".avi"),
+    "mpeg4_mp4": ("mp4", "mpeg4", ".mp4"),
+    "h264_ts": ("mpegts", "libx264", ".ts"),
     "mpeg2_ps": ("mpeg", "mpeg2video", ".mpg"),
     "ffv1": ("matroska", "ffv1", ".mkv"),
 }
@@ -32,6 +34,8 @@ GOOD_VIDEOS: dict[str, dict] = {
     "vp9": dict(codec="vp9", num_frames=40, gop=10),
     "avi_bframes": dict(codec="mpeg4", num_frames=48, bframes=2, gop=12),
     "mpeg_ps": dict(codec="mpeg2_ps", num_frames=48, bframes=2, gop=12),
+    "mp4_mpeg4_bframes": dict(codec="mpeg4_mp4", num_frames=40, bframes=2, gop=10),
+    "mpeg_ts": dict(codec="h264_ts", num_frames=40, bframes=2, gop=10),
     "vfr": dict(codec="h264", num_frames=40, bframes=2, gop=10, vfr=True),
     "gray": dict(codec="h264", num_frames=24, pix_fmt="gray", gop=8),
     "short10": dict(codec="h264", num_frames=10, gop=4, bframes=1),
