@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         args.frame_template.format(1)
     except (IndexError, KeyError, ValueError):
         parser.error(f"--frame-template must hold one integer field like img_{{:05d}}.jpg, got {args.frame_template!r}")
+    last_print = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or time.monotonic() - last_print[0] > 10:
+            last_print[0] = time.monotonic()
+            print(f"scanned {done}/{total}", file=sys.stderr, flush=True)
+
     try:
         summary, report = clean_list(args.list, args.out, args.root, args.fmt, args.backend, args.frame_template,
                                      args.frame_start, args.min_frames, args.workers, args.timeout,
-                                     args.drop_truncated)
+                                     args.drop_truncated, progress)
     except ListFormatError as exc:  # the list as a whole is unusable (unreadable, no recognisable format)
         parser.error(str(exc))
     print(f"{summary}\nclean list: {args.out}\nreport:     {report}")

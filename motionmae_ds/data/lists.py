@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 FORMATS = ("auto", "path_label", "path_frames_label", "path_start_total", "frame_dir")
 # the numeric fields after the path, in order
@@ -230,12 +230,16 @@ def probe_record(record: VideoRecord, backend: str = "auto") -> tuple[int | None
     return total, ""
 
 
-def _probe_all(records: list[VideoRecord], backend: str, workers: int, timeout: float) -> list[tuple]:
-    """probe_record over all records in worker processes; a file that hangs the decoder gets a reason."""
+def _probe_all(
+    records: list[VideoRecord], backend: str, workers: int, timeout: float, progress: Callable | None
+) -> list[tuple]:
+    """probe_record over all records in worker processes; a file that hangs or crashes the decoder
+    gets a reason instead of stopping the scan."""
     import multiprocessing
 
     results: list[tuple | None] = [None] * len(records)
     pending = list(range(len(records)))
+    done = 0
     while pending:
         # A hung native decoder cannot be interrupted in-process: on a timeout the pool is torn down
         # (terminate) and the remaining entries go to a fresh one.
@@ -244,10 +248,14 @@ def _probe_all(records: list[VideoRecord], backend: str, workers: int, timeout: 
             for position, i in enumerate(pending):
                 try:
                     results[i] = jobs[i].get(timeout)
-                except multiprocessing.TimeoutError:
-                    results[i] = (None, f"decoder did not finish within {timeout:g}s")
+                except multiprocessing.TimeoutError:  # a crashed worker's job never returns either
+                    results[i] = (None, f"decoder did not finish within {timeout:g}s (hung or crashed)")
                     pending = pending[position + 1:]
                     break
+                finally:
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(records))
             else:
                 pending = []
     return results
@@ -265,10 +273,11 @@ def clean_list(
     workers: int = 1,
     timeout: float = 300.0,
     drop_truncated: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[CleanSummary, str]:
     """Write ``out_path`` (good entries, true counts) and ``out_path + ".report.txt"`` (every bad line or
     file and why, every truncated file and every corrected count). Truncated files keep their decodable
-    frames unless ``drop_truncated``. Paths stay as written in the list (relative to ``root``).
+    frames unless ``drop_truncated``. ``progress(done, total)`` is called as entries finish. Paths stay as written in the list (relative to ``root``).
     Lists without counts (path_label) come out as path_frames_label. Returns (summary, report path)."""
     records, line_errors, fmt = scan_list(list_path, fmt, root, frame_template, frame_start)
     out_fmt = "path_frames_label" if fmt in ("auto", "path_label") else fmt
@@ -276,7 +285,7 @@ def clean_list(
     report = [f"bad line  {e}" for e in line_errors]
     prefix = os.path.join(root, "") if root else ""
     lines = []
-    for record, (count, reason) in zip(records, _probe_all(records, backend, workers, timeout)):
+    for record, (count, reason) in zip(records, _probe_all(records, backend, workers, timeout, progress)):
         where = f"{list_path}:{record.line}: {record.path}"
         if count is not None and count < min_frames:
             count, reason = None, f"only {count} decodable frames (min_frames {min_frames})"
