@@ -18,11 +18,11 @@ def test_duplicates_dropped_and_views_averaged():
     rows = [
         (0, 0, 0, 1, [0.2, 0.8, 0.0]), (0, 0, 1, 1, [0.6, 0.4, 0.0]),   # video 0, two views
         (1, 1, 0, 2, [0.1, 0.1, 0.8]), (1, 1, 1, 2, [0.3, 0.3, 0.4]),   # video 1
-        (2, 2, 0, 0, [0.5, 0.5, 0.0]), (2, 2, 1, 0, [0.3, 0.0, 0.7]),   # video 2 (mis-classified)
+        (2, 2, 0, 2, [0.5, 0.5, 0.0]), (2, 2, 1, 2, [0.3, 0.0, 0.7]),   # video 2 (mis-classified)
         (0, 0, 0, 1, [0.2, 0.8, 0.0]), (0, 0, 1, 1, [0.6, 0.4, 0.0]),   # item 0 again: sampler padding
     ]
     scores = aggregate(_views(rows))
-    assert scores.index.tolist() == [0, 1, 2] and scores.label.tolist() == [1, 2, 0]
+    assert scores.index.tolist() == [0, 1, 2] and scores.label.tolist() == [1, 2, 2]
     assert scores.num_views.tolist() == [2, 2, 2]
     expected = torch.tensor([[0.4, 0.6, 0.0], [0.2, 0.2, 0.6], [0.4, 0.25, 0.35]])
     assert torch.allclose(scores.probs, expected)
