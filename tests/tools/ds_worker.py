@@ -1,0 +1,102 @@
+"""Run by the tests under the real `deepspeed` launcher: train a tiny MotionMAE a few steps with the engine's
+own pieces (model, param groups, AdamW, ds_config batch filling, atomic checkpoint save) and save a ZeRO-2
+checkpoint; or load the latest checkpoint (universal or not) and dump every parameter's fp32 master and Adam
+moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
+
+    deepspeed --num_gpus 2 tests/tools/ds_worker.py save --config C --ckpt_dir D --steps 3
+    deepspeed --num_gpus 1 tests/tools/ds_worker.py dump --config C --ckpt_dir D --out state.pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+
+def build(args: argparse.Namespace, prepare_resume: bool):
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    from motionmae_ds.config import batch_layout, load_config
+    from motionmae_ds.engine import distributed as dist_utils
+    from motionmae_ds.engine.builders import build_masker, build_model
+    from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
+    from motionmae_ds.engine.optim import build_adamw, param_groups
+
+    cfg = load_config(args.config)
+    dist_utils.init_distributed()
+    world = dist_utils.world_size()
+    micro, accum, _ = batch_layout(cfg, world)
+    ds_config = fill_batch(load_ds_config(args.deepspeed_config), micro, accum, world)
+    if prepare_resume:
+        from motionmae_ds.tools.universal import prepare_resume as prep
+
+        ds_config = prep(args.ckpt_dir, ds_config)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg)
+    optimizer = build_adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim.base_lr, cfg.optim.betas,
+                            cfg.optim.eps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    masker = build_masker(cfg, tuple(model.grid))
+    return cfg, engine, masker, micro, get_accelerator().device_name()
+
+
+def save(args: argparse.Namespace) -> None:
+    from motionmae_ds.engine import checkpoint as ckpt
+    from motionmae_ds.engine import distributed as dist_utils
+
+    cfg, engine, masker, micro, _ = build(args, prepare_resume=False)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    m = cfg.model
+    for step in range(args.steps):
+        gen = torch.Generator().manual_seed(1000 * step + rank)
+        videos = torch.randn(micro, 3, m.num_frames, m.img_size, m.img_size, generator=gen).to(engine.device)
+        mask = masker(micro, device=engine.device, generator=torch.Generator(device=engine.device).manual_seed(step))
+        loss = engine(videos, mask)["loss"]
+        engine.backward(loss)
+        engine.step()
+    state = {"epoch": 0, "step": args.steps, "micro_in_epoch": args.steps, "epoch_bad": 0, "epoch_seen": 0,
+             "world_size": world, "config": cfg.to_dict(), "rng": ckpt.rng_state()}
+    ckpt.save(engine, args.ckpt_dir, ckpt.tag_for(args.steps), state)
+
+
+def dump(args: argparse.Namespace) -> None:
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    from motionmae_ds.engine import checkpoint as ckpt
+    from motionmae_ds.engine import distributed as dist_utils
+
+    _, engine, _, _, _ = build(args, prepare_resume=True)
+    state = ckpt.load_latest(engine, args.ckpt_dir)
+    out = {"client": {k: v for k, v in state.items() if k != "rng"}, "fp32": {}, "exp_avg": {}, "exp_avg_sq": {},
+           "load_universal": engine.load_universal_checkpoint(), "world_size": dist_utils.world_size()}
+    for name, p in engine.module.named_parameters():
+        out["fp32"][name] = safe_get_full_fp32_param(p).cpu()
+        out["exp_avg"][name] = safe_get_full_optimizer_state(p, "exp_avg").cpu()
+        out["exp_avg_sq"][name] = safe_get_full_optimizer_state(p, "exp_avg_sq").cpu()
+    out["adam_step"] = sorted({int(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s})
+    if dist_utils.is_main():
+        torch.save(out, args.out)
+    dist_utils.barrier()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("save", "dump"))
+    p.add_argument("--config", required=True)
+    p.add_argument("--deepspeed_config", default=str(REPO / "ds_configs" / "zero2.json"))
+    p.add_argument("--ckpt_dir", required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", default=None)
+    p.add_argument("--local_rank", type=int, default=None)
+    args = p.parse_args()
+    save(args) if args.mode == "save" else dump(args)
+
+
+if __name__ == "__main__":
+    main()
