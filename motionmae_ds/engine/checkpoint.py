@@ -83,8 +83,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> None:
-    """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole."""
+def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
+    """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole.
+
+    Returns True (kept for callers written against the earlier skip-if-latest behaviour).
+    """
     ckpt_dir = Path(ckpt_dir)
     if dist_utils.is_main():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,7 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
             shutil.rmtree(old)
         _prune(ckpt_dir, keep_last, keep=tag)
     dist_utils.barrier()
+    return True
 
 
 def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:

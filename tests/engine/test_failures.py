@@ -76,5 +76,6 @@ def test_batch_mismatch_in_json_is_an_error(tiny_config, tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))
     cfg = tiny_config()
-    line = _one_error_line(run(["--config", cfg, "--deepspeed_config", path, "--output_dir", tmp_path / "o"]))
+    line = _one_error_line(run(["--config", cfg, "--deepspeed_config", path, "--output_dir", tmp_path / "o"],
+                               launcher="python"))
     assert "train_micro_batch_size_per_gpu=16 disagrees" in line and "schedule.batch_size gives 2" in line

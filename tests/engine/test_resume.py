@@ -43,12 +43,12 @@ def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
 def test_no_resume_starts_over(tiny_config, tmp_path):
     cfg = tiny_config(schedule={"epochs": 1, "warmup_epochs": 0, "batch_size": 2})
     out = tmp_path / "run"
-    first = run(["--config", cfg, "--output_dir", out])
+    first = run(["--config", cfg, "--output_dir", out], launcher="python")
     assert first.returncode == 0, first.stderr[-3000:]
     # same command: everything is done, resumes at the end and trains nothing more
-    second = run(["--config", cfg, "--output_dir", out])
+    second = run(["--config", cfg, "--output_dir", out], launcher="python")
     assert second.returncode == 0 and "resumed from" in second.stdout
     assert len(read_log(out)) == 6
-    third = run(["--config", cfg, "--output_dir", out, "--no_resume"])
+    third = run(["--config", cfg, "--output_dir", out, "--no_resume"], launcher="python")
     assert third.returncode == 0 and "resumed from" not in third.stdout
     assert [r["step"] for r in read_log(out)] == list(range(1, 7))
