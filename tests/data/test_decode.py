@@ -255,3 +255,9 @@ def test_frame_folder_errors_name_the_missing_frame(frame_folders, tmp_path):
         read_frame_folder(tmp_path, [0])
     with pytest.raises(VideoDecodeError, match="no readable frame"):
         count_folder_frames(tmp_path)
+
+
+def test_indices_may_be_numpy_or_torch(good_videos, reference):
+    ref = reference(good_videos["vp9"])
+    for indices in (np.array([7, 1, 7], dtype=np.int64), torch.tensor([7, 1, 7])):
+        _assert_frames(read_frames(good_videos["vp9"], indices), ref, [7, 1, 7])
