@@ -28,11 +28,13 @@ def param_groups(model: nn.Module, weight_decay: float, layer_id: Optional[Layer
     ``layer_id`` (name -> 0..num_layers) with ``layer_decay`` < 1 gives the layer ``i`` an lr scale of
     ``layer_decay ** (num_layers - i)``; without it every group has scale 1.
     """
+    # a model may name further exceptions (timm's convention: a no_weight_decay() method)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = not no_weight_decay(name, param)
+        decay = not (no_weight_decay(name, param) or name in skip)
         layer = layer_id(name) if layer_id is not None else num_layers
         key = (layer, decay)
         if key not in groups:

@@ -73,3 +73,20 @@ def test_layer_decay_hook_and_set_lr_wd():
     assert got["layer1_decay"] == (pytest.approx(0.05), pytest.approx(0.2))
     assert got["layer2_no_decay"] == (pytest.approx(0.1), 0.0)
     assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_model_no_weight_decay_list_and_real_model():
+    class Named(Toy):
+        def no_weight_decay(self):
+            return {"fc.weight"}
+
+    groups = param_groups(Named(), 0.05)
+    assert all(g["wd_scale"] == 0.0 for g in groups)
+    from motionmae_ds.config import load_config
+    from motionmae_ds.engine.builders import build_model
+
+    model = build_model(load_config())
+    decay = {n for g in param_groups(model, 0.05) if g["wd_scale"] for n in g["param_names"]}
+    assert "encoder.blocks.0.attn.qkv.weight" in decay and "encoder.patch_embed.proj.weight" in decay
+    assert not any(n.endswith((".bias", "mask_token", "q_bias", "v_bias")) or "norm" in n for n in decay)
+    assert all(dict(model.named_parameters())[n].ndim >= 2 for n in decay)
