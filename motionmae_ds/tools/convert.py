@@ -15,6 +15,8 @@ the end, so a failed conversion leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -114,13 +116,17 @@ def fp32_state_dict(ckpt_dir: str | Path, tag: str) -> dict[str, torch.Tensor]:
     if not any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
         raise CheckpointError(f"{tag_dir}: no ZeRO optimizer shards (*zero_pp_rank_*optim_states.pt), so no fp32 "
                               f"master weights to consolidate")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    # its progress prints and bars would bury the one line a failure should give
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    try:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    except Exception as exc:
-        raise CheckpointError(_find_corrupt(tag_dir) or f"{tag_dir}: ZeRO consolidation failed "
-                              f"({_first_line(exc)})") from None
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+            failure = None
+        except Exception as exc:
+            failure = _first_line(exc)
+    if failure is not None:
+        raise CheckpointError(_find_corrupt(tag_dir) or f"{tag_dir}: ZeRO consolidation failed ({failure})")
     return dict(state)
 
 

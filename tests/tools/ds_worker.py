@@ -3,7 +3,7 @@ own pieces (model, param groups, AdamW, ds_config batch filling, atomic checkpoi
 checkpoint; or load the latest checkpoint (universal or not) and dump every parameter's fp32 master and Adam
 moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
 
-    deepspeed --num_gpus 2 tests/tools/ds_worker.py save --config C --ckpt_dir D --steps 3
+    deepspeed --num_gpus 2 tests/tools/ds_worker.py save --config C --ckpt_dir D --steps 3 [--classifier]
     deepspeed --num_gpus 1 tests/tools/ds_worker.py dump --config C --ckpt_dir D --out state.pt
 """
 from __future__ import annotations
@@ -16,6 +16,18 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+
+
+CLASSIFIER_CLASSES = 5
+
+
+def classifier_kwargs(cfg) -> dict:
+    """The finetuning config's model section for the same encoder (what a finetune run records)."""
+    m = cfg.model
+    return {"name": m.name, "num_classes": CLASSIFIER_CLASSES, "num_frames": m.num_frames, "img_size": m.img_size,
+            "patch_size": m.patch_size, "tubelet_size": m.tubelet_size, "embed_dim": m.embed_dim, "depth": m.depth,
+            "num_heads": m.num_heads, "pos_embed": m.pos_embed, "drop_path_rate": 0.0, "head_dropout": 0.0,
+            "init_scale": 1.0, "grad_checkpointing": False}
 
 
 def build(args: argparse.Namespace, prepare_resume: bool):
@@ -38,7 +50,12 @@ def build(args: argparse.Namespace, prepare_resume: bool):
 
         ds_config = prep(args.ckpt_dir, ds_config)
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg)
+    if getattr(args, "classifier", False):
+        from motionmae_ds.models import build_classifier
+
+        model = build_classifier(**classifier_kwargs(cfg))
+    else:
+        model = build_model(cfg)
     optimizer = build_adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim.base_lr, cfg.optim.betas,
                             cfg.optim.eps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -56,12 +73,19 @@ def save(args: argparse.Namespace) -> None:
     for step in range(args.steps):
         gen = torch.Generator().manual_seed(1000 * step + rank)
         videos = torch.randn(micro, 3, m.num_frames, m.img_size, m.img_size, generator=gen).to(engine.device)
-        mask = masker(micro, device=engine.device, generator=torch.Generator(device=engine.device).manual_seed(step))
-        loss = engine(videos, mask)["loss"]
+        if args.classifier:
+            labels = torch.randint(0, CLASSIFIER_CLASSES, (micro,), generator=gen).to(engine.device)
+            loss = torch.nn.functional.cross_entropy(engine(videos).float(), labels)
+        else:
+            mask = masker(micro, device=engine.device,
+                          generator=torch.Generator(device=engine.device).manual_seed(step))
+            loss = engine(videos, mask)["loss"]
         engine.backward(loss)
         engine.step()
     state = {"epoch": 0, "step": args.steps, "micro_in_epoch": args.steps, "epoch_bad": 0, "epoch_seen": 0,
              "world_size": world, "config": cfg.to_dict(), "rng": ckpt.rng_state()}
+    if args.classifier:
+        state["config"] = {"model": classifier_kwargs(cfg)}
     ckpt.save(engine, args.ckpt_dir, ckpt.tag_for(args.steps), state)
 
 
@@ -93,6 +117,7 @@ def main() -> None:
     p.add_argument("--ckpt_dir", required=True)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--classifier", action="store_true", help="save: a finetuning classifier instead")
     p.add_argument("--local_rank", type=int, default=None)
     args = p.parse_args()
     save(args) if args.mode == "save" else dump(args)
