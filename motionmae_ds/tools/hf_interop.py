@@ -2,7 +2,9 @@
 
 Our encoder names are VideoMAE's finetune names (``patch_embed.proj``, ``blocks.{i}``, optional ``norm``;
 a classifier adds ``fc_norm`` and ``head``). HF splits our fused ``qkv`` into ``query``/``key``/``value``
-with the key bias absent, which is exactly our ``q_bias``/``v_bias`` layout, so the mapping is lossless.
+weights without biases and keeps the biases as ``attention.attention.q_bias``/``v_bias``, exactly our
+layout, so the mapping is lossless. Those bias names are what transformers 4.x holds and what 5.x writes
+to disk (it renames them to ``query.bias``/``value.bias`` in memory); we write them and read both.
 
 Pooling and final norms, the part that decides whether outputs match:
 - our pretraining encoder ends in ``norm``; HF's ``VideoMAEModel`` applies its ``layernorm`` only when
@@ -68,8 +70,8 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict") -> 
         ours, hf = f"blocks.{i}.", f"{pre}encoder.layer.{i}."
         q, k, v = _take(src, ours + "attn.qkv.weight", where).chunk(3)
         out.update({hf + _ATT + "query.weight": q, hf + _ATT + "key.weight": k, hf + _ATT + "value.weight": v,
-                    hf + _ATT + "query.bias": _take(src, ours + "attn.q_bias", where),
-                    hf + _ATT + "value.bias": _take(src, ours + "attn.v_bias", where)})
+                    hf + _ATT + "q_bias": _take(src, ours + "attn.q_bias", where),
+                    hf + _ATT + "v_bias": _take(src, ours + "attn.v_bias", where)})
         for mine, theirs in _BLOCK_PAIRS:
             for part in ("weight", "bias"):
                 out[f"{hf}{theirs}.{part}"] = _take(src, f"{ours}{mine}.{part}", where)
@@ -107,12 +109,11 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
         hf, ours = f"encoder.layer.{i}.{_ATT}", f"blocks.{i}."
         q, k, v = (_take(src, f"{hf}{n}.weight", where) for n in ("query", "key", "value"))
         out[ours + "attn.qkv.weight"] = torch.cat([q, k, v])
-        # qv_bias=False checkpoints: zero biases compute the same function
-        out[ours + "attn.q_bias"] = src.pop(hf + "query.bias", None)
-        out[ours + "attn.v_bias"] = src.pop(hf + "value.bias", None)
-        for name in ("attn.q_bias", "attn.v_bias"):
-            if out[ours + name] is None:
-                out[ours + name] = q.new_zeros(q.shape[0])
+        for mine, on_disk, in_memory in (("q_bias", "q_bias", "query.bias"), ("v_bias", "v_bias", "value.bias")):
+            bias = src.pop(hf + on_disk, None)
+            bias = src.pop(hf + in_memory, None) if bias is None else bias
+            # qv_bias=False checkpoints: zero biases compute the same function
+            out[ours + "attn." + mine] = bias if bias is not None else q.new_zeros(q.shape[0])
         if (hf + "key.bias") in src:
             raise HFInteropError(f"{where}: {hf}key.bias exists; our attention has no key bias")
         for mine, theirs in _BLOCK_PAIRS:
@@ -164,6 +165,8 @@ def hf_config(model_kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor]
         "qv_bias": True, "qkv_bias": True,
         # only a model without a final norm pools by mean (see the module docstring)
         "use_mean_pooling": "norm.weight" not in state, "torch_dtype": "float32",
+        # ignored by transformers; brings our registry name back on import
+        "motionmae_model_name": kw["name"],
     }
     if classifier:
         n = state["head.weight"].shape[0]
@@ -193,8 +196,10 @@ def kwargs_from_hf_config(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
                              f"our blocks use an MLP ratio of 4")
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise HFInteropError(f"{where}: hidden_act={cfg.get('hidden_act')!r}; our blocks use exact GELU")
-    name = next((n for n, s in MODEL_SIZES.items() if (s.embed_dim, s.depth, s.num_heads) == (dim, depth, heads)),
-                "vit_base")
+    name = cfg.get("motionmae_model_name")
+    if name not in MODEL_SIZES:
+        name = next((n for n, s in MODEL_SIZES.items() if (s.embed_dim, s.depth, s.num_heads) == (dim, depth, heads)),
+                    "vit_base")
     return {"name": name, "num_frames": cfg.get("num_frames", 16), "img_size": img, "patch_size": patch,
             "tubelet_size": cfg.get("tubelet_size", 2), "in_chans": cfg.get("num_channels", 3), "embed_dim": dim,
             "depth": depth, "num_heads": heads, "pos_embed": "sincos_1d"}

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.models.pretrained import load_pretrained
-from motionmae_ds.tools.convert import init_encoder
+from motionmae_ds.tools.convert import export, init_encoder
 
 TINY_MODEL = dict(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, embed_dim=48, depth=2,
                   num_heads=3, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
@@ -35,23 +35,20 @@ def test_plain_equals_zero_to_fp32_and_loads_without_deepspeed(zero2_pretrain, c
     model = build_pretrain_model(**TINY_MODEL)
     model.load_state_dict(state, strict=True)
     # a file, not views of one flat buffer: the encoder-only file below is much smaller
-    enc = tmp_path / "enc.pth"
-    assert convert_cli("--input", zero2_pretrain, "--output", enc, "--format", "encoder").returncode == 0
+    enc = export(zero2_pretrain, tmp_path / "enc.pth", "encoder")
     assert enc.stat().st_size < 0.6 * out.stat().st_size
 
 
-def test_plain_safetensors_and_tag_selection(zero2_pretrain, convert_cli, tmp_path):
+def test_plain_safetensors_and_tag_selection(zero2_pretrain, tmp_path):
     out = tmp_path / "plain.safetensors"
     tag = (zero2_pretrain / "latest").read_text().strip()
-    proc = convert_cli("--input", zero2_pretrain, "--tag", tag, "--output", out, "--format", "plain", "--safetensors")
-    assert proc.returncode == 0, proc.stderr
+    assert export(zero2_pretrain, out, "plain", tag=tag, use_safetensors=True) == out
     assert_same(load_file(str(out)), reference(zero2_pretrain))
 
 
-def test_encoder_format_names_and_finetune_loader(zero2_pretrain, convert_cli, tmp_path):
+def test_encoder_format_names_and_finetune_loader(zero2_pretrain, tmp_path):
     out = tmp_path / "encoder.pth"
-    proc = convert_cli("--input", zero2_pretrain.parent, "--output", out, "--format", "encoder")  # a run dir
-    assert proc.returncode == 0, proc.stderr
+    export(zero2_pretrain.parent, out, "encoder")  # a run dir
     enc = torch.load(out, map_location="cpu", weights_only=True)
     ref = reference(zero2_pretrain)
     assert_same(enc, {k[len("encoder."):]: v for k, v in ref.items() if k.startswith("encoder.")})
@@ -76,14 +73,13 @@ def test_encoder_format_names_and_finetune_loader(zero2_pretrain, convert_cli, t
         assert torch.equal(v, enc[k]), k
 
 
-def test_classifier_checkpoint_plain_and_encoder(zero2_classifier, convert_cli, tmp_path):
+def test_classifier_checkpoint_plain_and_encoder(zero2_classifier, tmp_path):
     out = tmp_path / "clf.pth"
-    assert convert_cli("--input", zero2_classifier, "--output", out, "--format", "plain").returncode == 0
+    export(zero2_classifier / (zero2_classifier / "latest").read_text().strip(), out, "plain")  # a tag dir
     state = torch.load(out, map_location="cpu", weights_only=True)
     assert_same(state, reference(zero2_classifier))
     enc = tmp_path / "clf_enc.safetensors"
-    assert convert_cli("--input", zero2_classifier, "--output", enc, "--format", "encoder",
-                       "--safetensors").returncode == 0
+    export(zero2_classifier, enc, "encoder", use_safetensors=True)
     enc_state = load_file(str(enc))
     assert_same(enc_state, {k: v for k, v in state.items() if not k.startswith(("fc_norm", "head"))})
     # a finetuned encoder has no pretraining norm: continued pretraining keeps the fresh one and says so
