@@ -11,9 +11,11 @@ may contain spaces):
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+_INT = re.compile(r"[+-]?[0-9]+")
 FORMATS = ("auto", "path_label", "path_frames_label", "path_start_total", "frame_dir")
 # the numeric fields after the path, in order
 _FIELD_NAMES = {
@@ -79,7 +81,7 @@ def _trailing_ints(text: str) -> int:
 
 
 def _is_int(token: str) -> bool:
-    return token.lstrip("+-").isdigit()
+    return _INT.fullmatch(token) is not None
 
 
 def detect_format(list_path: str, lines: list[tuple[int, str]]) -> str:

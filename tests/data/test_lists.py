@@ -66,6 +66,7 @@ def test_explicit_format_overrides_detection(tmp_path):
     ("a.mp4 3\nb.mp4\n", "auto", r"list.txt:2: expected 'path label' \(path_label\), got 1 field"),
     ("a.mp4 3\nb.mp4 x\n", "auto", r"list.txt:2: label must be an integer, got 'x'"),
     ("a.mp4 3\n\nb.mp4 2.5\n", "auto", r"list.txt:3: label must be an integer, got '2.5'"),
+    ("a.mp4 3\nb.mp4 --5\n", "auto", r"list.txt:2: label must be an integer, got '--5'"),
     ("a.mp4 30 1\nb.mp4 3O 1\n", "path_frames_label", r"list.txt:2: num_frames must be an integer, got '3O'"),
     ("a.mp4 30 1\nb.mp4 0 1\n", "path_frames_label", r"list.txt:2: num_frames must be positive, got 0"),
     ("d 30 1\nd2 -4 1\n", "frame_dir", r"list.txt:2: total_frames must be positive, got -4"),
