@@ -13,6 +13,36 @@ from motionmae_ds.models.pos_embed import build_pos_table
 from motionmae_ds.models.validation import ModelConfigError, check_divides
 
 LAYER_NORM_EPS = 1e-6
+ATTENTION_BACKENDS = ("auto", "sdpa", "matmul")
+_attention_backend = "auto"
+
+
+def set_attention_backend(name: str) -> None:
+    """Process-wide attention path: "sdpa" (fused kernels), "matmul" (two matmuls and a softmax)
+    or "auto", which picks per call by device and dtype (see `attention`)."""
+    global _attention_backend
+    if name not in ATTENTION_BACKENDS:
+        raise ModelConfigError(f"attention backend {name!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+    _attention_backend = name
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as plain matmuls; (B, H, N, d) in and out."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Non-causal attention over (B, H, N, d). "auto" keeps SDPA (flash / memory-efficient kernels)
+    everywhere except bf16 on the CPU: there the fused kernel ran forward + backward at 1568
+    tokens about 1.4x slower than bf16 matmuls + softmax (bench/model_step.py, docs/BENCHMARKS.md),
+    while in fp32 the fused kernel wins."""
+    backend = _attention_backend
+    if backend == "auto":
+        backend = "matmul" if q.device.type == "cpu" and q.dtype == torch.bfloat16 else "sdpa"
+    if backend == "matmul":
+        return matmul_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class TubeletEmbed(nn.Module):
@@ -36,8 +66,16 @@ class TubeletEmbed(nn.Module):
                 f"(B, {', '.join(map(str, self.input_shape))})"
             )
         # A bf16 module (DeepSpeed casts it) still receives fp32 clips from the loader.
-        x = self.proj(videos.to(self.proj.weight.dtype))
-        return x.flatten(2).transpose(1, 2)
+        videos = videos.to(self.proj.weight.dtype)
+        if videos.device.type != "cpu":
+            return self.proj(videos).flatten(2).transpose(1, 2)
+        # A stride-equals-kernel Conv3d is one GEMM over the cubes; on the CPU the oneDNN Conv3d
+        # (its weight gradient above all) ran several times slower than the same GEMM.
+        b, c, t, h, w = videos.shape
+        (tt, ph, pw), (gt, gh, gw) = self.proj.kernel_size, self.grid
+        cubes = videos.reshape(b, c, gt, tt, gh, ph, gw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        cubes = cubes.reshape(b, self.num_tokens, c * tt * ph * pw)
+        return F.linear(cubes, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class Attention(nn.Module):
@@ -62,7 +100,7 @@ class Attention(nn.Module):
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        x = attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 

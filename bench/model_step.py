@@ -1,0 +1,354 @@
+"""Training-step speed and memory of the pretraining model against Hugging Face VideoMAE.
+
+Variants, built once and measured interleaved in one process (median over repeats, after warm-up):
+  a  ours, MotionMAE with both heads           c  transformers.VideoMAEForPreTraining (its SDPA)
+  b  ours, frame target only (VideoMAE's work)  d  ours (both heads) with activation checkpointing
+Each step is forward + backward + torch AdamW step with the module cast to the dtype (what DeepSpeed's
+bf16 engine does), the same tube masks and thread count for every variant.
+
+    python bench/model_step.py --model vit_small --num_frames 16 --img_size 224 --batch 2 --dtype bf16
+    python bench/model_step.py --finetune --model vit_large --batch 1 --dtype bf16
+
+`--finetune`: the classifier on all tokens, activation checkpointing off vs on; step time interleaved
+in this process, activation memory (peak minus what is held before the step) in one fresh subprocess
+per setting, so each peak is clean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+# glibc's adaptive mmap threshold would park freed activations in the heap, so RSS would not fall
+# back after a step and the next variant's peak would hide in it; a fixed threshold returns every
+# large buffer to the OS. It must be set before the process starts, hence the re-exec.
+if platform.system() == "Linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from motionmae_ds.models import (  # noqa: E402
+    MODEL_SIZES, build_classifier, build_mask_generator, build_pretrain_model, classifier_macs, pretrain_macs,
+)
+from motionmae_ds.models.vit import ATTENTION_BACKENDS, set_attention_backend  # noqa: E402
+
+TRAIN_FLOPS_PER_MAC = 6  # forward + backward (2x forward) = 3 passes, 2 FLOPs per multiply-add
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+VARIANTS = {"a": "ours, both heads", "b": "ours, frame only", "c": "HF VideoMAEForPreTraining (sdpa)",
+            "d": "ours, both heads, act. ckpt"}
+
+
+# -- device and memory probes -----------------------------------------------------------------
+def accelerator():
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator()
+
+
+class MemoryProbe:
+    """Peak memory of one step above what was held before it: `max_memory_allocated` on an
+    accelerator, the kernel's resident-set high-water mark (VmHWM, reset through clear_refs) on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.before = 0
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"/proc/self/status has no {key}")
+
+    def start(self) -> None:
+        if self.device.type == "cpu":
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.before = self._status_kib("VmRSS") * 1024
+        else:
+            acc = accelerator()
+            acc.synchronize()
+            acc.reset_peak_memory_stats()
+            self.before = acc.memory_allocated()
+
+    def peak_delta(self) -> int:
+        if self.device.type == "cpu":
+            return self._status_kib("VmHWM") * 1024 - self.before
+        acc = accelerator()
+        acc.synchronize()
+        return acc.max_memory_allocated() - self.before
+
+
+def sync(device: torch.device) -> None:
+    if device.type != "cpu":
+        accelerator().synchronize()
+
+
+# -- models -----------------------------------------------------------------------------------
+def hf_pretrain_model(args: argparse.Namespace) -> torch.nn.Module:
+    """VideoMAEForPreTraining with our registry's dimensions and SDPA attention."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    s = MODEL_SIZES[args.model]
+    config = VideoMAEConfig(
+        image_size=args.img_size, patch_size=16, num_channels=3, num_frames=args.num_frames, tubelet_size=2,
+        hidden_size=s.embed_dim, num_hidden_layers=s.depth, num_attention_heads=s.num_heads,
+        intermediate_size=4 * s.embed_dim, hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, qkv_bias=True, use_mean_pooling=False,
+        decoder_hidden_size=s.decoder_embed_dim, decoder_num_hidden_layers=s.decoder_depth,
+        decoder_num_attention_heads=s.decoder_num_heads, decoder_intermediate_size=4 * s.decoder_embed_dim,
+        norm_pix_loss=False, attn_implementation="sdpa")
+    model = VideoMAEForPreTraining(config)
+    if model.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"HF VideoMAE runs {model.config._attn_implementation!r} attention, not sdpa")
+    return model
+
+
+def ours_kwargs(args: argparse.Namespace, target: str) -> dict:
+    return dict(name=args.model, num_frames=args.num_frames, img_size=args.img_size, target=target)
+
+
+def adamw(params) -> torch.optim.AdamW:
+    """torch AdamW, fused: its per-tensor loop (the CPU default) took about half of a ViT-S step
+    here, the same for every variant, which would hide the differences between the models."""
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=True)
+
+
+class Variant:
+    """A model, its AdamW and a `step(videos, mask)` doing forward + backward + optimizer step."""
+
+    def __init__(self, key: str, model: torch.nn.Module, flops_per_step: float,
+                 loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.key, self.model, self.flops_per_step, self.loss_fn = key, model, flops_per_step, loss_fn
+        self.optimizer = adamw(model.parameters())
+        self.times: list[float] = []
+        self.mem: list[int] = []
+
+    def step(self, videos: torch.Tensor, mask: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(self.model, videos, mask).backward()
+        self.optimizer.step()
+
+
+def build_variants(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Variant]:
+    macs = {t: pretrain_macs(args.mask_ratio, args.mask_kind, **ours_kwargs(args, t))
+            for t in ("frame", "frame_motion")}
+    flops = {t: TRAIN_FLOPS_PER_MAC * m * args.batch for t, m in macs.items()}
+
+    def ours(model, videos, mask):
+        return model(videos, mask)["loss"]
+
+    def hf(model, videos, mask):
+        # HF takes (B, T, C, H, W) in the module's dtype; the permuted copy is made outside the timer.
+        return model(pixel_values=videos, bool_masked_pos=mask).loss
+
+    variants = []
+    for key in args.variants:
+        if key == "c":
+            model, fn, f = hf_pretrain_model(args), hf, flops["frame"]  # same work as (b): see tests/bench
+        else:
+            target = "frame" if key == "b" else "frame_motion"
+            model = build_pretrain_model(**ours_kwargs(args, target), grad_checkpointing=key == "d")
+            fn, f = ours, flops[target]
+        variants.append(Variant(key, model.to(device=device, dtype=dtype).train(), f, fn))
+    return variants
+
+
+# -- pretraining benchmark --------------------------------------------------------------------
+def run_pretrain(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(accelerator().current_device_name())
+    dtype = DTYPES[args.dtype]
+    variants = build_variants(args, device, dtype)
+    grid = (args.num_frames // 2, args.img_size // 16, args.img_size // 16)
+    gen = build_mask_generator(args.mask_kind, grid, args.mask_ratio)
+    rng = torch.Generator().manual_seed(0)
+    rounds = args.warmup + args.repeats
+    clips = [torch.randn(args.batch, 3, args.num_frames, args.img_size, args.img_size, generator=rng)
+             for _ in range(rounds)]
+    masks = [gen(args.batch, generator=rng) for _ in range(rounds)]
+    probe = MemoryProbe(device)
+    for r in range(rounds):
+        videos, mask = clips[r].to(device), masks[r].to(device)
+        hf_videos = videos.permute(0, 2, 1, 3, 4).to(dtype).contiguous()
+        # Rotating the start spreads slow phases of a shared machine over all variants.
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for v in order:
+            probe.start()
+            t0 = time.perf_counter()
+            v.step(hf_videos if v.key == "c" else videos, mask)
+            sync(device)
+            if r >= args.warmup:
+                v.times.append(time.perf_counter() - t0)
+                v.mem.append(probe.peak_delta())
+            print(f"round {r} variant {v.key}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
+    return [{"variant": v.key, "what": VARIANTS[v.key], "step_s": statistics.median(v.times),
+             "times": v.times, "gflop_per_step": v.flops_per_step / 1e9,
+             "gflops": v.flops_per_step / statistics.median(v.times) / 1e9,
+             "mem_gib": max(v.mem) / 2 ** 30} for v in variants]
+
+
+def pretrain_table(rows: list[dict]) -> str:
+    by = {r["variant"]: r for r in rows}
+    lines = ["| variant | step (s) | GFLOP/step | achieved GFLOP/s | peak mem delta (GiB) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| ({r['variant']}) {r['what']} | {r['step_s']:.3f} | {r['gflop_per_step']:.0f} | {r['gflops']:.1f} | "
+              f"{r['mem_gib']:.2f} |" for r in rows]
+    if "b" in by and "c" in by:
+        lines.append(f"\n(b)/(c) achieved FLOP/s: {by['b']['gflops'] / by['c']['gflops']:.2f}")
+    if "a" in by and "b" in by:
+        lines.append(f"(a)/(b) step time: {by['a']['step_s'] / by['b']['step_s']:.2f} "
+                     f"(FLOP ratio {by['a']['gflop_per_step'] / by['b']['gflop_per_step']:.2f})")
+    if "a" in by and "d" in by:
+        lines.append(f"(d)/(a) step time: {by['d']['step_s'] / by['a']['step_s']:.2f}, memory "
+                     f"{by['d']['mem_gib'] / max(by['a']['mem_gib'], 1e-9):.2f}")
+    return "\n".join(lines)
+
+
+# -- finetuning: activation checkpointing ----------------------------------------------------
+def finetune_setup(args: argparse.Namespace, device: torch.device):
+    kwargs = dict(name=args.model, num_classes=174, num_frames=args.num_frames, img_size=args.img_size,
+                  drop_path_rate=0.0)
+    model = build_classifier(**kwargs).to(device=device, dtype=DTYPES[args.dtype]).train()
+    optimizer = adamw(model.parameters())
+    # AdamW allocates its moments at its first step; a zero-gradient step holds them (and the
+    # grads, kept between steps as DeepSpeed's ZeRO gradient buffers are) before the measured
+    # steps, as a running trainer does.
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    rng = torch.Generator().manual_seed(0)
+    videos = torch.randn(args.batch, 3, args.num_frames, args.img_size, args.img_size, generator=rng).to(device)
+    labels = torch.randint(0, 174, (args.batch,), generator=rng).to(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(model(videos).float(), labels).backward()
+        optimizer.step()
+
+    flops = TRAIN_FLOPS_PER_MAC * classifier_macs(**kwargs) * args.batch
+    return model, step, flops
+
+
+def finetune_memory_child(args: argparse.Namespace) -> None:
+    """One process, one setting: the activation memory of a single step, printed as JSON."""
+    device = torch.device(accelerator().current_device_name())
+    model, step, _ = finetune_setup(args, device)
+    model.set_grad_checkpointing(args.ckpt == "on")
+    probe = MemoryProbe(device)
+    probe.start()
+    step()
+    print(json.dumps({"ckpt": args.ckpt, "held_gib": probe.before / 2 ** 30,
+                      "act_gib": probe.peak_delta() / 2 ** 30}))
+
+
+def run_finetune(args: argparse.Namespace) -> dict:
+    memory = {}
+    for setting in ("off", "on"):
+        cmd = [sys.executable, __file__, "--_finetune_memory_child", "--ckpt", setting, "--model", args.model,
+               "--num_frames", str(args.num_frames), "--img_size", str(args.img_size), "--batch",
+               str(args.batch), "--dtype", args.dtype, "--threads", str(args.threads),
+               "--attention", args.attention]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        memory[setting] = json.loads(out.strip().splitlines()[-1])
+        print(f"memory, checkpointing {setting}: {memory[setting]}", file=sys.stderr, flush=True)
+
+    device = torch.device(accelerator().current_device_name())
+    model, step, flops = finetune_setup(args, device)
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for r in range(args.warmup + args.repeats):
+        for setting in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            model.set_grad_checkpointing(setting == "on")
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            if r >= args.warmup:
+                times[setting].append(time.perf_counter() - t0)
+            print(f"round {r} ckpt {setting}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
+    return {s: {"step_s": statistics.median(times[s]), "times": times[s], "gflops": flops / statistics.median(
+        times[s]) / 1e9, **memory[s]} for s in ("off", "on")}
+
+
+def finetune_table(res: dict) -> str:
+    lines = ["| activation checkpointing | step (s) | achieved GFLOP/s | held before step (GiB) | "
+             "activation memory (GiB) |", "|---|---|---|---|---|"]
+    lines += [f"| {s} | {r['step_s']:.2f} | {r['gflops']:.1f} | {r['held_gib']:.2f} | {r['act_gib']:.2f} |"
+              for s, r in res.items()]
+    lines.append(f"\nactivation memory off/on: {res['off']['act_gib'] / res['on']['act_gib']:.2f}x lower; "
+                 f"step time on/off: {res['on']['step_s'] / res['off']['step_s']:.2f}")
+    return "\n".join(lines)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="vit_small", choices=tuple(MODEL_SIZES))
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--img_size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--variants", default="a,b,c,d", help="comma list of a, b, c, d")
+    p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--mask_kind", default="tube", choices=("random", "tube", "frame"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                   help="our models' attention path (auto picks per device and dtype)")
+    p.add_argument("--finetune", action="store_true", help="classifier step, checkpointing off vs on")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--_finetune_memory_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", choices=("on", "off"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad or not args.variants:
+        p.error(f"--variants {','.join(args.variants)}: unknown {bad}; choose from {', '.join(VARIANTS)}")
+    for key in ("batch", "repeats", "threads", "num_frames", "img_size"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def machine(threads: int) -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    set_attention_backend(args.attention)
+    if args._finetune_memory_child:
+        finetune_memory_child(args)
+        return
+    header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine(args.threads)}\n"
+              f"command: python bench/model_step.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    if args.finetune:
+        res = run_finetune(args)
+        print(header + finetune_table(res))
+    else:
+        res = run_pretrain(args)
+        print(header + f"dtype {args.dtype}, module cast to it; {args.mask_kind} masks, ratio {args.mask_ratio}\n"
+              + pretrain_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "results": res}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
