@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from motionmae_ds.config import ConfigError, load_config
+    from motionmae_ds.data.datasets import DataLoadError
     from motionmae_ds.engine.pretrain import NonFiniteLossError, TooManyBadVideosError, run_pretraining
 
     try:
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except TooManyBadVideosError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 4
+    except DataLoadError as exc:
+        # re-raised from a loader worker, the message carries the worker's traceback; its last line is ours
+        last = [line for line in str(exc).splitlines() if line.strip()][-1]
+        print(f"error: unreadable data: {last}", file=sys.stderr, flush=True)
         return 4
     if summary.get("first_loss") is not None:
         print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}",

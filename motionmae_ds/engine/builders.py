@@ -84,7 +84,11 @@ def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain")
     if not records:
         raise ConfigError(f"data.list_file={list_file}: no videos listed")
     d = cfg.data
-    return VideoClipDataset(
-        records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
-        input_size=cfg.model.img_size, seed=cfg.run.seed,
-    )
+    try:
+        return VideoClipDataset(
+            records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
+            input_size=cfg.model.img_size, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std,
+            seed=cfg.run.seed, backend=d.decode_backend,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data: {exc}") from None
