@@ -1,0 +1,198 @@
+"""Clips from list-file records: sampling + decoding + transforms, deterministic and robust to bad files.
+
+Determinism: every random draw of item ``i`` comes from a generator seeded by (seed, epoch, i, attempt),
+never from worker identity or timing, so a resumed run (or another worker count) sees identical data.
+
+Bad videos: a record whose frames cannot be delivered is replaced by record ``(i + k * 1000003) % len``
+for k = 1..max_retries (deterministic); every failure is returned as ``(path, reason)`` in ``skipped`` so
+the main process can log and count it. When all retries fail, ``DataLoadError`` names the last reasons.
+
+Item layout:
+- pretrain / train: ``video`` float (3, T, S, S), or (R, 3, T, S, S) with ``num_repeats`` R > 1 (decoded
+  once, augmented R times).
+- val: the centre clip's centre crop, (3, T, S, S).
+- test: ALL views of one video in one item, ``video`` (K * C, 3, T, S, S) for K clips x C crops, view
+  ``k * C + c``; the union of the K clips' frames is decoded once and resized once.
+``label`` and ``index`` are those of the record actually returned (the replacement, after a failure).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .decode import VideoDecodeError, VideoReader, read_frame_folder
+from .sampling import make_generator, spatial_crop_offsets, train_clip_indices, uniform_clip_indices
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize, resize_short_side
+
+MODES = ("pretrain", "train", "val", "test")
+_RETRY_STRIDE = 1_000_003  # prime: successive replacements land far apart and cycle through the whole list
+# decord and PyAV failures that decode.py does not wrap surface as OSError / RuntimeError.
+_DECODE_ERRORS = (VideoDecodeError, OSError, RuntimeError)
+
+
+class DataLoadError(RuntimeError):
+    """Too many consecutive records failed to decode."""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, VideoDecodeError) and exc.reason:
+        return exc.reason
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _count_folder_frames(dirpath: str, template: str, start: int) -> int:
+    if not os.path.isdir(dirpath):
+        raise VideoDecodeError(dirpath, "frame folder not found")
+    limit, count = len(os.listdir(dirpath)), 0
+    while count < limit and os.path.exists(os.path.join(dirpath, template.format(start + count))):
+        count += 1
+    return count
+
+
+class VideoClipDataset(Dataset):
+    """See the module docstring. ``records`` are ``lists.VideoRecord``s (path, label, start, num_frames,
+    is_frame_dir, frame_template); ``frame_template`` / ``frame_start`` override the records' values."""
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        mode: str = "pretrain",
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        input_size: int = 224,
+        short_side_size: int | None = None,
+        scale: Sequence[float] = (0.5, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+        rand_aug: str | None = None,
+        random_erase: float = 0.0,
+        num_repeats: int = 1,
+        test_clips: int = 2,
+        test_crops: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        seed: int = 0,
+        backend: str = "auto",
+        max_retries: int = 10,
+        frame_template: str | None = None,
+        frame_start: int | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        for name, value in (("num_frames", num_frames), ("sampling_rate", sampling_rate),
+                            ("input_size", input_size), ("num_repeats", num_repeats),
+                            ("test_clips", test_clips), ("test_crops", test_crops)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not 0.0 <= random_erase <= 1.0:
+            raise ValueError(f"random_erase (a probability) must be in [0, 1], got {random_erase}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"mean and std need 3 values with std > 0, got mean={mean} std={std}")
+        if len(records) == 0:
+            raise ValueError("records is empty: no videos to load")
+        self.records = list(records)
+        self.mode, self.num_frames, self.sampling_rate = mode, int(num_frames), int(sampling_rate)
+        self.input_size = int(input_size)
+        self.short_side_size = int(short_side_size) if short_side_size else self.input_size
+        self.num_repeats, self.test_clips, self.test_crops = int(num_repeats), int(test_clips), int(test_crops)
+        self.mean, self.std, self.seed, self.backend = tuple(mean), tuple(std), int(seed), backend
+        self.max_retries, self.frame_template, self.frame_start = int(max_retries), frame_template, frame_start
+        self.epoch = 0
+        if mode in ("pretrain", "train"):
+            self.transform: Any = TrainTransform(self.input_size, scale, ratio, flip, rand_aug, random_erase,
+                                                 mean, std)
+        else:
+            # raises on short_side_size < input_size
+            self.transform = EvalTransform(self.input_size, self.short_side_size, mean, std)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random draws (call before iterating, in the main process)."""
+        self.epoch = int(epoch)
+
+    def _frame_source(self, record: Any) -> tuple[str, int]:
+        template = self.frame_template or getattr(record, "frame_template", "img_{:05d}.jpg")
+        start = self.frame_start if self.frame_start is not None else int(record.start)
+        return template, start
+
+    def _read(self, record: Any, clips: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+        """Decode the union of the clips' frames once: (frames uint8 (U, H, W, 3), positions per clip)."""
+        union = sorted({i for clip in clips for i in clip})
+        where = {frame: pos for pos, frame in enumerate(union)}
+        positions = [[where[i] for i in clip] for clip in clips]
+        if record.is_frame_dir:
+            template, start = self._frame_source(record)
+            return read_frame_folder(record.path, union, template, start), positions
+        with VideoReader(record.path, self.backend) as reader:
+            return reader.get([int(record.start) + i for i in union]), positions
+
+    def _num_frames(self, record: Any) -> int:
+        if record.num_frames is not None and int(record.num_frames) > 0:
+            return int(record.num_frames)
+        if record.is_frame_dir:
+            n = _count_folder_frames(record.path, *self._frame_source(record))
+        else:
+            with VideoReader(record.path, self.backend) as reader:
+                n = reader.num_frames - int(record.start)
+        if n < 1:
+            raise VideoDecodeError(record.path, f"no frames at or after start index {record.start}")
+        return n
+
+    def _load(self, record: Any, generator: torch.Generator) -> torch.Tensor:
+        n = self._num_frames(record)
+        if self.mode in ("pretrain", "train"):
+            clip = train_clip_indices(n, self.num_frames, self.sampling_rate, generator)
+            frames, _ = self._read(record, [clip])
+            views = [self.transform(frames, generator) for _ in range(self.num_repeats)]
+            return views[0] if self.num_repeats == 1 else torch.stack(views)
+        if self.mode == "val":
+            clip = uniform_clip_indices(n, self.num_frames, self.sampling_rate, 1)[0]
+            frames, _ = self._read(record, [clip])
+            return self.transform(frames)
+        clips = uniform_clip_indices(n, self.num_frames, self.sampling_rate, self.test_clips)
+        frames, positions = self._read(record, clips)
+        resized = resize_short_side(frames, self.short_side_size)
+        s = self.input_size
+        offsets = spatial_crop_offsets(resized.shape[-2], resized.shape[-1], s, self.test_crops)
+        views = []
+        for pos in positions:
+            clip = resized[pos]
+            views.extend(normalize(clip[:, :, y : y + s, x : x + s], self.mean, self.std) for y, x in offsets)
+        return torch.stack(views)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[tuple[str, str]] = []
+        for attempt in range(self.max_retries + 1):
+            j = (index + attempt * _RETRY_STRIDE) % len(self.records)
+            record = self.records[j]
+            generator = make_generator(self.seed, self.epoch, index, attempt)
+            try:
+                video = self._load(record, generator)
+            except _DECODE_ERRORS as exc:
+                skipped.append((str(record.path), _reason(exc)))
+                continue
+            return {"video": video, "label": int(record.label), "index": j, "skipped": skipped}
+        last = "; ".join(f"{p}: {r}" for p, r in skipped[-3:])
+        raise DataLoadError(f"item {index}: {len(skipped)} videos in a row failed to decode "
+                            f"(max_retries={self.max_retries}); last: {last}")
+
+
+def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``video`` (B, ...) and ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    out: dict[str, Any] = {
+        "video": torch.stack([b["video"] for b in batch]),
+        "label": torch.tensor([int(b["label"]) for b in batch], dtype=torch.long),
+        "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
+        "skipped": [s for b in batch for s in b.get("skipped", ())],
+    }
+    if "view" in batch[0]:
+        out["view"] = torch.tensor([int(b["view"]) for b in batch], dtype=torch.long)
+    return out

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import videos
+from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset, collate_clips
+from motionmae_ds.data.lists import VideoRecord, read_list
+from motionmae_ds.data.sampling import make_generator, train_clip_indices
+from motionmae_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+
+ACCURACY_VIDEOS = ("h264", "vp9", "avi_bframes", "mpeg_ps", "vfr", "gray", "short10")
+
+
+def _norm(frames: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> float64 (3, T, H, W), ImageNet-normalised."""
+    x = (frames.astype(np.float64) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    return x.transpose(3, 0, 1, 2)
+
+
+def _rec(path, label=0, start=0, num_frames=None):
+    return VideoRecord(str(path), label, start, num_frames, False)
+
+
+@pytest.mark.parametrize("name", ACCURACY_VIDEOS)
+def test_val_clip_equals_reference_decode(name, good_videos, reference):
+    # 64x48 frames, short side kept at 48, centre 48x48 crop: no resampling, so pixels must match exactly.
+    ref = reference(good_videos[name])
+    ds = VideoClipDataset([_rec(good_videos[name], label=3)], mode="val", num_frames=8, sampling_rate=4,
+                          input_size=48, short_side_size=48)
+    item = ds[0]
+    # Hand-computed centre clips: 48 frames -> span 29 centred on 24; 40 -> centred on 20; 24 -> stride
+    # lowered to 3 (span 22); 10 -> stride 1 (span 8) centred on 5.
+    expected_idx = {48: list(range(10, 39, 4)), 40: list(range(6, 35, 4)), 24: list(range(1, 23, 3)),
+                    10: list(range(1, 9))}[len(ref)]
+    assert item["label"] == 3 and item["index"] == 0 and item["skipped"] == []
+    np.testing.assert_allclose(item["video"].numpy(), _norm(ref[expected_idx][:, :, 8:56]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ("h264", "avi_bframes", "short10"))
+def test_pretrain_clip_decodes_the_sampled_frames(name, good_videos, reference):
+    ref = reference(good_videos[name])
+    ds = VideoClipDataset([_rec(good_videos[name])] * 3, mode="pretrain", num_frames=8, sampling_rate=4,
+                          input_size=32, seed=5)
+    ds.set_epoch(2)
+    tf = TrainTransform(32, scale=(0.5, 1.0), flip=True)
+    for i in range(3):
+        gen = make_generator(5, 2, i, 0)  # the dataset's documented draw for (seed, epoch, index, attempt 0)
+        idx = train_clip_indices(len(ref), 8, 4, gen)
+        expected = tf(torch.from_numpy(ref[idx]), gen)
+        assert torch.equal(ds[i]["video"], expected)
+
+
+def test_videomae_v2_start_offset(good_videos, reference):
+    ref = reference(good_videos["h264"])
+    ds = VideoClipDataset([_rec(good_videos["h264"], start=20, num_frames=28)], mode="val", num_frames=4,
+                          sampling_rate=2, input_size=48, short_side_size=48)
+    # 28 frames, span 7, centre 14 -> record frames 11, 13, 15, 17 -> file frames 31, 33, 35, 37
+    np.testing.assert_allclose(ds[0]["video"].numpy(), _norm(ref[[31, 33, 35, 37]][:, :, 8:56]), atol=1e-5)
+
+
+def test_test_mode_all_views_in_one_item(good_videos, reference):
+    ref = reference(good_videos["h264"])
+    ds = VideoClipDataset([_rec(good_videos["h264"], label=1)], mode="test", num_frames=4, sampling_rate=4,
+                          input_size=40, short_side_size=48, test_clips=2, test_crops=3)
+    video = ds[0]["video"]
+    assert video.shape == (6, 3, 4, 40, 40)
+    # 48 frames, span 13: segment centres 12 and 36 -> starts 6 and 30; crops at x = 0, 12, 24, y = 4.
+    for k, start in enumerate((6, 30)):
+        frames = ref[list(range(start, start + 13, 4))]
+        for c, x in enumerate((0, 12, 24)):
+            np.testing.assert_allclose(video[k * 3 + c].numpy(), _norm(frames[:, 4:44, x : x + 40]), atol=1e-5)
+
+
+def test_frame_folders(frame_folders):
+    for name in ("rgb", "gray", "custom"):
+        spec = frame_folders[name]
+        ref = videos.reference_folder_frames(spec["path"], range(spec["num_frames"]), spec["template"], spec["start"])
+        for num_frames in (spec["num_frames"], None):  # None: counted from the files
+            rec = VideoRecord(str(spec["path"]), 2, spec["start"], num_frames, True, spec["template"])
+            ds = VideoClipDataset([rec], mode="val", num_frames=4, sampling_rate=1, input_size=48,
+                                  short_side_size=48)
+            n = spec["num_frames"]
+            start = min(max(int(np.floor(n / 2 - 2 + 0.5)), 0), n - 4)
+            np.testing.assert_allclose(ds[0]["video"].numpy(), _norm(ref[start : start + 4][:, :, 8:56]),
+                                       atol=1e-5)
+
+
+def test_determinism_and_epochs(good_videos, tmp_path):
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("".join(f"{good_videos[n]} {i}\n" for i, n in enumerate(("h264", "vp9", "vfr", "gray"))))
+    records = read_list(str(list_file))
+    kw = dict(mode="train", num_frames=4, sampling_rate=2, input_size=32, rand_aug="rand-m9-mstd0.5-inc1",
+              random_erase=0.25, seed=7)
+    a, b = VideoClipDataset(records, **kw), VideoClipDataset(records, **kw)
+    for i in range(4):
+        assert torch.equal(a[i]["video"], b[i]["video"]) and a[i]["label"] == i
+    b.set_epoch(1)
+    assert all(not torch.equal(a[i]["video"], b[i]["video"]) for i in range(4))
+    # Worker count and timing do not matter: 2 workers give the batches of the main process.
+    a.set_epoch(1)
+    main = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips)]
+    workers = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips, num_workers=2)]
+    assert all(torch.equal(x, y) for x, y in zip(main, workers)) and len(main) == 2
+
+
+def test_repeated_sampling_decodes_once_augments_twice(good_videos):
+    ds = VideoClipDataset([_rec(good_videos["h264"])], mode="train", num_frames=4, sampling_rate=2,
+                          input_size=32, num_repeats=2)
+    video = ds[0]["video"]
+    assert video.shape == (2, 3, 4, 32, 32) and not torch.equal(video[0], video[1])
+
+
+def test_bad_files_are_skipped_reported_and_replaced(good_videos, bad_videos):
+    bad = ["zero_bytes", "text_as_mp4", "audio_only", "missing", "truncated_mp4"]
+    # The list claims 40 frames (as for the intact file); the truncated copy decodes only about 16.
+    records = [_rec(good_videos["h264"], label=5)] + [_rec(bad_videos[n], label=9, num_frames=40) for n in bad]
+    ds = VideoClipDataset(records, mode="val", num_frames=8, sampling_rate=4, input_size=48, short_side_size=48)
+    for i, name in enumerate(bad, start=1):
+        item = ds[i]
+        assert item["video"].shape == (3, 8, 48, 48)
+        assert item["label"] == 5 and item["index"] == 0  # the only good record is the replacement
+        paths = [p for p, _ in item["skipped"]]
+        assert paths[0] == str(bad_videos[name]) and all(reason for _, reason in item["skipped"])
+        assert set(paths) <= {str(bad_videos[n]) for n in bad}
+    batch = collate_clips([ds[0], ds[1], ds[2]])
+    assert batch["video"].shape == (3, 3, 8, 48, 48) and batch["label"].tolist() == [5, 5, 5]
+    assert [p for p, _ in batch["skipped"]][:1] == [str(bad_videos["zero_bytes"])]
+    assert len(batch["skipped"]) >= 2
+    # Replacements are deterministic.
+    assert ds[3]["skipped"] == ds[3]["skipped"]
+    strict = VideoClipDataset(records, mode="val", num_frames=8, sampling_rate=4, input_size=48,
+                              short_side_size=48, max_retries=0)
+    with pytest.raises(DataLoadError, match="zero_bytes.mp4"):
+        strict[1]
+    all_bad = VideoClipDataset(records[1:], mode="pretrain", num_frames=4, input_size=32, max_retries=3)
+    with pytest.raises(DataLoadError, match="4 videos in a row"):
+        all_bad[0]
+
+
+def test_bad_arguments_name_the_setting(good_videos):
+    recs = [_rec(good_videos["h264"])]
+    with pytest.raises(ValueError, match="mode"):
+        VideoClipDataset(recs, mode="training")
+    with pytest.raises(ValueError, match="num_frames"):
+        VideoClipDataset(recs, num_frames=0)
+    with pytest.raises(ValueError, match="random_erase"):
+        VideoClipDataset(recs, mode="train", random_erase=2.0)
+    with pytest.raises(ValueError, match="short_side_size"):
+        VideoClipDataset(recs, mode="test", input_size=64, short_side_size=48)
+    with pytest.raises(ValueError, match="records"):
+        VideoClipDataset([], mode="val")
+    with pytest.raises(ValueError, match="rand_aug"):
+        VideoClipDataset(recs, mode="train", rand_aug="rand-q9")
