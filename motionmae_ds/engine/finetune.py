@@ -160,9 +160,9 @@ class FinetuneTrainer:
                  resume: bool = True) -> None:
         self.cfg = cfg
         self.resume = resume
+        check_finetune_paths(cfg)  # before any process group exists: a typo must not cost a JIT build
         dist_utils.init_distributed()
         _limit_cpu_threads()
-        check_finetune_paths(cfg)
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         stem = Path(cfg.source).stem if cfg.source.endswith((".yaml", ".yml")) else "finetune"
@@ -433,13 +433,21 @@ def load_eval_weights(model: nn.Module, source: str | Path) -> str:
 def evaluate_checkpoint(cfg: FinetuneConfig, source: str | Path, output_dir: str | Path,
                         split: str = "test") -> dict[str, Any]:
     """Multi-view test (or one-view val) of saved weights on all ranks; rank 0 writes metrics/predictions."""
+    def split_dataset() -> Any:
+        lists = resolve_lists(cfg)
+        if split not in lists:
+            raise ConfigError(f"{cfg.source}: data.{split}_list is empty")
+        if not Path(lists[split]).is_file():
+            raise ConfigError(f"{cfg.source}: data.{split}_list={lists[split]}: file not found")
+        return build_split(cfg, lists[split], split)
+
+    # list files are checked before any process group exists; the synthetic set needs rank 0 to go first
+    dataset = None if cfg.data.synthetic else split_dataset()
     dist_utils.init_distributed()
     _limit_cpu_threads()
     rank, world, device = dist_utils.rank(), dist_utils.world_size(), dist_utils.device()
-    lists = resolve_lists(cfg)
-    if split not in lists:
-        raise ConfigError(f"{cfg.source}: data.{split}_list is empty")
-    dataset = build_split(cfg, lists[split], split)
+    if dataset is None:
+        dataset = split_dataset()
     torch.manual_seed(cfg.run.seed)
     model = build_finetune_model(cfg)
     message = load_eval_weights(model, source)
