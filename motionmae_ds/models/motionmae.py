@@ -156,21 +156,36 @@ class MotionMAE(nn.Module):
 
         zero = torch.zeros((), dtype=torch.float32, device=videos.device)
         out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
-        full_targets = {}
-        if self.train_frame or return_pred:
-            full_targets["frame"] = self.frame_target(videos)
-        if self.train_motion or return_pred:
-            full_targets["motion"] = self.motion_target(videos)
+        targets = self._pixel_targets(videos, frame=self.train_frame or return_pred,
+                                      motion=self.train_motion or return_pred)
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
             pred = pred.float()
-            out[f"loss_{kind}"] = self._loss(pred, torch.gather(full_targets[kind], 1, masked_ids))
+            # Per-token normalisation commutes with the gather, so only masked tokens pay for it.
+            target = torch.gather(targets[kind], 1, masked_ids)
+            if self.norm_target:
+                target = tg.normalize_per_token(target, self.in_chans)
+            out[f"loss_{kind}"] = self._loss(pred, target)
             out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
             if return_pred:
                 out[f"pred_{kind}"] = pred
         if return_pred:
-            out.update({f"target_{k}": v for k, v in full_targets.items()})
+            out.update({f"target_{k}": tg.normalize_per_token(v, self.in_chans) if self.norm_target else v
+                        for k, v in targets.items()})
         return out
+
+    @torch.no_grad()
+    def _pixel_targets(self, videos: torch.Tensor, frame: bool, motion: bool) -> dict[str, torch.Tensor]:
+        """Un-normalised (B, N, P) patches of the frames and of their differences, from one
+        [0, 1] copy of the clip; each target is materialised once per step."""
+        pixels = self.unnormalize(videos)
+        targets = {}
+        if frame:
+            targets["frame"] = self.patchify(pixels)
+        if motion:
+            diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
+            targets["motion"] = self.patchify(diff)
+        return targets
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay beyond the usual 1-D ones (mask tokens are 3-D)."""

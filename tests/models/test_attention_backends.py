@@ -1,0 +1,87 @@
+"""The attention paths and the GEMM patch embedding against torch's own kernels: the same
+outputs and gradients (forward and backward), and "auto" choosing per device and dtype."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from motionmae_ds.models import ModelConfigError, build_classifier
+from motionmae_ds.models import vit
+from motionmae_ds.models.vit import attention, matmul_attention, set_attention_backend
+
+# bf16 keeps 8 bits of mantissa: 2^-8 relative, a few ulps after the softmax and two matmuls.
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
+
+
+@pytest.fixture(autouse=True)
+def restore_backend():
+    yield
+    set_attention_backend("auto")
+
+
+def qkv(dtype, b=2, h=3, n=37, d=16):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, h, n, d, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_equals_sdpa_forward_and_backward(dtype):
+    q, k, v = qkv(dtype)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    results = []
+    for fn in (F.scaled_dot_product_attention, matmul_attention):
+        out = fn(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), grad_out)
+        results.append((out, *grads))
+    for ref, got in zip(*results):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), ref.float(), **TOL[dtype])
+
+
+def test_matmul_attention_by_hand():
+    # One query, two keys with scores 0 and ln(3) * sqrt(d): weights 1/4 and 3/4.
+    d = 4
+    q = torch.tensor([[[[1.0, 0, 0, 0]]]])
+    k = torch.tensor([[[[0.0, 0, 0, 0], [torch.log(torch.tensor(3.0)).item() * d ** 0.5, 0, 0, 0]]]])
+    v = torch.tensor([[[[4.0, 0, 0, 0], [8.0, 0, 0, 0]]]])
+    torch.testing.assert_close(matmul_attention(q, k, v), torch.tensor([[[[7.0, 0, 0, 0]]]]))
+
+
+def test_auto_picks_matmul_only_for_bf16_on_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(vit, "matmul_attention", lambda *a: calls.append("matmul") or a[2])
+    monkeypatch.setattr(vit.F, "scaled_dot_product_attention", lambda *a: calls.append("sdpa") or a[2])
+    for dtype in (torch.bfloat16, torch.float32):
+        attention(*[t.detach() for t in qkv(dtype)])
+    set_attention_backend("sdpa")
+    attention(*[t.detach() for t in qkv(torch.bfloat16)])
+    set_attention_backend("matmul")
+    attention(*[t.detach() for t in qkv(torch.float32)])
+    assert calls == ["matmul", "sdpa", "sdpa", "matmul"]
+
+
+def test_unknown_backend_rejected():
+    with pytest.raises(ModelConfigError, match="attention backend 'flash3'"):
+        set_attention_backend("flash3")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_patch_embedding_equals_conv3d(dtype):
+    """On the CPU the tubelet embedding runs as one GEMM; it must match the Conv3d it stands for,
+    in the output and in the weight and bias gradients."""
+    torch.manual_seed(0)
+    clf = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=48, depth=1).to(dtype)
+    embed = clf.patch_embed
+    videos = torch.randn(2, 3, 4, 48, 48)
+    out = embed(videos)
+    out.square().sum().backward()
+    got = (out, embed.proj.weight.grad, embed.proj.bias.grad)
+    embed.zero_grad(set_to_none=True)
+    ref_out = embed.proj(videos.to(dtype)).flatten(2).transpose(1, 2)  # the Conv3d itself
+    ref_out.square().sum().backward()
+    ref = (ref_out, embed.proj.weight.grad, embed.proj.bias.grad)
+    assert out.shape == (2, 2 * 3 * 3, 192)
+    for g, r in zip(got, ref):
+        # The gradients sum over all 72 tokens: compare relative to each tensor's scale.
+        scale = r.abs().max().float().item()
+        rel = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(g.float(), r.float(), rtol=rel, atol=rel * scale)
