@@ -124,42 +124,48 @@ class VideoClipDataset(Dataset):
         start = self.frame_start if self.frame_start is not None else int(record.start)
         return template, start
 
-    def _read(self, record: Any, clips: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+    def _read(
+        self, record: Any, reader: VideoReader | None, clips: list[list[int]]
+    ) -> tuple[torch.Tensor, list[list[int]]]:
         """Decode the union of the clips' frames once: (frames uint8 (U, H, W, 3), positions per clip)."""
         union = sorted({i for clip in clips for i in clip})
         where = {frame: pos for pos, frame in enumerate(union)}
         positions = [[where[i] for i in clip] for clip in clips]
-        if record.is_frame_dir:
+        if reader is None:
             template, start = self._frame_source(record)
             return read_frame_folder(record.path, union, template, start), positions
-        with VideoReader(record.path, self.backend) as reader:
-            return reader.get([int(record.start) + i for i in union]), positions
+        return reader.get([int(record.start) + i for i in union]), positions
 
-    def _num_frames(self, record: Any) -> int:
+    def _num_frames(self, record: Any, reader: VideoReader | None) -> int:
         if record.num_frames is not None and int(record.num_frames) > 0:
             return int(record.num_frames)
-        if record.is_frame_dir:
+        if reader is None:
             n = _count_folder_frames(record.path, *self._frame_source(record))
         else:
-            with VideoReader(record.path, self.backend) as reader:
-                n = reader.num_frames - int(record.start)
+            n = reader.num_frames - int(record.start)
         if n < 1:
             raise VideoDecodeError(record.path, f"no frames at or after start index {record.start}")
         return n
 
     def _load(self, record: Any, generator: torch.Generator) -> torch.Tensor:
-        n = self._num_frames(record)
+        if record.is_frame_dir:
+            return self._load_from(record, None, generator)
+        with VideoReader(record.path, self.backend) as reader:  # one open per item, in this worker
+            return self._load_from(record, reader, generator)
+
+    def _load_from(self, record: Any, reader: VideoReader | None, generator: torch.Generator) -> torch.Tensor:
+        n = self._num_frames(record, reader)
         if self.mode in ("pretrain", "train"):
             clip = train_clip_indices(n, self.num_frames, self.sampling_rate, generator)
-            frames, _ = self._read(record, [clip])
+            frames, _ = self._read(record, reader, [clip])
             views = [self.transform(frames, generator) for _ in range(self.num_repeats)]
             return views[0] if self.num_repeats == 1 else torch.stack(views)
         if self.mode == "val":
             clip = uniform_clip_indices(n, self.num_frames, self.sampling_rate, 1)[0]
-            frames, _ = self._read(record, [clip])
+            frames, _ = self._read(record, reader, [clip])
             return self.transform(frames)
         clips = uniform_clip_indices(n, self.num_frames, self.sampling_rate, self.test_clips)
-        frames, positions = self._read(record, clips)
+        frames, positions = self._read(record, reader, clips)
         resized = resize_short_side(frames, self.short_side_size)
         s = self.input_size
         offsets = spatial_crop_offsets(resized.shape[-2], resized.shape[-1], s, self.test_crops)
