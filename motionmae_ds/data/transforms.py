@@ -121,7 +121,9 @@ def hflip(clip: torch.Tensor) -> torch.Tensor:
     return clip.flip(-1)
 
 
-def normalize(clip: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    clip: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 ``(T, 3, H, W)`` in [0, 255] -> float ``(3, T, H, W)`` of ``(x / 255 - mean) / std``."""
     out = clip.permute(1, 0, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
     m = torch.tensor(mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1, 1)
