@@ -110,7 +110,7 @@ def fp32_state_dict(ckpt_dir: str | Path, tag: str) -> dict[str, torch.Tensor]:
     tag_dir = ckpt_dir / tag
     if is_universal(tag_dir):
         out = {}
-        for param_dir in sorted((tag_dir / "zero").iterdir()):
+        for param_dir in sorted(p for p in (tag_dir / "zero").iterdir() if p.is_dir()):
             out[param_dir.name] = _load_pickle(param_dir / "fp32.pt")["param"]
         return out
     if not any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):

@@ -99,6 +99,9 @@ def dump(args: argparse.Namespace) -> None:
     state = ckpt.load_latest(engine, args.ckpt_dir)
     out = {"client": {k: v for k, v in state.items() if k != "rng"}, "fp32": {}, "exp_avg": {}, "exp_avg_sq": {},
            "load_universal": engine.load_universal_checkpoint(), "world_size": dist_utils.world_size()}
+    # the optimizer links its Adam moments to the parameters lazily, at the first step; reading them right
+    # after a load needs that link (DeepSpeed's own step does exactly this call)
+    engine.optimizer._lazy_init_hp_params_optimizer_state()
     for name, p in engine.module.named_parameters():
         out["fp32"][name] = safe_get_full_fp32_param(p).cpu()
         out["exp_avg"][name] = safe_get_full_optimizer_state(p, "exp_avg").cpu()

@@ -1,0 +1,83 @@
+"""Bad inputs to launch/convert_checkpoint.py: exit 2, exactly one line on stderr naming the problem, and
+nothing written (no output, no temporary leftovers, ``latest`` untouched)."""
+import shutil
+
+import pytest
+
+
+def snapshot(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def assert_fails(proc, *needles):
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def ckpt(zero2_pretrain, tmp_path):
+    return shutil.copytree(zero2_pretrain, tmp_path / "run" / "checkpoints")
+
+
+def test_not_a_checkpoint(convert_cli, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_fails(convert_cli("--input", tmp_path / "nowhere", "--output", out / "x.pth", "--format", "plain"),
+                 "nowhere: no such file or directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_fails(convert_cli("--input", empty, "--output", out / "x.pth", "--format", "plain"),
+                 f"{empty}: not a DeepSpeed checkpoint directory")
+    (empty / "weights.pth").write_bytes(b"not a checkpoint")
+    assert_fails(convert_cli("--input", empty / "weights.pth", "--output", out / "x.pth", "--format", "encoder"),
+                 "weights.pth: not a DeepSpeed checkpoint directory")
+    assert list(out.iterdir()) == []
+
+
+def test_missing_tag_and_dangling_latest(convert_cli, ckpt, tmp_path):
+    before = snapshot(ckpt)
+    tag = (ckpt / "latest").read_text().strip()
+    for fmt in ("plain", "hf", "universal"):
+        assert_fails(convert_cli("--input", ckpt, "--tag", "step00000099", "--output", tmp_path / "o", "--format", fmt),
+                     "tag 'step00000099' not found", f"available: {tag}")
+    (ckpt / "latest").write_text("step00000042")
+    assert_fails(convert_cli("--input", ckpt, "--output", tmp_path / "o", "--format", "plain"),
+                 "latest: names tag 'step00000042'", "does not exist")
+    (ckpt / "latest").write_text(tag)
+    assert snapshot(ckpt) == before and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fmt", ["plain", "hf", "universal"])
+def test_corrupt_shard(convert_cli, ckpt, tmp_path, fmt):
+    tag = (ckpt / "latest").read_text().strip()
+    shard = ckpt / tag / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    truncate(shard)
+    before = snapshot(ckpt.parent)
+    out = tmp_path / "out"
+    args = ["--input", ckpt, "--format", fmt] + (["--output", out] if fmt != "universal" else [])
+    proc = convert_cli(*args)
+    if fmt == "universal":
+        assert_fails(proc, f"{ckpt / tag}: ds_to_universal failed")
+    else:
+        assert_fails(proc, f"{shard}: corrupt or unreadable checkpoint shard")
+    assert snapshot(ckpt.parent) == before  # no temp folder, no latest_universal, latest unchanged
+    assert not out.exists() and list(tmp_path.glob(".out*")) == []
+
+
+def test_corrupt_model_states_and_existing_output(convert_cli, ckpt, tmp_path):
+    tag = (ckpt / "latest").read_text().strip()
+    out = tmp_path / "x.pth"
+    out.write_bytes(b"keep me")
+    assert_fails(convert_cli("--input", ckpt, "--output", out, "--format", "plain"), f"{out}: exists")
+    truncate(ckpt / tag / "mp_rank_00_model_states.pt")
+    assert_fails(convert_cli("--input", ckpt, "--output", out, "--format", "plain", "--force"),
+                 "mp_rank_00_model_states.pt: corrupt or unreadable checkpoint file")
+    assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.pth"]
