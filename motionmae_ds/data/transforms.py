@@ -14,8 +14,8 @@ Choices (documented here because they differ from VideoMAE's code):
 - RandAug (finetuning): our own tensor version of timm's ``rand-m9-mstd0.5-inc1`` op set and magnitude
   mapping, applied after the crop (at S x S, cheaper than on full frames). One op sequence, magnitudes and
   signs are drawn per clip and each op runs on the whole ``(T, 3, S, S)`` batch, so every frame gets the
-  same augmentation. Histogram ops (AutoContrast, Equalize) use each frame's own histogram, as timm's
-  video path does with a list of PIL frames.
+  same augmentation. Histogram ops (AutoContrast, Equalize) use each frame's own histogram, as RandAug
+  over a list of PIL frames (VideoMAE's finetuning path) does.
 - Random erasing (finetuning): timm's defaults (area [0.02, 1/3], aspect [0.3, 3.3], one box, per-pixel
   normal noise in normalised space), but one box for all frames of the clip - a tube the model cannot
   fill in by copying the region from a neighbouring frame.
