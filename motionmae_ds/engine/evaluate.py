@@ -53,6 +53,8 @@ class ViewScores:
     """One row per scored view: ``meta`` int64 (N, 4) = (item, video, view, label); ``probs`` float32 (N, C)."""
     meta: torch.Tensor
     probs: torch.Tensor
+    # unreadable videos the dataset replaced by others (their replacements are scored instead)
+    skipped: int = 0
 
 
 @dataclass
@@ -68,9 +70,10 @@ def score_views(model: nn.Module, loader: DataLoader, device: torch.device) -> V
     """Run the model on every view this rank's loader yields."""
     was_training = model.training
     model.eval()
-    metas, probs = [], []
+    metas, probs, skipped = [], [], 0
     try:
         for batch in loader:
+            skipped += len(batch.get("skipped") or [])
             videos = batch["video"]
             n = videos.shape[0]
             if videos.dim() == 6:  # (B, V, 3, T, S, S): all views of each video in one item
@@ -87,8 +90,8 @@ def score_views(model: nn.Module, loader: DataLoader, device: torch.device) -> V
     finally:
         model.train(was_training)
     if not metas:
-        return ViewScores(torch.empty(0, 4, dtype=torch.long), torch.empty(0, 0))
-    return ViewScores(torch.cat(metas), torch.cat(probs))
+        return ViewScores(torch.empty(0, 4, dtype=torch.long), torch.empty(0, 0), skipped)
+    return ViewScores(torch.cat(metas), torch.cat(probs), skipped)
 
 
 def _all_gather_rows(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -113,7 +116,9 @@ def gather_views(local: ViewScores, device: torch.device) -> ViewScores:
     num_classes = torch.tensor([local.probs.shape[1]], device=device)
     dist.all_reduce(num_classes, op=dist.ReduceOp.MAX)
     probs = local.probs if local.probs.numel() else torch.zeros(0, int(num_classes))
-    return ViewScores(_all_gather_rows(local.meta, device), _all_gather_rows(probs, device))
+    skipped = torch.tensor([local.skipped], device=device)
+    dist.all_reduce(skipped)
+    return ViewScores(_all_gather_rows(local.meta, device), _all_gather_rows(probs, device), int(skipped))
 
 
 def aggregate(views: ViewScores) -> VideoScores:
@@ -177,7 +182,10 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     sampler = DistributedSampler(len(dataset), world, rank, shuffle=False, drop_last=False)  # type: ignore[arg-type]
     loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_eval, drop_last=False, timeout=timeout_s if num_workers > 0 else 0)
-    local = score_views(model, loader, device)
-    scores = aggregate(gather_views(local, device))
+    views = gather_views(score_views(model, loader, device), device)
+    scores = aggregate(views)
     dist_utils.barrier()
-    return compute_metrics(scores), scores
+    metrics = compute_metrics(scores)
+    if views.skipped:
+        metrics["skipped_unreadable"] = views.skipped  # padded duplicates may count a bad video twice
+    return metrics, scores
