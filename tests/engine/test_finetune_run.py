@@ -36,8 +36,9 @@ def test_two_rank_finetune_with_mixup_repeats_and_ema(tmp_path):
     assert (out / "ema_metrics.json").is_file() and len(predictions(out / "predictions.jsonl")) == 4
     assert (out / "checkpoints" / "latest").read_text().strip() == "step00000012"
 
-    # the stand-alone evaluation reads the run's config and its fp32 weights
-    res = launch("evaluate.py", ["--checkpoint", out, "--set", "eval.test_clips=1", "eval.test_crops=1"], ranks=0)
+    # --eval: only the test pass, on the run's fp32 weights (evaluate.py is exercised in test_evaluate_ranks)
+    res = launch("finetune.py", ["--config", cfg, "--output_dir", out, "--eval", "--set", "eval.test_clips=1",
+                                 "eval.test_crops=1"], ranks=0)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     again = json.loads((out / "eval" / "metrics.json").read_text())
     assert again["num_videos"] == 4 and again["views_per_video"] == 1
