@@ -37,8 +37,9 @@ def run_env() -> dict:
     return env
 
 
-def deepspeed_run(args: list, ranks: int, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(WORKER), *map(str, args)]
+def deepspeed_run(args: list, ranks: int, timeout: float = 600, script: Path = WORKER) -> subprocess.CompletedProcess:
+    """``deepspeed --num_gpus RANKS SCRIPT ARGS`` (default script: ds_worker.py); fails the test on a bad exit."""
+    cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(script), *map(str, args)]
     proc = subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
