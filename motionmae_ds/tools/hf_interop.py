@@ -56,10 +56,13 @@ def _take(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
     return state.pop(key)
 
 
-def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict") -> dict[str, torch.Tensor]:
+def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict", module_names: bool = False
+               ) -> dict[str, torch.Tensor]:
     """Encoder names (+ ``norm``) -> ``VideoMAEModel`` names; classifier names -> ``VideoMAEForVideoClassification``.
 
-    Every input tensor must be used: a leftover (a learned ``pos_embed``, decoder weights) is an error."""
+    File names (``q_bias``/``v_bias``) by default; ``module_names`` gives transformers 5's in-memory
+    ``query.bias``/``value.bias`` for a direct ``load_state_dict`` into its modules. Every input tensor must be
+    used: a leftover (a learned ``pos_embed``, decoder weights) is an error."""
     src = dict(state)
     classifier = "head.weight" in src
     pre = HF_PREFIX if classifier else ""
@@ -69,9 +72,10 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict") -> 
     for i in range(_depth(src, "blocks.", where)):
         ours, hf = f"blocks.{i}.", f"{pre}encoder.layer.{i}."
         q, k, v = _take(src, ours + "attn.qkv.weight", where).chunk(3)
+        q_name, v_name = ("query.bias", "value.bias") if module_names else ("q_bias", "v_bias")
         out.update({hf + _ATT + "query.weight": q, hf + _ATT + "key.weight": k, hf + _ATT + "value.weight": v,
-                    hf + _ATT + "q_bias": _take(src, ours + "attn.q_bias", where),
-                    hf + _ATT + "v_bias": _take(src, ours + "attn.v_bias", where)})
+                    hf + _ATT + q_name: _take(src, ours + "attn.q_bias", where),
+                    hf + _ATT + v_name: _take(src, ours + "attn.v_bias", where)})
         for mine, theirs in _BLOCK_PAIRS:
             for part in ("weight", "bias"):
                 out[f"{hf}{theirs}.{part}"] = _take(src, f"{ours}{mine}.{part}", where)

