@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = export(args.input, args.output, args.format, tag=args.tag, use_safetensors=args.safetensors,
                          force=args.force)
-    except ValueError as exc:  # CheckpointError, HFInteropError, UniversalConversionError
+    except (ValueError, OSError) as exc:  # CheckpointError, HFInteropError, ...; OSError: e.g. an unwritable output
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"wrote {written}", flush=True)
