@@ -26,12 +26,18 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-# glibc's adaptive mmap threshold would park freed activations in the heap, so RSS would not fall
-# back after a step and the next variant's peak would hide in it; a fixed threshold returns every
-# large buffer to the OS. It must be set before the process starts, hence the re-exec.
-if platform.system() == "Linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+def reexec_with_fixed_mmap_threshold() -> None:
+    """glibc's adaptive mmap threshold parks freed activations in the heap, so RSS would not fall
+    back after a step and the next variant's peak would hide in it; a fixed threshold returns every
+    large buffer to the OS. It must be set before the process starts, hence the re-exec."""
+    if platform.system() == "Linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+if __name__ == "__main__":
+    reexec_with_fixed_mmap_threshold()  # before torch is imported, which takes a while
 
 import torch  # noqa: E402
 
