@@ -58,7 +58,7 @@ def peer_failure_message(exc: BaseException) -> str:
     world = os.environ.get("WORLD_SIZE", "?")
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     # gloo prefixes its messages with the source path; keep the part a user can act on
-    detail = first.split("] ", 1)[-1][:200]
+    detail = first.split("] ", 1)[-1].split(". ", 1)[0][:200]
     return (f"error: rank {rank}/{world} on {socket.gethostname()} lost contact with another rank "
             f"({detail}); stopping this node. Check the other nodes' logs for the first failure, then rerun "
             f"the same command: it resumes from the output directory's checkpoints/latest")
@@ -72,6 +72,7 @@ def guard_peer_failure(main: Callable[[], int], stream: TextIO | None = None) ->
         if not is_peer_failure(exc):
             raise
         sys.stdout.flush()
-        print(peer_failure_message(exc), file=stream or sys.stderr, flush=True)
+        # a progress bar may own the current line of stderr; the message gets a line of its own
+        print("\n" + peer_failure_message(exc), file=stream or sys.stderr, flush=True)
         # skip interpreter teardown: destroying a process group whose peer is gone can block on some backends
         os._exit(PEER_FAILURE_EXIT_CODE)

@@ -1,0 +1,72 @@
+"""Per-GPU memory and step FLOPs of a pretraining recipe on a given cluster shape; prints one JSON object.
+
+    python launch/estimate_memory.py --config configs/pretrain_ssv2_vit_large_32f.yaml \
+        --deepspeed_config ds_configs/zero2_vitl_32gpu.json --nodes 4 --gpus_per_node 8 --gpu_gib 80
+
+Activations are measured on this machine's CPU at --frames (two small counts) and extrapolated to the
+recipe's frame count; see motionmae_ds/engine/memory_estimate.py for how. Takes minutes for ViT-L.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="experiment YAML")
+    p.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON (bucket sizes, overlap_comm)")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--gpus_per_node", type=int, default=8)
+    p.add_argument("--gpu_gib", type=float, default=80.0, help="device memory (A100 80GB: 80)")
+    p.add_argument("--reserve_gib", type=float, default=6.0,
+                   help="kept free for the CUDA context, NCCL buffers and allocator fragmentation")
+    p.add_argument("--frames", type=int, nargs=2, default=(2, 4), help="two small frame counts to measure at")
+    args = p.parse_args(argv)
+
+    from motionmae_ds.config import load_config
+    from motionmae_ds.engine import memory_estimate as me
+    from motionmae_ds.engine.ds_config import load_ds_config
+
+    cfg = load_config(args.config, args.set)
+    ds = load_ds_config(args.deepspeed_config)
+    world = args.nodes * args.gpus_per_node
+    params = me.count_params(cfg)
+    states = me.model_state_bytes(params, args.gpus_per_node, args.nodes)
+    buckets = me.bucket_bytes(ds)
+    fit = me.fit_activation_bytes(cfg, tuple(args.frames))
+    # the batch-independent part of the measured peak (transient gradients and casts) at the target size
+    transient = me.peak_step_bytes(cfg, args.frames[0], 1) - fit.per_sample_bytes[0]
+    fixed = states + buckets + transient
+    budget = (args.gpu_gib - args.reserve_gib) * me.GiB
+    candidates = me.micro_candidates(cfg, world)
+    micro = me.largest_fitting_micro(fit.bytes_per_sample, fixed, budget, candidates)
+    flops = me.step_flops(cfg, world)
+    report = {
+        "config": args.config, "world_size": world, "params_m": round(params / 1e6, 2),
+        "grad_checkpointing": cfg.model.grad_checkpointing,
+        "model_states_gib": me.gib(states), "zero_buckets_gib": me.gib(buckets), "transient_gib": me.gib(transient),
+        "activation_mib_per_sample_measured": {t: round(b / 2 ** 20, 2) for t, b in zip(fit.frames,
+                                                                                         fit.per_sample_bytes)},
+        "activation_mib_per_sample": round(fit.bytes_per_sample / 2 ** 20, 1),
+        "target_frames": fit.target_frames, "micro_candidates": candidates, "largest_fitting_micro": micro,
+        "gib_at_micro": {m: me.gib(fixed + m * fit.bytes_per_sample) for m in candidates},
+        "budget_gib": me.gib(budget), "max_micro_by_memory": int((budget - fixed) // fit.bytes_per_sample),
+        "forward_gmacs_per_sample": round(flops["forward_macs_per_sample"] / 1e9, 1),
+        "train_tflop_per_step": round(flops["train_flops_per_step"] / 1e12, 1),
+        "executed_tflop_per_step_with_recompute": round(flops["executed_flops_per_step"] / 1e12, 1),
+    }
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as err:  # ConfigError is a ValueError: one line, not a traceback
+        sys.exit(f"estimate_memory: {err}")

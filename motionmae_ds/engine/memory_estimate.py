@@ -1,0 +1,182 @@
+"""Per-GPU memory of a pretraining recipe: model states, ZeRO buffers, activations; and step FLOPs.
+
+Model states come from DeepSpeed's ZeRO-2 estimator. Activations are measured, not modelled: a forward +
+backward of the recipe's model (full width and depth, bf16, SDPA attention as on a GPU, activation
+checkpointing as configured) runs on the CPU at a few small frame counts under a dispatch mode that counts
+the bytes of every live tensor storage. The peak minus weights and gradients, per sample (slope over two
+batch sizes), is fitted as a + b * frames and evaluated at the recipe's frame count. Linear is exact in
+shape here: with SDPA no tokens x tokens matrix is kept, so every tensor is tokens x width, and tokens
+(encoder: visible ones, decoders: all) grow linearly with frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+from motionmae_ds.config import ExperimentConfig, batch_layout
+
+GiB = 1024 ** 3
+# 2 bytes (bf16) per bucket element; DeepSpeed documents 4.5x the bucket sizes with overlap_comm
+BUCKET_FACTOR_OVERLAP = 4.5
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts bytes of tensor storages created inside the mode while they are alive; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                if storage not in self._seen:
+                    nbytes = storage.nbytes()
+                    self._seen[storage] = nbytes
+                    self.live += nbytes
+                    weakref.finalize(storage, self._free, nbytes)
+                    self.peak = max(self.peak, self.live)
+        return out
+
+
+def _drop_grad(param: torch.Tensor) -> None:
+    param.grad = None
+
+
+def _model_kwargs(cfg: ExperimentConfig, num_frames: int) -> dict[str, Any]:
+    from motionmae_ds.engine.builders import model_kwargs
+
+    return dict(model_kwargs(cfg), num_frames=num_frames)
+
+
+def peak_step_bytes(cfg: ExperimentConfig, num_frames: int, batch_size: int, seed: int = 0) -> int:
+    """Peak bytes of one bf16 forward + backward beyond the weights (gradients are dropped when ready)."""
+    from motionmae_ds.engine.builders import build_masker
+    from motionmae_ds.models import build_pretrain_model
+    from motionmae_ds.models import vit
+
+    torch.manual_seed(seed)
+    model = build_pretrain_model(**_model_kwargs(cfg, num_frames)).to(torch.bfloat16)
+    for p in model.parameters():
+        # ZeRO-2's hooks copy each gradient into its bucket as soon as it is ready and drop it; so do we
+        p.register_post_accumulate_grad_hook(_drop_grad)
+    masker = build_masker(cfg, tuple(model.grid))
+    previous = vit._attention_backend
+    vit.set_attention_backend("sdpa")  # what a GPU runs; the CPU-bf16 default keeps tokens x tokens scores
+    try:
+        with LiveBytes() as meter:
+            size = cfg.model.img_size
+            videos = torch.randn(batch_size, 3, num_frames, size, size, dtype=torch.bfloat16)
+            mask = masker(batch_size)
+            model(videos, mask)["loss"].backward()
+            del videos, mask
+    finally:
+        vit.set_attention_backend(previous)
+    return meter.peak
+
+
+@dataclass
+class ActivationFit:
+    frames: list[int]
+    per_sample_bytes: list[float]   # measured at each of `frames`
+    intercept: float                # a in a + b * frames
+    slope: float                    # b
+    target_frames: int
+
+    @property
+    def bytes_per_sample(self) -> float:
+        return self.intercept + self.slope * self.target_frames
+
+
+def fit_activation_bytes(cfg: ExperimentConfig, frames: tuple[int, int], batches: tuple[int, int] = (1, 2)
+                         ) -> ActivationFit:
+    """Per-sample activation bytes at two small frame counts, extrapolated to cfg.model.num_frames."""
+    if frames[0] == frames[1] or batches[0] == batches[1]:
+        raise ValueError(f"need two different frame counts and batch sizes, got frames={frames} batches={batches}")
+    per_sample = []
+    for t in frames:
+        lo, hi = (peak_step_bytes(cfg, t, b) for b in batches)
+        per_sample.append((hi - lo) / (batches[1] - batches[0]))
+    slope = (per_sample[1] - per_sample[0]) / (frames[1] - frames[0])
+    intercept = per_sample[0] - slope * frames[0]
+    return ActivationFit(list(frames), per_sample, intercept, slope, cfg.model.num_frames)
+
+
+def model_state_bytes(num_params: int, gpus_per_node: int, num_nodes: int) -> int:
+    """DeepSpeed's ZeRO-2 estimate per GPU without offload: bf16 weights + partitioned fp32 master,
+    Adam moments and gradients."""
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    _, gpu = estimate_zero2_model_states_mem_needs(num_params, gpus_per_node, num_nodes, cpu_offload=False)
+    return gpu
+
+
+def bucket_bytes(ds_config: dict[str, Any]) -> int:
+    """ZeRO-2 communication buffers (bf16) from the JSON's bucket sizes."""
+    zero = ds_config.get("zero_optimization", {})
+    elements = int(float(zero.get("reduce_bucket_size", 5e8))) + int(float(zero.get("allgather_bucket_size", 5e8)))
+    factor = BUCKET_FACTOR_OVERLAP if zero.get("overlap_comm", False) else 1.0
+    return int(elements * 2 * factor)
+
+
+def count_params(cfg: ExperimentConfig) -> int:
+    from motionmae_ds.models import build_pretrain_model
+
+    with torch.device("meta"):
+        model = build_pretrain_model(**_model_kwargs(cfg, cfg.model.num_frames))
+    return sum(p.numel() for p in model.parameters())
+
+
+def step_flops(cfg: ExperimentConfig, world_size: int) -> dict[str, float]:
+    """Training FLOPs per sample and per optimizer step (6 x forward MACs: fwd + 2x bwd, 2 FLOPs/MAC)."""
+    from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
+    from motionmae_ds.models.flops import pretrain_macs
+
+    macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind,
+                         **_model_kwargs(cfg, cfg.model.num_frames))
+    # activation checkpointing reruns every forward once more in the backward
+    recompute = 1.0 + (2.0 / TRAIN_FLOPS_PER_MAC if cfg.model.grad_checkpointing else 0.0)
+    per_sample = TRAIN_FLOPS_PER_MAC * float(macs)
+    total = batch_layout(cfg, world_size)[2]
+    return {"forward_macs_per_sample": float(macs), "train_flops_per_sample": per_sample,
+            "train_flops_per_step": per_sample * total, "executed_flops_per_step": per_sample * total * recompute}
+
+
+def largest_fitting_micro(per_sample: float, fixed: float, budget: float, candidates: list[int]) -> int:
+    """The largest micro batch in `candidates` whose fixed + micro * per_sample stays within `budget`."""
+    fitting = [m for m in candidates if fixed + m * per_sample <= budget]
+    if not fitting:
+        raise ValueError(f"not even micro batch {min(candidates)} fits: {fixed / GiB:.1f} GiB fixed + "
+                         f"{per_sample / GiB:.2f} GiB/sample > {budget / GiB:.1f} GiB")
+    return max(fitting)
+
+
+def micro_candidates(cfg: ExperimentConfig, world_size: int) -> list[int]:
+    """Micro batches that divide the per-GPU share of the global batch (accumulation makes up the rest)."""
+    total = cfg.schedule.total_batch_size or batch_layout(cfg, world_size)[2]
+    share = total // world_size
+    return [m for m in range(1, share + 1) if share % m == 0] if total % world_size == 0 else [1]
+
+
+def replace_model(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    """A copy of cfg with model fields changed (tests measure a narrow model)."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+
+
+def gib(n: float) -> float:
+    return math.floor(n / GiB * 100) / 100

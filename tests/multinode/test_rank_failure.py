@@ -1,0 +1,103 @@
+"""A rank that dies or freezes must not leave the others hanging; the next launch resumes."""
+import signal
+from pathlib import Path
+
+from launchers import (GUARDED, engine, free_port, kill_tree, node_launcher, rank_workers, read_log, start,
+                       wait_exit, wait_for)
+
+# launch.py polls its ranks once a second, then gives them up to 30 s to terminate
+EXIT_BOUND_S = 90
+
+
+def _hostfile(tmp_path: Path) -> Path:
+    path = tmp_path / "hostfile"
+    path.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
+    return path
+
+
+def _training(out: Path, steps: int):
+    return lambda: len(read_log(out)) >= steps
+
+
+def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_config, tmp_path):
+    # 6 epochs x 3 steps, a checkpoint every step: long enough to be killed mid-run, short to finish
+    cfg = tiny_config(schedule={"epochs": 6, "warmup_epochs": 1, "batch_size": 2},
+                      run={"save_every_steps": 1, "keep_last": 2})
+    out, hostfile, port = tmp_path / "run", _hostfile(tmp_path), free_port()
+    args = ["--config", cfg, "--output_dir", out]
+    nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log")
+             for n in (0, 1)]
+    try:
+        wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=nodes[0])
+        victim = rank_workers(nodes[1])
+        assert len(victim) == 1
+        victim[0].send_signal(signal.SIGKILL)
+        results = [wait_exit(p, EXIT_BOUND_S) for p in nodes]
+    finally:
+        for p in nodes:
+            kill_tree(p)
+    (code0, t0), (code1, t1) = results
+    log0 = (tmp_path / "node0.log").read_text()
+    # node 1's launcher reports its killed rank; node 0's rank notices the lost peer and exits 5
+    assert code1 not in (None, 0), f"node 1 launcher still running after {t1:.0f}s"
+    assert code0 not in (None, 0), f"node 0 launcher still running after {t0:.0f}s:\n{log0[-2000:]}"
+    lines = [line for line in log0.splitlines() if "lost contact with another rank" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0/2 on "), log0[-2000:]
+    assert "Connection reset by peer)" in lines[0] or "Connection closed by peer)" in lines[0], lines[0]
+    assert "exits with return code = 5" in log0
+    done = read_log(out)[-1]["step"]
+    assert 2 <= done < 18
+
+    # relaunching the same two commands resumes from checkpoints/latest and finishes
+    port = free_port()
+    nodes = [node_launcher(n, port, hostfile, args, log_path=tmp_path / f"again{n}.log") for n in (0, 1)]
+    try:
+        codes = [wait_exit(p, 600)[0] for p in nodes]
+    finally:
+        for p in nodes:
+            kill_tree(p)
+    again = (tmp_path / "again0.log").read_text()
+    assert codes == [0, 0], again[-3000:]
+    assert "resumed from" in again
+    assert [r["step"] for r in read_log(out)] == list(range(1, 19))
+
+
+def test_killed_rank_on_one_node_launcher_stops_its_sibling(tiny_config, tmp_path):
+    cfg = tiny_config(schedule={"epochs": 40, "warmup_epochs": 1, "batch_size": 2})
+    out = tmp_path / "run"
+    launcher = start(engine.launch_cmd(["--config", cfg, "--output_dir", out], ranks=2), tmp_path / "one.log")
+    try:
+        wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=launcher)
+        workers = rank_workers(launcher)
+        assert len(workers) == 2
+        rank1 = next(w for w in workers if "--local_rank=1" in w.cmdline())
+        rank0 = next(w for w in workers if "--local_rank=0" in w.cmdline())
+        rank1.send_signal(signal.SIGKILL)
+        code, waited = wait_exit(launcher, EXIT_BOUND_S)
+    finally:
+        kill_tree(launcher)
+    assert code not in (None, 0), f"launcher still running after {waited:.0f}s"
+    assert not rank0.is_running()
+    assert "exits with return code = -9" in (tmp_path / "one.log").read_text()
+
+
+def test_frozen_rank_times_out_instead_of_hanging(tiny_config, tmp_path):
+    # SIGSTOP keeps the peer's sockets open: only the collective timeout (DEEPSPEED_TIMEOUT minutes) helps
+    cfg = tiny_config(schedule={"epochs": 40, "warmup_epochs": 1, "batch_size": 2})
+    out, hostfile, port = tmp_path / "run", _hostfile(tmp_path), free_port()
+    args = ["--config", cfg, "--output_dir", out]
+    env = {"DEEPSPEED_TIMEOUT": "1"}
+    nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log",
+                           extra_env=env) for n in (0, 1)]
+    try:
+        wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=nodes[0])
+        rank_workers(nodes[1])[0].send_signal(signal.SIGSTOP)
+        code0, waited = wait_exit(nodes[0], 60 + EXIT_BOUND_S)
+    finally:
+        for p in nodes:
+            kill_tree(p)
+    log0 = (tmp_path / "node0.log").read_text()
+    assert code0 not in (None, 0), f"node 0 still running {waited:.0f}s after its peer froze"
+    assert waited >= 50, f"node 0 stopped after {waited:.0f}s, before the 60 s timeout could have fired"
+    line = next(line for line in log0.splitlines() if "lost contact with another rank" in line)
+    assert "Timed out" in line, line
