@@ -1,0 +1,70 @@
+"""Memory estimate parts against hand-computed numbers, and the linear-in-frames scaling it relies on."""
+import json
+
+import pytest
+import torch
+
+from launchers import REPO
+
+from motionmae_ds.config import config_from_dict, load_config
+from motionmae_ds.engine import memory_estimate as me
+from motionmae_ds.engine.builders import build_model
+
+
+def _tiny(**model):
+    base = {"model": {"name": "vit_tiny", "num_frames": 4, "img_size": 32, "patch_size": 16, "tubelet_size": 2,
+                      "embed_dim": 48, "depth": 1, "num_heads": 3, "decoder_embed_dim": 24, "decoder_depth": 1,
+                      "decoder_num_heads": 3, **model},
+            "masking": {"kind": "random", "ratio": 0.5}, "data": {"synthetic": True},
+            "schedule": {"epochs": 1, "warmup_epochs": 0, "batch_size": 2}}
+    return config_from_dict(base)
+
+
+def test_live_bytes_counts_storages_once_and_frees_them():
+    with me.LiveBytes() as meter:
+        a = torch.ones(1000)           # 4000 bytes
+        b = a * 2                      # 8000 live
+        view = b[:10]                  # same storage: nothing new
+        del a                          # 4000
+        c = torch.ones(500)            # 6000
+    assert (meter.live, meter.peak) == (6000, 8000)
+    assert view.sum() == 20 and c.numel() == 500
+
+
+def test_activation_bytes_are_linear_in_frames_and_batch():
+    cfg = _tiny(grad_checkpointing=True)
+    fit = me.fit_activation_bytes(me.replace_model(cfg, num_frames=8), frames=(2, 4))
+    measured_at_8 = (me.peak_step_bytes(cfg, 8, 3) - me.peak_step_bytes(cfg, 8, 1)) / 2
+    assert fit.target_frames == 8 and fit.slope > 0
+    assert fit.bytes_per_sample == pytest.approx(measured_at_8, rel=0.05)
+
+
+def test_model_states_buckets_and_micro_batch_by_hand():
+    # DeepSpeed ZeRO-2, no offload: 2 bytes/param bf16 weights + 18 bytes/param partitioned over 32 GPUs
+    assert me.model_state_bytes(1_000_000, 8, 4) == 2_000_000 + 562_500
+    ds = json.loads((REPO / "ds_configs" / "zero2_vitl_32gpu.json").read_text())
+    assert me.bucket_bytes(ds) == int(4e8 * 2 * 4.5)
+    ds["zero_optimization"]["overlap_comm"] = False
+    assert me.bucket_bytes(ds) == int(4e8 * 2)
+    cfg = load_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
+    assert me.micro_candidates(cfg, 32) == [1, 2, 4, 8, 16]
+    gib = me.GiB
+    assert me.largest_fitting_micro(2 * gib, 10 * gib, 74 * gib, [1, 2, 4, 8, 16, 32]) == 32
+    assert me.largest_fitting_micro(5 * gib, 10 * gib, 74 * gib, [1, 2, 4, 8, 16]) == 8
+    with pytest.raises(ValueError, match="not even micro batch 1 fits"):
+        me.largest_fitting_micro(70 * gib, 10 * gib, 74 * gib, [1, 2])
+
+
+def test_step_flops_by_hand():
+    # 8 tokens (2x2x2), random 50%: 4 visible, 4 masked per sample
+    embed = 8 * (3 * 2 * 16 * 16) * 48
+    encoder = 4 * (4 * 48 ** 2 + 2 * 48 * 192) + 2 * 4 * 4 * 48
+    decoder = 4 * 48 * 24 + 8 * (4 * 24 ** 2 + 2 * 24 * 96) + 2 * 8 * 8 * 24
+    heads = 2 * 4 * 24 * 1536
+    macs = embed + encoder + 2 * decoder + heads
+    assert macs == 1_122_816
+    flops = me.step_flops(_tiny(grad_checkpointing=True), world_size=2)
+    assert flops["forward_macs_per_sample"] == macs
+    assert flops["train_flops_per_step"] == 6 * macs * 4  # batch 2 x 2 ranks
+    assert flops["executed_flops_per_step"] == pytest.approx(8 * macs * 4)  # one more forward to recompute
+    assert me.count_params(_tiny()) == sum(p.numel() for p in build_model(_tiny()).parameters())
