@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from datetime import timedelta
 from typing import Callable, TextIO
 
 # 0 done, 2 bad config, 3 non-finite loss, 4 bad data (launch/pretrain.py); 5 = a peer rank was lost
@@ -24,18 +23,6 @@ _PEER_SIGNS = (
     "socket closed", "ncclremoteerror", "ncclsystemerror", "watchdog", "remote process exited",
     "connection refused", "eof",
 )
-
-
-def collective_timeout() -> timedelta:
-    """The timeout DeepSpeed gives the process group: ``DEEPSPEED_TIMEOUT`` minutes (default 10)."""
-    raw = os.environ.get("DEEPSPEED_TIMEOUT", "10")
-    try:
-        minutes = int(raw)
-    except ValueError:
-        raise ValueError(f"DEEPSPEED_TIMEOUT={raw!r}: expected whole minutes") from None
-    if minutes <= 0:
-        raise ValueError(f"DEEPSPEED_TIMEOUT={raw!r}: must be a positive number of minutes")
-    return timedelta(minutes=minutes)
 
 
 def is_peer_failure(exc: BaseException) -> bool:
