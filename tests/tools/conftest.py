@@ -2,7 +2,6 @@
 `deepspeed` launcher (tests/tools/ds_worker.py), made once per session and copied before any test edits one."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -49,11 +48,6 @@ def convert(*args) -> subprocess.CompletedProcess:
     """The real launcher, as a user runs it."""
     return subprocess.run([sys.executable, str(CONVERT), *map(str, args)], cwd=REPO, env=run_env(),
                           capture_output=True, text=True, timeout=300)
-
-
-def copy_ckpt(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
 
 
 @pytest.fixture(scope="session")
