@@ -28,6 +28,24 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_init_required=True)
+        _unlink_shm_workspace()
+
+
+def _unlink_shm_workspace() -> None:
+    """Remove the name of DeepSpeed's CPU shared-memory allreduce workspace once every rank has it mapped.
+
+    DeepSpeed's CPU accelerator creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
+    (~66 MB) per rank and never unlinks it, so every run — and every killed run — leaves RAM behind in
+    the tmpfs. The peers open each other's files during init, so after a barrier the names are no longer
+    needed; the mappings stay valid until the processes exit.
+    """
+    name = (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    barrier()  # on every rank, whether or not it has a file: a conditional barrier could deadlock
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
 
 
 def rank() -> int:
