@@ -11,6 +11,7 @@ Exit codes: 0 done, 2 bad config/input, 3 non-finite loss, 4 too many unreadable
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _fail(message: str, code: int) -> int:
+    """Print one line and leave at once: after a failure mid-run, interpreter shutdown with a live process
+    group and DeepSpeed engine was seen to stall for minutes under the launcher; outputs are already
+    flushed and closed (log.jsonl per line, TensorBoard in the trainer's finally)."""
+    print(message, file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        os._exit(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from motionmae_ds.config import ConfigError, load_config
@@ -40,19 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         summary = run_pretraining(cfg, args.deepspeed_config, args.output_dir, resume=not args.no_resume)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return _fail(f"config error: {exc}", 2)
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 3
+        return _fail(f"error: {exc}", 3)
     except TooManyBadVideosError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 4
+        return _fail(f"error: {exc}", 4)
     except DataLoadError as exc:
         # re-raised from a loader worker, the message carries the worker's traceback; its last line is ours
         last = [line for line in str(exc).splitlines() if line.strip()][-1]
-        print(f"error: unreadable data: {last}", file=sys.stderr, flush=True)
-        return 4
+        return _fail(f"error: unreadable data: {last}", 4)
     if summary.get("first_loss") is not None:
         print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}",
               flush=True)
