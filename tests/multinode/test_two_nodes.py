@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from launchers import (REPO, VITL_JSON, engine, free_port, read_log, render_sbatch, rendered_commands, srun_task,
+from launchers import (VITL_JSON, engine, free_port, read_log, render_sbatch, rendered_commands, srun_task,
                        start, wait_exit)
 
 
@@ -56,4 +56,3 @@ def test_two_launchers_make_one_world_and_resume_on_one_node(tiny_config, tmp_pa
     assert f"resumed from {out / 'checkpoints' / 'step00000003'}: epoch 1, step 3" in res.stdout
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4, 5, 6]
     assert (out / "checkpoints" / "latest").read_text() == "step00000006"
-    assert (REPO / "launch" / "pretrain.py").is_file()
