@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         # re-raised from a loader worker, the message carries the worker's traceback; its last line is ours
         last = [line for line in str(exc).splitlines() if line.strip()][-1]
         return _fail(f"error: unreadable data: {last}", 4)
-    if summary.get("first_loss") is not None:
+    if summary.get("first_loss") is not None and os.environ.get("RANK", "0") == "0":
         print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}",
               flush=True)
     return 0
