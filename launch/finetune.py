@@ -69,4 +69,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from motionmae_ds.engine.failure import guard_peer_failure
+
+    sys.exit(guard_peer_failure(main))

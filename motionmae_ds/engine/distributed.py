@@ -22,7 +22,9 @@ def init_distributed() -> None:
     """
     import deepspeed
 
-    if "RANK" not in os.environ:
+    from motionmae_ds.engine.launcher_env import started_by_mpi
+
+    if "RANK" not in os.environ and not started_by_mpi():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
