@@ -115,6 +115,13 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     return True
 
 
+def saved_world_size(ckpt_dir: str | Path, tag: str) -> Optional[int]:
+    """Data-parallel size that wrote ``ckpt_dir/tag``: one ZeRO optimizer shard per rank (None if unknown).
+    Read before loading, because DeepSpeed's own refusal of another world size is a traceback."""
+    shards = list((Path(ckpt_dir) / tag).glob("*zero_pp_rank_*_optim_states.pt"))
+    return len(shards) or None
+
+
 def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:
     """Load model, optimizer and client state from ``latest``; None when there is nothing to resume."""
     tag = read_latest(ckpt_dir)

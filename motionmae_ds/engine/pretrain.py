@@ -119,6 +119,12 @@ class Trainer:
         self.schedule = Schedule(self.peak_lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end,
                                  self.steps_per_epoch, cfg.schedule.epochs, cfg.schedule.warmup_epochs)
         optimizer = build_adamw(groups, self.peak_lr, cfg.optim.betas, cfg.optim.eps)
+        if self.resume:
+            # `latest` may name a universal checkpoint (launch/convert_checkpoint.py --format universal):
+            # DeepSpeed must be told before initialize, and only then may the world size differ
+            from motionmae_ds.tools.universal import prepare_resume
+
+            self.ds_config = prepare_resume(self.ckpt_dir, self.ds_config)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                  config=self.ds_config)
 
@@ -177,14 +183,33 @@ class Trainer:
         dist_utils.barrier()
         if not self.resume:
             return Position()
+        tag = ckpt.read_latest(self.ckpt_dir)
+        if tag is not None and not self.engine.load_universal_checkpoint():
+            saved = ckpt.saved_world_size(self.ckpt_dir, tag)
+            if saved is not None and saved != self.world:
+                raise ConfigError(f"{self.ckpt_dir / tag}: checkpoint was written by {saved} ranks, this run has "
+                                  f"{self.world}; convert it to a universal checkpoint (launch/convert_checkpoint.py "
+                                  f"--format universal) or use --no_resume")
         state = ckpt.load_latest(self.engine, self.ckpt_dir)
         if state is None:
             return Position()
-        if state.get("world_size", self.world) != self.world:
-            raise ConfigError(f"{self.ckpt_dir}: checkpoint was written by {state['world_size']} ranks, this run has "
-                              f"{self.world}; convert it to a universal checkpoint or use --no_resume")
+        micro_in_epoch = state["micro_in_epoch"]
+        saved_world = state.get("world_size", self.world)
+        saved_micro = state["config"]["schedule"]["batch_size"]
+        if (saved_world, saved_micro) != (self.world, self.micro):
+            if not self.engine.load_universal_checkpoint():
+                raise ConfigError(f"{self.ckpt_dir}: checkpoint was written by {saved_world} ranks, this run has "
+                                  f"{self.world}; convert it to a universal checkpoint (launch/convert_checkpoint.py "
+                                  f"--format universal) or use --no_resume")
+            from motionmae_ds.tools.universal import rescale_micro_in_epoch
+
+            try:
+                micro_in_epoch = rescale_micro_in_epoch(micro_in_epoch, saved_world, saved_micro, self.world,
+                                                        self.micro)
+            except ValueError as exc:
+                raise ConfigError(f"{self.ckpt_dir}: {exc}") from None
         ckpt.set_rng_state(state["rng"])
-        pos = Position(epoch=state["epoch"], step=state["step"], micro_in_epoch=state["micro_in_epoch"])
+        pos = Position(epoch=state["epoch"], step=state["step"], micro_in_epoch=micro_in_epoch)
         if self.rank == 0:
             # the other ranks start from 0 so the epoch-end all-reduce counts each bad video once
             pos.epoch_bad, pos.epoch_seen = state["epoch_bad"], state["epoch_seen"]
