@@ -93,3 +93,12 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(items: list) -> list:
+    """Concatenation of every rank's ``items`` (picklable), in rank order, on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(items)
+    boxes = [None] * dist.get_world_size()
+    dist.all_gather_object(boxes, list(items))
+    return [item for box in boxes for item in box]

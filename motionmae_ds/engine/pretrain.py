@@ -223,6 +223,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self._build()
         self.resumed_from = None
+        self.bad_pending: list[tuple[int, int, str, str]] = []
         self.saved_step = -1
         pos = self._restore()
         cfg = self.cfg
@@ -321,12 +322,19 @@ class Trainer:
         pos.epoch_seen += len(batch["video"])
         pos.epoch_bad += len(skipped)
         for path, reason in skipped:
-            # only rank 0 prints; the others' bad videos show up in the epoch total
+            # rank 0 prints its own at once; every rank's are named in log.jsonl at the epoch end
             self.log.info(f"skipped bad video {path}: {reason}")
+            self.bad_pending.append((self.rank, pos.step, str(path), str(reason)))
 
     def _end_epoch_bad(self, pos: Position) -> None:
         counts = dist_utils.all_reduce_sum(torch.tensor([pos.epoch_bad, pos.epoch_seen], dtype=torch.float64))
         bad, seen = int(counts[0]), int(counts[1])
+        named = dist_utils.gather_objects(self.bad_pending)
+        self.bad_pending = []
+        for rank, step, path, reason in named:
+            if rank != 0:
+                self.log.info(f"skipped bad video {path}: {reason} (rank {rank})")
+            self.log.log({"epoch": pos.epoch, "step": step, "bad_video": path, "reason": reason})
         if bad:
             self.log.info(f"epoch {pos.epoch}: {bad} of {seen} samples came from unreadable videos")
             self.log.log({"epoch": pos.epoch, "step": pos.step, "bad_videos": bad, "samples": seen})
