@@ -305,6 +305,9 @@ class Trainer:
                 record = {"epoch": pos.epoch, "step": pos.step, "loss": mean[0], "loss_frame": mean[1],
                           "loss_motion": mean[2], "lr": lr, "grad_norm": grad_norm, "samples_per_s": sps,
                           "tflops": self.flops.tflops_per_device(sps / self.world)}
+                utilisation = self.flops.mfu(sps / self.world)
+                if utilisation is not None:  # GPUs with a known bf16 peak only
+                    record["mfu"] = utilisation
                 self.log.log(record)
                 summary["first_loss"] = mean[0] if summary["first_loss"] is None else summary["first_loss"]
                 summary["last_loss"] = mean[0]
