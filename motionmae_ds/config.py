@@ -145,13 +145,18 @@ class ExperimentConfig:
     source: str = field(default="<defaults>", repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name == "source":
-                continue
-            section = dataclasses.asdict(getattr(self, f.name))
-            out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        return out
+        return sections_to_dict(self)
+
+
+def sections_to_dict(cfg: Any) -> dict[str, Any]:
+    """A sectioned config dataclass as plain YAML-able data (tuples become lists; ``source`` is left out)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name == "source":
+            continue
+        section = dataclasses.asdict(getattr(cfg, f.name))
+        out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+    return out
 
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -252,7 +257,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> ExperimentConfig:
     """Load ``path`` (default: configs/pretrain_demo.yaml), apply ``--set`` overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    cfg = load_sections(ExperimentConfig, Path(path) if path is not None else DEFAULT_CONFIG, overrides)
+    validate(cfg)
+    return cfg
+
+
+def load_sections(config_cls: type, path: Path, overrides: Optional[list[str]] = None) -> Any:
+    """``config_cls`` (a dataclass of section dataclasses with a ``source`` field) from the YAML file at
+    ``path`` and ``--set`` overrides, types checked; value checks are the caller's."""
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
     text = path.read_text()
@@ -264,11 +276,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    cfg = ExperimentConfig(source=str(path))
+    cfg = config_cls(source=str(path))
     _apply(cfg, data, str(path), _key_lines(text))
     if overrides:
         _apply(cfg, parse_overrides(overrides), "--set", {})
-    validate(cfg)
     return cfg
 
 

@@ -10,14 +10,12 @@ directory (any ZeRO world size), or a ``.pth`` file (ours or VideoMAE's); ``none
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
-from motionmae_ds.config import REPO_ROOT, ConfigError, _apply, _key_lines, parse_overrides
+from motionmae_ds.config import REPO_ROOT, ConfigError, _apply, load_sections, sections_to_dict
 
 DEFAULT_FINETUNE_CONFIG = REPO_ROOT / "configs" / "finetune_demo.yaml"
 
@@ -149,13 +147,7 @@ class FinetuneConfig:
     source: str = field(default="<defaults>", repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            if f.name == "source":
-                continue
-            section = dataclasses.asdict(getattr(self, f.name))
-            out[f.name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
-        return out
+        return sections_to_dict(self)
 
     @property
     def short_side(self) -> int:
@@ -170,23 +162,7 @@ class FinetuneConfig:
 def load_finetune_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None
                          ) -> FinetuneConfig:
     """Load ``path`` (default: configs/finetune_demo.yaml), apply ``--set`` overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_FINETUNE_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    cfg = FinetuneConfig(source=str(path))
-    # _apply only needs dataclass sections and a ``source`` field, which FinetuneConfig has
-    _apply(cfg, data, str(path), _key_lines(text))  # type: ignore[arg-type]
-    if overrides:
-        _apply(cfg, parse_overrides(overrides), "--set", {})  # type: ignore[arg-type]
+    cfg = load_sections(FinetuneConfig, Path(path) if path is not None else DEFAULT_FINETUNE_CONFIG, overrides)
     validate_finetune(cfg)
     return cfg
 
