@@ -45,6 +45,9 @@ class ModelConfig:
     pos_embed: str = "sincos_1d"
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
+    # continued pretraining: initialise the encoder from a run dir / checkpoint / VideoMAE .pth / HF VideoMAE
+    # directory (decoders start fresh); empty = random init. Ignored when the run resumes from its own checkpoint.
+    init_encoder: str = ""
 
 
 @dataclass
@@ -360,6 +363,8 @@ def check_paths(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"{cfg.source}: data.list_file={cfg.data.list_file}: file not found")
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"{cfg.source}: data.root={cfg.data.root}: directory not found")
+    if cfg.model.init_encoder and not Path(cfg.model.init_encoder).exists():
+        raise ConfigError(f"{cfg.source}: model.init_encoder={cfg.model.init_encoder}: not found")
     if cfg.data.vis_video and not Path(cfg.data.vis_video).exists():
         raise ConfigError(f"{cfg.source}: data.vis_video={cfg.data.vis_video}: file not found")
 

@@ -30,9 +30,17 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     from motionmae_ds.models import build_pretrain_model
 
     try:
-        return build_pretrain_model(**model_kwargs(cfg))
+        model = build_pretrain_model(**model_kwargs(cfg))
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
+    if cfg.model.init_encoder:
+        from motionmae_ds.tools.convert import init_encoder
+
+        try:
+            init_encoder(model, cfg.model.init_encoder)
+        except Exception as exc:  # one line naming the source, whatever the format's loader raised
+            raise ConfigError(f"{cfg.source}: model.init_encoder={cfg.model.init_encoder}: {exc}") from None
+    return model
 
 
 def build_masker(cfg: ExperimentConfig, grid: tuple[int, int, int]) -> Any:

@@ -111,6 +111,14 @@ def read_checkpoint(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[s
         raise PretrainedLoadError(f"{path}: no such file or directory")
     if path.is_file():
         return unwrap_state_dict(_torch_load(path), str(path)), {"kind": "file", "config": None}
+    if (path / "config.json").is_file():  # a Hugging Face VideoMAE directory
+        from motionmae_ds.tools.hf_interop import HFInteropError, load_hf_videomae
+
+        try:
+            state, kwargs = load_hf_videomae(path)
+        except HFInteropError as exc:
+            raise PretrainedLoadError(str(exc)) from None
+        return state, {"kind": "hf", "config": None, "model_kwargs": kwargs}
     ckpt_dir, tag = _resolve_tag_dir(path)
     info: dict[str, Any] = {"kind": "deepspeed", "config": _run_config(ckpt_dir), "tag": tag}
     has_zero_shards = any((ckpt_dir / tag).glob("*optim_states.pt"))
