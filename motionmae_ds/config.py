@@ -317,42 +317,54 @@ def validate(cfg: ExperimentConfig) -> None:
         "schedule.batch_size": cfg.schedule.batch_size, "run.log_every": cfg.run.log_every,
         "targets.motion_granularity": cfg.targets.motion_granularity,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{src}: {key}={value} must be positive")
     nonneg = {
         "schedule.warmup_epochs": cfg.schedule.warmup_epochs, "data.num_workers": cfg.data.num_workers,
         "run.save_every_epochs": cfg.run.save_every_epochs, "run.save_every_steps": cfg.run.save_every_steps,
         "optim.base_lr": cfg.optim.base_lr, "optim.min_lr": cfg.optim.min_lr,
         "optim.weight_decay": cfg.optim.weight_decay, "run.keep_last": cfg.run.keep_last,
     }
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{src}: {key}={value} must be >= 0")
-    if cfg.model.num_frames % cfg.model.tubelet_size:
-        raise ConfigError(f"{src}: model.tubelet_size={cfg.model.tubelet_size} does not divide "
-                          f"model.num_frames={cfg.model.num_frames}")
-    if cfg.model.img_size % cfg.model.patch_size:
-        raise ConfigError(f"{src}: model.patch_size={cfg.model.patch_size} does not divide "
-                          f"model.img_size={cfg.model.img_size}")
+    check_ranges(src, positive, nonneg)
     if not 0.0 < cfg.masking.ratio < 1.0:
         raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
     if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
         raise ConfigError(f"{src}: data.max_bad_fraction={cfg.data.max_bad_fraction} must be in [0, 1]")
+    check_clip_and_schedule(cfg)
+    if not cfg.data.synthetic and not cfg.data.list_file:
+        raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")
+
+
+def check_ranges(src: str, positive: dict[str, float], nonneg: dict[str, float]) -> None:
+    """One line naming the first value of ``positive`` that is <= 0 or of ``nonneg`` that is < 0."""
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{src}: {key}={value} must be positive")
+    for key, value in nonneg.items():
+        if value < 0:
+            raise ConfigError(f"{src}: {key}={value} must be >= 0")
+
+
+def check_clip_and_schedule(cfg: Any) -> None:
+    """Checks the pretraining and finetuning configs share: tubelet/patch geometry, crop scale, warmup, and
+    the two ways of giving the batch."""
+    src, model, sched = cfg.source, cfg.model, cfg.schedule
+    if model.num_frames % model.tubelet_size:
+        raise ConfigError(f"{src}: model.tubelet_size={model.tubelet_size} does not divide "
+                          f"model.num_frames={model.num_frames}")
+    if model.img_size % model.patch_size:
+        raise ConfigError(f"{src}: model.patch_size={model.patch_size} does not divide "
+                          f"model.img_size={model.img_size}")
     lo, hi = cfg.data.scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ConfigError(f"{src}: data.scale={list(cfg.data.scale)} must satisfy 0 < min <= max <= 1")
-    if cfg.schedule.warmup_epochs > cfg.schedule.epochs:
-        raise ConfigError(f"{src}: schedule.warmup_epochs={cfg.schedule.warmup_epochs} exceeds "
-                          f"schedule.epochs={cfg.schedule.epochs}")
-    if cfg.schedule.accum_steps is not None and cfg.schedule.total_batch_size is not None:
+    if sched.warmup_epochs > sched.epochs:
+        raise ConfigError(f"{src}: schedule.warmup_epochs={sched.warmup_epochs} exceeds "
+                          f"schedule.epochs={sched.epochs}")
+    if sched.accum_steps is not None and sched.total_batch_size is not None:
         raise ConfigError(f"{src}: give schedule.accum_steps or schedule.total_batch_size, not both")
-    if cfg.schedule.accum_steps is not None and cfg.schedule.accum_steps <= 0:
-        raise ConfigError(f"{src}: schedule.accum_steps={cfg.schedule.accum_steps} must be positive")
-    if cfg.schedule.total_batch_size is not None and cfg.schedule.total_batch_size <= 0:
-        raise ConfigError(f"{src}: schedule.total_batch_size={cfg.schedule.total_batch_size} must be positive")
-    if not cfg.data.synthetic and not cfg.data.list_file:
-        raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")
+    for key in ("accum_steps", "total_batch_size"):
+        value = getattr(sched, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{src}: schedule.{key}={value} must be positive")
 
 
 def check_paths(cfg: ExperimentConfig) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-from motionmae_ds.config import REPO_ROOT, ConfigError, _apply, load_sections, sections_to_dict
+from motionmae_ds.config import (REPO_ROOT, ConfigError, _apply, check_clip_and_schedule, check_ranges,
+                                 load_sections, sections_to_dict)
 
 DEFAULT_FINETUNE_CONFIG = REPO_ROOT / "configs" / "finetune_demo.yaml"
 
@@ -191,9 +192,6 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         "eval.test_clips": cfg.eval.test_clips, "eval.test_crops": cfg.eval.test_crops,
         "eval.batch_size": cfg.eval.batch_size,
     }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{src}: {key}={value} must be positive")
     nonneg = {
         "schedule.warmup_epochs": cfg.schedule.warmup_epochs, "data.num_workers": cfg.data.num_workers,
         "run.save_every_epochs": cfg.run.save_every_epochs, "run.keep_last": cfg.run.keep_last,
@@ -201,9 +199,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         "optim.weight_decay": cfg.optim.weight_decay, "mixup.mixup_alpha": cfg.mixup.mixup_alpha,
         "mixup.cutmix_alpha": cfg.mixup.cutmix_alpha, "eval.val_every_epochs": cfg.eval.val_every_epochs,
     }
-    for key, value in nonneg.items():
-        if value < 0:
-            raise ConfigError(f"{src}: {key}={value} must be >= 0")
+    check_ranges(src, positive, nonneg)
     fractions = {
         "mixup.prob": cfg.mixup.prob, "mixup.switch_prob": cfg.mixup.switch_prob,
         "mixup.label_smoothing": cfg.mixup.label_smoothing, "data.random_erase": cfg.data.random_erase,
@@ -215,27 +211,10 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
             raise ConfigError(f"{src}: {key}={value} must be in [0, 1]")
     if not 0.0 < cfg.optim.layer_decay <= 1.0:
         raise ConfigError(f"{src}: optim.layer_decay={cfg.optim.layer_decay} must be in (0, 1]")
-    if cfg.model.num_frames % cfg.model.tubelet_size:
-        raise ConfigError(f"{src}: model.tubelet_size={cfg.model.tubelet_size} does not divide "
-                          f"model.num_frames={cfg.model.num_frames}")
-    if cfg.model.img_size % cfg.model.patch_size:
-        raise ConfigError(f"{src}: model.patch_size={cfg.model.patch_size} does not divide "
-                          f"model.img_size={cfg.model.img_size}")
+    check_clip_and_schedule(cfg)
     if cfg.short_side < cfg.model.img_size:
         raise ConfigError(f"{src}: data.short_side_size={cfg.data.short_side_size} is smaller than "
                           f"model.img_size={cfg.model.img_size}")
-    lo, hi = cfg.data.scale
-    if not 0.0 < lo <= hi <= 1.0:
-        raise ConfigError(f"{src}: data.scale={list(cfg.data.scale)} must satisfy 0 < min <= max <= 1")
-    if cfg.schedule.warmup_epochs > cfg.schedule.epochs:
-        raise ConfigError(f"{src}: schedule.warmup_epochs={cfg.schedule.warmup_epochs} exceeds "
-                          f"schedule.epochs={cfg.schedule.epochs}")
-    if cfg.schedule.accum_steps is not None and cfg.schedule.total_batch_size is not None:
-        raise ConfigError(f"{src}: give schedule.accum_steps or schedule.total_batch_size, not both")
-    for key in ("accum_steps", "total_batch_size"):
-        value = getattr(cfg.schedule, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{src}: schedule.{key}={value} must be positive")
     if not cfg.data.synthetic and not cfg.data.train_list:
         raise ConfigError(f"{src}: data.train_list is empty (set it, or data.synthetic: true)")
     if not cfg.finetune.init:
