@@ -27,23 +27,27 @@ from pathlib import Path
 
 import numpy as np
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 3
 KINDS = ("pretrain", "motion_classes")
 _DEFAULTS = {"pretrain": (64, 32, 96), "motion_classes": (320, 32, 64)}  # videos, frames, size
 NUM_MOTION_CLASSES = 4
 _DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))  # (dx, dy) per class
 
 
-def _texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
-    """float (..., 3) in [0, 1]: stripes or a checkerboard in two random colours, in object coordinates."""
-    a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    period = rng.uniform(3.0, 9.0)
+def _texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, period: float) -> np.ndarray:
+    """float (..., 3) in [0, 1]: soft stripes or a soft checkerboard in two random colours, in object
+    coordinates. ``period`` (pixels) keeps the pattern coarse next to a 16 x 16 patch, so that a patch is
+    mostly predictable from its neighbours, as in natural video, rather than per-pixel noise."""
+    a = rng.uniform(0, 1, 3).astype(np.float32)
+    b = (a * rng.uniform(0.3, 0.7)).astype(np.float32)  # a darker shade: one dominant hue per object
+    w = 2 * np.pi / period
     if rng.uniform() < 0.5:
         angle = rng.uniform(0, np.pi)
-        pick = np.sin((dx * np.cos(angle) + dy * np.sin(angle)) * (2 * np.pi / period)) > 0
+        wave = np.sin((dx * np.cos(angle) + dy * np.sin(angle)) * w)
     else:
-        pick = (np.floor(dx / period) + np.floor(dy / period)) % 2 == 0
-    return np.where(pick[..., None], a.astype(np.float32), b.astype(np.float32))
+        wave = np.sin(dx * w) * np.sin(dy * w)
+    pick = (0.5 + 0.5 * np.tanh(3.0 * wave)).astype(np.float32)[..., None]
+    return pick * a + (1 - pick) * b
 
 
 def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tuple[float, float] | None) -> np.ndarray:
@@ -51,14 +55,18 @@ def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tup
     t = np.arange(num_frames, dtype=np.float32)[:, None, None]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
 
-    # Background: two coloured gratings, drifting slowly for pretraining (a camera pan), still otherwise.
+    # Background: one colour per clip, shaded by a gentle gradient and a broad low-contrast grating that
+    # drifts slowly for pretraining (a camera pan) and stays still otherwise.
     drift = rng.uniform(-0.5, 0.5, 2) if direction is None else np.zeros(2)
     bx, by = xx[None] - drift[0] * t, yy[None] - drift[1] * t
-    frames = 0.35 * _texture(rng, bx, by) + 0.15 * rng.uniform(0, 1, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = ((xx * np.cos(angle) + yy * np.sin(angle)) / size)[None, ..., None]
+    base = rng.uniform(0.1, 0.9, 3)
+    frames = base + 0.15 * ramp + 0.25 * (_texture(rng, bx, by, rng.uniform(0.3, 0.6) * size) - 0.5)
     frames = np.broadcast_to(frames, (num_frames, size, size, 3)).copy()
 
-    for _ in range(int(rng.integers(2, 5))):
-        radius = rng.uniform(0.1, 0.2) * size
+    for _ in range(int(rng.integers(2, 4))):
+        radius = rng.uniform(0.12, 0.22) * size
         cx0, cy0 = rng.uniform(0, size, 2)
         if direction is None:
             speed, angle = rng.uniform(0.5, 3.0) * size / 64, rng.uniform(0, 2 * np.pi)
@@ -73,7 +81,7 @@ def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tup
             inside = dx**2 + dy**2 <= radius**2
         else:
             inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
-        frames = np.where(inside[..., None], _texture(rng, dx, dy), frames)
+        frames = np.where(inside[..., None], _texture(rng, dx, dy, rng.uniform(0.6, 1.2) * radius), frames)
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
