@@ -1,7 +1,8 @@
 """The embedded default data: small, real H.264 MP4 files of moving textured shapes, made on first use.
 
 Two kinds:
-- ``pretrain``: each video has a drifting textured background and 2-4 textured shapes, each with its own
+- ``pretrain``: each video has a drifting, softly textured background of one colour and 2-3 softly textured
+  shapes, each with its own
   velocity; the motion is what a model has to predict from few visible patches. Returns the list file.
 - ``motion_classes``: 4 classes told apart only by motion - every shape in the clip moves right (0), left
   (1), down (2) or up (3) at a random speed over a static background; textures, colours, shapes and sizes
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 KINDS = ("pretrain", "motion_classes")
 _DEFAULTS = {"pretrain": (64, 32, 96), "motion_classes": (320, 32, 64)}  # videos, frames, size
 NUM_MOTION_CLASSES = 4
@@ -50,14 +51,30 @@ def _texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, period: f
     return pick * a + (1 - pick) * b
 
 
+def _sharp_texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """float (..., 3): hard-edged stripes or checkerboard in two independent random colours, period 3-9
+    pixels: fine detail whose displacement from frame to frame is what tells the classes apart."""
+    a, b = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
+    period = rng.uniform(3.0, 9.0)
+    if rng.uniform() < 0.5:
+        angle = rng.uniform(0, np.pi)
+        pick = np.sin((dx * np.cos(angle) + dy * np.sin(angle)) * (2 * np.pi / period)) > 0
+    else:
+        pick = (np.floor(dx / period) + np.floor(dy / period)) % 2 == 0
+    return np.where(pick[..., None], a, b)
+
+
 def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tuple[float, float] | None) -> np.ndarray:
     """uint8 (T, size, size, 3). ``direction`` None: free motion (pretrain); else the class's unit vector."""
+    if direction is not None:
+        return _render_classes(rng, num_frames, size, direction)
     t = np.arange(num_frames, dtype=np.float32)[:, None, None]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
 
     # Background: one colour per clip, shaded by a gentle gradient and a broad low-contrast grating that
-    # drifts slowly for pretraining (a camera pan) and stays still otherwise.
-    drift = rng.uniform(-0.5, 0.5, 2) if direction is None else np.zeros(2)
+    # drifts slowly (a camera pan). Soft, coarse textures: a masked patch is largely predictable from its
+    # neighbours, as in natural video, so reconstructions become recognisable within a short run.
+    drift = rng.uniform(-0.5, 0.5, 2)
     bx, by = xx[None] - drift[0] * t, yy[None] - drift[1] * t
     angle = rng.uniform(0, 2 * np.pi)
     ramp = ((xx * np.cos(angle) + yy * np.sin(angle)) / size)[None, ..., None]
@@ -68,12 +85,8 @@ def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tup
     for _ in range(int(rng.integers(2, 4))):
         radius = rng.uniform(0.12, 0.22) * size
         cx0, cy0 = rng.uniform(0, size, 2)
-        if direction is None:
-            speed, angle = rng.uniform(0.5, 3.0) * size / 64, rng.uniform(0, 2 * np.pi)
-            vx, vy = speed * np.cos(angle), speed * np.sin(angle)
-        else:
-            speed = rng.uniform(1.5, 3.0) * size / 64
-            vx, vy = speed * direction[0], speed * direction[1]
+        speed, angle = rng.uniform(0.5, 3.0) * size / 64, rng.uniform(0, 2 * np.pi)
+        vx, vy = speed * np.cos(angle), speed * np.sin(angle)
         # Offsets from the centre on the torus, so a shape leaving one edge enters at the other.
         dx = (xx[None] - (cx0 + vx * t) + size / 2) % size - size / 2
         dy = (yy[None] - (cy0 + vy * t) + size / 2) % size - size / 2
@@ -82,6 +95,28 @@ def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tup
         else:
             inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
         frames = np.where(inside[..., None], _texture(rng, dx, dy, rng.uniform(0.6, 1.2) * radius), frames)
+    return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _render_classes(rng: np.random.Generator, num_frames: int, size: int, direction: tuple[float, float]) -> np.ndarray:
+    """A motion_classes clip: a still background of fine texture and 2-4 finely textured shapes, all moving
+    along ``direction`` at their own speed. Appearance is random per clip; only the motion is the class."""
+    t = np.arange(num_frames, dtype=np.float32)[:, None, None]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    frames = 0.35 * _sharp_texture(rng, xx[None], yy[None]) + 0.15 * rng.uniform(0, 1, 3).astype(np.float32)
+    frames = np.broadcast_to(frames, (num_frames, size, size, 3)).copy()
+    for _ in range(int(rng.integers(2, 5))):
+        radius = rng.uniform(0.1, 0.2) * size
+        cx0, cy0 = rng.uniform(0, size, 2)
+        speed = rng.uniform(1.5, 3.0) * size / 64
+        vx, vy = speed * direction[0], speed * direction[1]
+        dx = (xx[None] - (cx0 + vx * t) + size / 2) % size - size / 2  # on the torus, as in _render
+        dy = (yy[None] - (cy0 + vy * t) + size / 2) % size - size / 2
+        if rng.uniform() < 0.5:
+            inside = dx**2 + dy**2 <= radius**2
+        else:
+            inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+        frames = np.where(inside[..., None], _sharp_texture(rng, dx, dy), frames)
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
