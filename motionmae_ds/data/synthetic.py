@@ -2,8 +2,8 @@
 
 Two kinds:
 - ``pretrain``: each video has a drifting, softly textured background of one colour and 2-3 softly textured
-  shapes, each with its own
-  velocity; the motion is what a model has to predict from few visible patches. Returns the list file.
+  shapes, each with its own velocity; the motion is what a model has to predict from few visible patches.
+  Returns the list file.
 - ``motion_classes``: 4 classes told apart only by motion - every shape in the clip moves right (0), left
   (1), down (2) or up (3) at a random speed over a static background; textures, colours, shapes and sizes
   are random per clip, so a single frame carries no class information. Returns ``{"train", "val",
@@ -36,7 +36,7 @@ _DIRECTIONS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))  # (dx, dy) per
 
 
 def _texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, period: float) -> np.ndarray:
-    """float (..., 3) in [0, 1]: soft stripes or a soft checkerboard in two random colours, in object
+    """float (..., 3) in [0, 1]: soft stripes or a soft checkerboard in a random colour and a darker shade, in object
     coordinates. ``period`` (pixels) keeps the pattern coarse next to a 16 x 16 patch, so that a patch is
     mostly predictable from its neighbours, as in natural video, rather than per-pixel noise."""
     a = rng.uniform(0, 1, 3).astype(np.float32)
@@ -64,6 +64,18 @@ def _sharp_texture(rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray) -> 
     return np.where(pick[..., None], a, b)
 
 
+def _moving_shape(rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, t: np.ndarray, size: int,
+                  centre: tuple[float, float], velocity: tuple[float, float], radius: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: offsets (dx, dy) of every pixel from a disc's or square's moving centre, and which pixels it
+    covers. Offsets wrap around the torus, so a shape leaving one edge enters at the other."""
+    dx = (xx[None] - (centre[0] + velocity[0] * t) + size / 2) % size - size / 2
+    dy = (yy[None] - (centre[1] + velocity[1] * t) + size / 2) % size - size / 2
+    if rng.uniform() < 0.5:
+        return dx, dy, dx**2 + dy**2 <= radius**2
+    return dx, dy, (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+
+
 def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tuple[float, float] | None) -> np.ndarray:
     """uint8 (T, size, size, 3). ``direction`` None: free motion (pretrain); else the class's unit vector."""
     if direction is not None:
@@ -87,13 +99,7 @@ def _render(rng: np.random.Generator, num_frames: int, size: int, direction: tup
         cx0, cy0 = rng.uniform(0, size, 2)
         speed, angle = rng.uniform(0.5, 3.0) * size / 64, rng.uniform(0, 2 * np.pi)
         vx, vy = speed * np.cos(angle), speed * np.sin(angle)
-        # Offsets from the centre on the torus, so a shape leaving one edge enters at the other.
-        dx = (xx[None] - (cx0 + vx * t) + size / 2) % size - size / 2
-        dy = (yy[None] - (cy0 + vy * t) + size / 2) % size - size / 2
-        if rng.uniform() < 0.5:
-            inside = dx**2 + dy**2 <= radius**2
-        else:
-            inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+        dx, dy, inside = _moving_shape(rng, xx, yy, t, size, (cx0, cy0), (vx, vy), radius)
         frames = np.where(inside[..., None], _texture(rng, dx, dy, rng.uniform(0.6, 1.2) * radius), frames)
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -110,12 +116,7 @@ def _render_classes(rng: np.random.Generator, num_frames: int, size: int, direct
         cx0, cy0 = rng.uniform(0, size, 2)
         speed = rng.uniform(1.5, 3.0) * size / 64
         vx, vy = speed * direction[0], speed * direction[1]
-        dx = (xx[None] - (cx0 + vx * t) + size / 2) % size - size / 2  # on the torus, as in _render
-        dy = (yy[None] - (cy0 + vy * t) + size / 2) % size - size / 2
-        if rng.uniform() < 0.5:
-            inside = dx**2 + dy**2 <= radius**2
-        else:
-            inside = (np.abs(dx) <= radius) & (np.abs(dy) <= radius)
+        dx, dy, inside = _moving_shape(rng, xx, yy, t, size, (cx0, cy0), (vx, vy), radius)
         frames = np.where(inside[..., None], _sharp_texture(rng, dx, dy), frames)
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
