@@ -1,6 +1,6 @@
 """Training-step speed and memory of the pretraining model against Hugging Face VideoMAE.
 
-Variants, built once and measured interleaved in one process (median over repeats, after warm-up):
+Variants, built once and timed interleaved in one process (median over repeats, after warm-up):
   a  ours, MotionMAE with both heads           c  transformers.VideoMAEForPreTraining (its SDPA)
   b  ours, frame target only (VideoMAE's work)  d  ours (both heads) with activation checkpointing
 Each step is forward + backward + torch AdamW step with the module cast to the dtype (what DeepSpeed's
@@ -9,9 +9,14 @@ bf16 engine does), the same tube masks and thread count for every variant.
     python bench/model_step.py --model vit_small --num_frames 16 --img_size 224 --batch 2 --dtype bf16
     python bench/model_step.py --finetune --model vit_large --batch 1 --dtype bf16
 
-`--finetune`: the classifier on all tokens, activation checkpointing off vs on; step time interleaved
-in this process, activation memory (peak minus what is held before the step) in one fresh subprocess
-per setting, so each peak is clean.
+`--finetune`: the classifier on all tokens, activation checkpointing off vs on.
+
+Step times come from this process with the allocator a trainer runs with. Memory (peak minus what is
+held before the step) comes from one fresh subprocess per variant or setting, so each peak is clean; on
+the CPU those subprocesses run with a fixed glibc mmap threshold, because the default adaptive one parks
+freed activations in the heap, where the resident set would not show the next step's peak. (The fixed
+threshold is not used for timing: it unmaps every freed buffer and faults it in again on the next step,
+a cost that grows with the activations a variant allocates, not with its compute.)
 """
 from __future__ import annotations
 
@@ -27,17 +32,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
-def reexec_with_fixed_mmap_threshold() -> None:
-    """glibc's adaptive mmap threshold parks freed activations in the heap, so RSS would not fall
-    back after a step and the next variant's peak would hide in it; a fixed threshold returns every
-    large buffer to the OS. It must be set before the process starts, hence the re-exec."""
-    if platform.system() == "Linux" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
-        os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
-if __name__ == "__main__":
-    reexec_with_fixed_mmap_threshold()  # before torch is imported, which takes a while
+# glibc: every allocation above 128 KiB gets its own mapping, returned to the OS when freed
+FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 import torch  # noqa: E402
 
@@ -138,7 +134,6 @@ class Variant:
         self.key, self.model, self.flops_per_step, self.loss_fn = key, model, flops_per_step, loss_fn
         self.optimizer = adamw(model.parameters())
         self.times: list[float] = []
-        self.mem: list[int] = []
 
     def step(self, videos: torch.Tensor, mask: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -171,36 +166,73 @@ def build_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
 
 
 # -- pretraining benchmark --------------------------------------------------------------------
+def pretrain_inputs(args: argparse.Namespace, rounds: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    grid = (args.num_frames // 2, args.img_size // 16, args.img_size // 16)
+    gen = build_mask_generator(args.mask_kind, grid, args.mask_ratio)
+    rng = torch.Generator().manual_seed(0)
+    clips = [torch.randn(args.batch, 3, args.num_frames, args.img_size, args.img_size, generator=rng)
+             for _ in range(rounds)]
+    return clips, [gen(args.batch, generator=rng) for _ in range(rounds)]
+
+
+def run_step(v: Variant, videos: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> None:
+    # HF takes (B, T, C, H, W) in the module's dtype: the permuted copy is made here, outside the timer.
+    if v.key == "c":
+        videos = videos.permute(0, 2, 1, 3, 4).to(dtype).contiguous()
+    t0 = time.perf_counter()
+    v.step(videos, mask)
+    sync(videos.device)
+    v.times.append(time.perf_counter() - t0)
+
+
+def pretrain_memory_child(args: argparse.Namespace) -> None:
+    """One process, one variant: the peak memory of a step after a warm-up step, printed as JSON."""
+    device = torch.device(accelerator().current_device_name())
+    dtype = DTYPES[args.dtype]
+    (v,) = build_variants(args, device, dtype)
+    clips, masks = pretrain_inputs(args, 2)
+    run_step(v, clips[0].to(device), masks[0].to(device), dtype)  # AdamW's moments exist from here on
+    probe = MemoryProbe(device)
+    probe.start()
+    run_step(v, clips[1].to(device), masks[1].to(device), dtype)
+    print(json.dumps({"variant": v.key, "mem_gib": probe.peak_delta() / 2 ** 30}))
+
+
+def child_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    return [sys.executable, __file__, "--model", args.model, "--num_frames", str(args.num_frames),
+            "--img_size", str(args.img_size), "--batch", str(args.batch), "--dtype", args.dtype,
+            "--threads", str(args.threads), "--attention", args.attention, "--mask_ratio", str(args.mask_ratio),
+            "--mask_kind", args.mask_kind, *extra]
+
+
+def run_child(cmd: list[str]) -> dict:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **FIXED_MMAP_ENV}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def run_pretrain(args: argparse.Namespace) -> list[dict]:
     device = torch.device(accelerator().current_device_name())
     dtype = DTYPES[args.dtype]
     variants = build_variants(args, device, dtype)
-    grid = (args.num_frames // 2, args.img_size // 16, args.img_size // 16)
-    gen = build_mask_generator(args.mask_kind, grid, args.mask_ratio)
-    rng = torch.Generator().manual_seed(0)
     rounds = args.warmup + args.repeats
-    clips = [torch.randn(args.batch, 3, args.num_frames, args.img_size, args.img_size, generator=rng)
-             for _ in range(rounds)]
-    masks = [gen(args.batch, generator=rng) for _ in range(rounds)]
-    probe = MemoryProbe(device)
+    clips, masks = pretrain_inputs(args, rounds)
     for r in range(rounds):
         videos, mask = clips[r].to(device), masks[r].to(device)
-        hf_videos = videos.permute(0, 2, 1, 3, 4).to(dtype).contiguous()
         # Rotating the start spreads slow phases of a shared machine over all variants.
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
-            probe.start()
-            t0 = time.perf_counter()
-            v.step(hf_videos if v.key == "c" else videos, mask)
-            sync(device)
-            if r >= args.warmup:
-                v.times.append(time.perf_counter() - t0)
-                v.mem.append(probe.peak_delta())
-            print(f"round {r} variant {v.key}: {time.perf_counter() - t0:.2f} s", file=sys.stderr, flush=True)
-    return [{"variant": v.key, "what": VARIANTS[v.key], "step_s": statistics.median(v.times),
-             "times": v.times, "gflop_per_step": v.flops_per_step / 1e9,
-             "gflops": v.flops_per_step / statistics.median(v.times) / 1e9,
-             "mem_gib": max(v.mem) / 2 ** 30} for v in variants]
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            run_step(v, videos, mask, dtype)
+            if r < args.warmup:
+                v.times.pop()
+            print(f"round {r} variant {v.key}: {v.times[-1] if r >= args.warmup else float('nan'):.2f} s",
+                  file=sys.stderr, flush=True)
+    rows = [{"variant": v.key, "what": VARIANTS[v.key], "step_s": statistics.median(v.times), "times": v.times,
+             "gflop_per_step": v.flops_per_step / 1e9, "gflops": v.flops_per_step / statistics.median(v.times) / 1e9}
+            for v in variants]
+    del variants, v  # free the models before the memory subprocesses run beside this one
+    for row in rows:
+        row["mem_gib"] = run_child(child_command(args, "--_memory_child", "--variants", row["variant"]))["mem_gib"]
+        print(f"memory, variant {row['variant']}: {row['mem_gib']:.3f} GiB", file=sys.stderr, flush=True)
+    return rows
 
 
 def pretrain_table(rows: list[dict]) -> str:
@@ -260,12 +292,7 @@ def finetune_memory_child(args: argparse.Namespace) -> None:
 def run_finetune(args: argparse.Namespace) -> dict:
     memory = {}
     for setting in ("off", "on"):
-        cmd = [sys.executable, __file__, "--_finetune_memory_child", "--ckpt", setting, "--model", args.model,
-               "--num_frames", str(args.num_frames), "--img_size", str(args.img_size), "--batch",
-               str(args.batch), "--dtype", args.dtype, "--threads", str(args.threads),
-               "--attention", args.attention]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        memory[setting] = json.loads(out.strip().splitlines()[-1])
+        memory[setting] = run_child(child_command(args, "--_finetune_memory_child", "--ckpt", setting))
         print(f"memory, checkpointing {setting}: {memory[setting]}", file=sys.stderr, flush=True)
 
     device = torch.device(accelerator().current_device_name())
@@ -313,6 +340,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--finetune", action="store_true", help="classifier step, checkpointing off vs on")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--_finetune_memory_child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_memory_child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ckpt", choices=("on", "off"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -342,6 +370,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     set_attention_backend(args.attention)
     if args._finetune_memory_child:
         finetune_memory_child(args)
+        return
+    if args._memory_child:
+        pretrain_memory_child(args)
         return
     header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine(args.threads)}\n"
               f"command: python bench/model_step.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")

@@ -30,6 +30,7 @@ from motionmae_ds.engine.mixup import VideoMixup
 from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd, timm_layer_decay_groups
 from motionmae_ds.engine.pretrain import NonFiniteLossError, TooManyBadVideosError, _limit_cpu_threads, _seed_step
 from motionmae_ds.engine.sampler import DistributedSampler
+from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.engine.schedule import Schedule, scaled_lr
 from motionmae_ds.finetune_config import FinetuneConfig, check_finetune_paths
 
@@ -198,6 +199,7 @@ class FinetuneTrainer:
         self.init_report = self._init_weights(model)
         groups = build_param_groups(model, cfg)
         self.peak_lr = scaled_lr(cfg.optim.base_lr, self.total_batch)
+        self.flops = FlopCounter.finetuning(cfg)
         self.schedule = Schedule(self.peak_lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end,
                                  self.steps_per_epoch, cfg.schedule.epochs, cfg.schedule.warmup_epochs)
         optimizer = build_adamw(groups, self.peak_lr, cfg.optim.betas, cfg.optim.eps)
@@ -381,9 +383,14 @@ class FinetuneTrainer:
                 elapsed = time.perf_counter() - t_last
                 grad_norm = engine.get_global_grad_norm()
                 mean = (meter / meter_n).tolist()
-                self.log.log({"epoch": epoch, "step": step, "loss": mean[0], "train_top1": 100.0 * mean[1], "lr": lr,
-                              "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                              "clips_per_s": samples_since / elapsed if elapsed > 0 else 0.0})
+                cps = samples_since / elapsed if elapsed > 0 else 0.0
+                record = {"epoch": epoch, "step": step, "loss": mean[0], "train_top1": 100.0 * mean[1], "lr": lr,
+                          "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                          "clips_per_s": cps, "tflops": self.flops.tflops_per_device(cps / self.world)}
+                utilisation = self.flops.mfu(cps / self.world)
+                if utilisation is not None:  # GPUs with a known bf16 peak only
+                    record["mfu"] = utilisation
+                self.log.log(record)
                 summary["first_loss"] = mean[0] if summary["first_loss"] is None else summary["first_loss"]
                 summary["last_loss"] = mean[0]
                 bar.set_postfix(loss=f"{mean[0]:.4f}", lr=f"{lr:.2e}")

@@ -1,23 +1,46 @@
 """Training TFLOP/s per device from the model's analytic MAC count, and MFU on devices with a known peak."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from motionmae_ds.config import ExperimentConfig
 from motionmae_ds.engine.builders import model_kwargs
 from motionmae_ds.engine.mfu import accelerator_device_name, mfu
-from motionmae_ds.models.flops import pretrain_macs
+from motionmae_ds.models.flops import classifier_macs, pretrain_macs
+
+if TYPE_CHECKING:
+    from motionmae_ds.finetune_config import FinetuneConfig
 
 # forward + backward (twice the forward) = 3 passes; one multiply-accumulate = 2 FLOPs. Model FLOPs, the
 # MFU convention: the recompute of activation checkpointing is not counted as useful work.
 TRAIN_FLOPS_PER_MAC = 6
+# a linear probe runs the frozen encoder forward only (its head's backward is negligible)
+PROBE_FLOPS_PER_MAC = 2
+
+
+def finetune_flops_per_sample(cfg: "FinetuneConfig") -> float:
+    """Model FLOPs of one training clip of a finetuning (6 x MACs) or linear-probe (2 x MACs) run."""
+    m = cfg.model
+    macs = classifier_macs(
+        name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
+        patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
+        num_heads=m.num_heads)
+    return (PROBE_FLOPS_PER_MAC if cfg.finetune.linear_probe else TRAIN_FLOPS_PER_MAC) * float(macs)
 
 
 class FlopCounter:
-    def __init__(self, cfg: ExperimentConfig) -> None:
-        macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, **model_kwargs(cfg))
-        self.flops_per_sample = TRAIN_FLOPS_PER_MAC * float(macs)
+    """Pretraining counter for an ``ExperimentConfig``; ``FlopCounter.finetuning(cfg)`` for a ``FinetuneConfig``."""
+
+    def __init__(self, cfg: Optional[ExperimentConfig], flops_per_sample: Optional[float] = None) -> None:
+        if flops_per_sample is None:
+            macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, **model_kwargs(cfg))
+            flops_per_sample = TRAIN_FLOPS_PER_MAC * float(macs)
+        self.flops_per_sample = float(flops_per_sample)
         self.device_name = accelerator_device_name()
+
+    @classmethod
+    def finetuning(cls, cfg: "FinetuneConfig") -> "FlopCounter":
+        return cls(None, finetune_flops_per_sample(cfg))
 
     def tflops_per_device(self, samples_per_s_per_device: float) -> float:
         return self.flops_per_sample * samples_per_s_per_device / 1e12

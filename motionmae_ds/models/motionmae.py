@@ -139,7 +139,6 @@ class MotionMAE(nn.Module):
 
     def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False) -> dict[str, torch.Tensor]:
         order, n_vis = self._token_order(mask)
-        masked_ids = order[:, n_vis:, None].expand(-1, -1, self.patch_dim)
         x_vis = self.encoder(videos, order[:, :n_vis])
 
         preds = {}
@@ -156,13 +155,18 @@ class MotionMAE(nn.Module):
 
         zero = torch.zeros((), dtype=torch.float32, device=videos.device)
         out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
-        targets = self._pixel_targets(videos, frame=self.train_frame or return_pred,
-                                      motion=self.train_motion or return_pred)
+        if return_pred:  # every token's target, for figures
+            full = self._pixel_targets(videos, frame=True, motion=True)
+            masked_ids = order[:, n_vis:, None].expand(-1, -1, self.patch_dim)
+            targets = {k: torch.gather(v, 1, masked_ids) for k, v in full.items()}
+        else:  # training: only the masked tokens' targets are ever materialised
+            targets = self._masked_targets(videos, order[:, n_vis:], frame=self.train_frame,
+                                           motion=self.train_motion)
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
             pred = pred.float()
             # Per-token normalisation commutes with the gather, so only masked tokens pay for it.
-            target = torch.gather(targets[kind], 1, masked_ids)
+            target = targets[kind]
             if self.norm_target:
                 target = tg.normalize_per_token(target, self.in_chans)
             out[f"loss_{kind}"] = self._loss(pred, target)
@@ -171,7 +175,7 @@ class MotionMAE(nn.Module):
                 out[f"pred_{kind}"] = pred
         if return_pred:
             out.update({f"target_{k}": tg.normalize_per_token(v, self.in_chans) if self.norm_target else v
-                        for k, v in targets.items()})
+                        for k, v in full.items()})
         return out
 
     @torch.no_grad()
@@ -185,6 +189,20 @@ class MotionMAE(nn.Module):
         if motion:
             diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
             targets["motion"] = self.patchify(diff)
+        return targets
+
+    @torch.no_grad()
+    def _masked_targets(self, videos: torch.Tensor, masked: torch.Tensor, frame: bool, motion: bool
+                        ) -> dict[str, torch.Tensor]:
+        """`_pixel_targets` at the masked token ids (B, M) only, read straight from the [0, 1] clip
+        (and its temporal difference) without patchifying every token first."""
+        pixels = self.unnormalize(videos)
+        targets = {}
+        if frame:
+            targets["frame"] = tg.patches_at(pixels, masked, self.patch_size, self.tubelet_size)
+        if motion:
+            diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
+            targets["motion"] = tg.patches_at(diff, masked, self.patch_size, self.tubelet_size)
         return targets
 
     def no_weight_decay(self) -> set[str]:

@@ -37,14 +37,29 @@ def unnormalize(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return videos.float() * s + m
 
 
+def patches_at(videos: torch.Tensor, token_ids: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
+    """``patchify(videos)`` gathered at ``token_ids`` (B, M) -> (B, M, P), read straight from the clip:
+    one copy of the M tokens, where patchify-then-gather copies all N tokens and then the M."""
+    b, c, t, h, w = videos.shape
+    gt, gh, gw = t // tubelet_size, h // patch_size, w // patch_size
+    grid = videos.reshape(b, c, gt, tubelet_size, gh, patch_size, gw, patch_size).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    ti, rest = token_ids.div(gh * gw, rounding_mode="floor"), token_ids.remainder(gh * gw)
+    hi, wi = rest.div(gw, rounding_mode="floor"), rest.remainder(gw)
+    rows = torch.arange(b, device=videos.device)[:, None]
+    return grid[rows, ti, hi, wi].reshape(b, token_ids.shape[1], -1)
+
+
 def temporal_difference(pixels: torch.Tensor, granularity: int = 1, signed: bool = False) -> torch.Tensor:
     """D_t = x_{t+g} - x_t along dim 2 (absolute unless `signed`); the last g frames have no
-    successor in the clip, so they repeat the last valid difference to keep T frames."""
-    diff = pixels[:, :, granularity:] - pixels[:, :, :-granularity]
+    successor in the clip, so they repeat the last valid difference to keep T frames. Written into
+    one output tensor (no separate difference, absolute value and concatenation copies)."""
+    g = granularity
+    out = torch.empty_like(pixels)
+    valid = torch.sub(pixels[:, :, g:], pixels[:, :, :-g], out=out[:, :, :-g])
     if not signed:
-        diff = diff.abs()
-    tail = diff[:, :, -1:].expand(-1, -1, granularity, -1, -1)
-    return torch.cat([diff, tail], dim=2)
+        valid.abs_()
+    out[:, :, -g:] = out[:, :, -g - 1:-g]
+    return out
 
 
 def normalize_per_token(patches: torch.Tensor, channels: int) -> torch.Tensor:

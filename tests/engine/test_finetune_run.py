@@ -30,6 +30,13 @@ def test_two_rank_finetune_with_mixup_repeats_and_ema(tmp_path):
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
     assert all(r["loss"] > 0 for r in steps) and steps[0]["lr"] < steps[5]["lr"]  # warmup
+    # TFLOP/s per device from the classifier's MAC count and the clips/s of both ranks; no MFU on the CPU
+    from motionmae_ds.engine.throughput import finetune_flops_per_sample
+    from motionmae_ds.finetune_config import load_finetune_config
+    per_clip = finetune_flops_per_sample(load_finetune_config(str(cfg), []))
+    for r in steps:
+        assert r["clips_per_s"] > 0 and "mfu" not in r
+        assert abs(r["tflops"] - per_clip * r["clips_per_s"] / 2 / 1e12) <= 1e-9 * r["tflops"]
     assert [r["epoch"] for r in log if "val_top1" in r] == [0, 1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_videos"] == 4 and metrics["views_per_video"] == 6  # 32 videos -> 4 test videos

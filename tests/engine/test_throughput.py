@@ -14,3 +14,18 @@ def test_tflops_is_six_flops_per_mac_per_sample_and_no_mfu_on_cpu():
     assert counter.mfu(2.5) is None  # the CPU has no entry in the bf16 peak table
     counter.device_name = "NVIDIA A100-SXM4-80GB"
     assert abs(counter.mfu(1e12 / (6 * macs)) - 1.0 / 312) < 1e-12
+
+
+def test_finetune_counter_is_six_flops_per_classifier_mac_and_two_for_a_probe():
+    from motionmae_ds.engine.throughput import FlopCounter
+    from motionmae_ds.finetune_config import load_finetune_config
+    from motionmae_ds.models.flops import classifier_macs
+
+    cfg = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7"])
+    m = cfg.model
+    macs = classifier_macs(name=m.name, num_classes=7, num_frames=8, img_size=64, patch_size=m.patch_size,
+                           tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
+    assert FlopCounter.finetuning(cfg).flops_per_sample == 6 * macs
+    probe = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7",
+                                        "finetune.linear_probe=true"])
+    assert FlopCounter.finetuning(probe).flops_per_sample == 2 * macs

@@ -37,6 +37,53 @@ def test_matmul_attention_equals_sdpa_forward_and_backward(dtype):
         torch.testing.assert_close(got.float(), ref.float(), **TOL[dtype])
 
 
+def test_matmul_attention_backward_passes_gradcheck():
+    # the hand-written backward (in-place softmax and softmax-gradient kernels) against finite
+    # differences in float64, on a token count that is not a multiple of any vector width
+    q, k, v = (t.detach().double().requires_grad_() for t in qkv(torch.float32, b=1, h=2, n=13, d=8))
+    assert torch.autograd.gradcheck(matmul_attention, (q, k, v))
+
+
+@pytest.mark.parametrize("budget", [13 * 13, 2 * 13 * 13, 64 * 13, 10 ** 9])
+def test_matmul_attention_tiles_agree_with_the_whole_computation(monkeypatch, budget):
+    # budgets forcing one head per tile, two heads per tile, query chunks of one head, and one tile
+    monkeypatch.setattr(vit, "ATTENTION_TILE_ELEMENTS", budget)
+    q, k, v = (t.detach().double().requires_grad_() for t in qkv(torch.float32, b=2, h=3, n=13, d=8))
+    assert torch.autograd.gradcheck(matmul_attention, (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(matmul_attention(q, k, v), ref)
+
+
+def test_attention_tiles_cover_every_query_row_once():
+    for heads, n, n_keys, budget in [(6, 1568, 1568, 1 << 22), (24, 160, 160, 1 << 22), (16, 1568, 1568, 10 ** 6),
+                                     (5, 100, 7, 700), (3, 130, 130, 64 * 130), (1, 1, 1, 1)]:
+        seen = torch.zeros(heads, n, dtype=torch.int64)
+        for h, i in vit._attention_tiles(heads, n, n_keys, budget):
+            seen[h, i] += 1
+            assert (h.stop - h.start == 1) or (i.start == 0 and i.stop >= n)  # rows contiguous in (H, N, d)
+        assert torch.equal(seen, torch.ones_like(seen))
+
+
+def test_matmul_attention_cross_shapes():
+    # more keys than queries and a value width unlike the query width, as SDPA allows
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 3, 11, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, 11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(matmul_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert torch.autograd.gradcheck(matmul_attention, (q, k, v))
+
+
+def test_matmul_attention_leaves_its_inputs_alone():
+    q, k, v = qkv(torch.bfloat16)
+    before = [t.detach().clone() for t in (q, k, v)]
+    out = matmul_attention(q, k, v)
+    grad_out = torch.ones_like(out)
+    kept = grad_out.clone()
+    out.backward(grad_out)
+    assert all(torch.equal(t.detach(), b) for t, b in zip((q, k, v), before)) and torch.equal(grad_out, kept)
+
+
 def test_matmul_attention_by_hand():
     # One query, two keys with scores 0 and ln(3) * sqrt(d): weights 1/4 and 3/4.
     d = 4

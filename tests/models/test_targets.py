@@ -91,3 +91,19 @@ def test_targets_stay_fp32_in_bf16_model(videos, tiny):
     assert model.frame_target(videos).dtype == torch.float32
     # mean/std are not buffers, so the bf16 cast cannot round them: targets equal the fp32 model's.
     assert torch.equal(model.motion_target(videos), ref.motion_target(videos))
+
+
+@pytest.mark.parametrize("shape,patch,tubelet", [((2, 3, 4, 8, 12), 4, 2), ((1, 1, 6, 6, 6), 3, 3), ((3, 2, 2, 4, 4), 2, 1)])
+def test_patches_at_equals_patchify_then_gather(shape, patch, tubelet):
+    from motionmae_ds.models.targets import patches_at
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    full = patchify(x, patch, tubelet)
+    b, n, p = full.shape
+    ids = torch.stack([torch.randperm(n, generator=g)[: max(1, n // 2)] for _ in range(b)])
+    expected = torch.gather(full, 1, ids[..., None].expand(-1, -1, p))
+    assert torch.equal(patches_at(x, ids, patch, tubelet), expected)
+    # a non-contiguous clip (the difference's output is contiguous, but callers may pass views)
+    xt = x.transpose(3, 4).contiguous().transpose(3, 4)
+    assert torch.equal(patches_at(xt, ids, patch, tubelet), expected)
