@@ -74,6 +74,9 @@ class DataConfig:
     list_file: str = ""
     root: str = ""
     list_format: str = "auto"
+    # frame-folder entries: image names inside a folder (one integer field) and the first frame's number
+    frame_template: str = "img_{:05d}.jpg"
+    frame_start: int = 1
     # clip used for the reconstruction figures; empty = the first entry of list_file
     vis_video: str = ""
     sampling_rate: int = 4
@@ -353,6 +356,17 @@ def check_clip_and_schedule(cfg: Any) -> None:
     if model.img_size % model.patch_size:
         raise ConfigError(f"{src}: model.patch_size={model.patch_size} does not divide "
                           f"model.img_size={model.img_size}")
+    template = cfg.data.frame_template
+    try:
+        named = template.format(cfg.data.frame_start)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{src}: data.frame_template={template!r} must hold one integer field like "
+                          f"img_{{:05d}}.jpg ({exc})") from None
+    if named == template or "/" in named:
+        raise ConfigError(f"{src}: data.frame_template={template!r} must hold one integer field like "
+                          f"img_{{:05d}}.jpg and name a file inside the folder")
+    if cfg.data.frame_start < 0:
+        raise ConfigError(f"{src}: data.frame_start={cfg.data.frame_start} must be >= 0")
     lo, hi = cfg.data.scale
     if not 0.0 < lo <= hi <= 1.0:
         raise ConfigError(f"{src}: data.scale={list(cfg.data.scale)} must satisfy 0 < min <= max <= 1")

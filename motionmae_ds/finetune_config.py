@@ -48,6 +48,9 @@ class FtDataConfig:
     test_list: str = ""
     root: str = ""
     list_format: str = "auto"
+    # frame-folder entries: image names inside a folder (one integer field) and the first frame's number
+    frame_template: str = "img_{:05d}.jpg"
+    frame_start: int = 1
     sampling_rate: int = 4
     flip: bool = True
     scale: tuple[float, float] = (0.08, 1.0)

@@ -86,7 +86,8 @@ def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain")
     from motionmae_ds.data.lists import ListFormatError, read_list
 
     try:
-        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root)
+        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root,
+                            frame_template=cfg.data.frame_template, frame_start=cfg.data.frame_start)
     except (ListFormatError, ValueError) as exc:
         raise ConfigError(f"data.list_file={list_file}: {exc}") from None
     if not records:

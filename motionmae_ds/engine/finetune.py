@@ -122,7 +122,8 @@ def build_split(cfg: FinetuneConfig, list_file: str, mode: str) -> Any:
     from motionmae_ds.data.lists import ListFormatError, read_list
 
     try:
-        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root)
+        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root,
+                            frame_template=cfg.data.frame_template, frame_start=cfg.data.frame_start)
     except (ListFormatError, ValueError) as exc:
         raise ConfigError(f"{list_file}: {exc}") from None
     if not records:
