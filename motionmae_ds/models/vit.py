@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from motionmae_ds.models.pos_embed import build_pos_table
@@ -80,6 +81,7 @@ class _MatmulAttention(torch.autograd.Function):
         return out.view(*shape[:-1], v_shape[-1])
 
     @staticmethod
+    @once_differentiable  # the backward's in-place kernels are not themselves differentiable
     def backward(ctx, grad_out: torch.Tensor):
         q_scaled, k, v, *probs = ctx.saved_tensors
         shape, k_shape, v_shape = ctx.shapes
