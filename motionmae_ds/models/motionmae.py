@@ -160,8 +160,8 @@ class MotionMAE(nn.Module):
             masked_ids = order[:, n_vis:, None].expand(-1, -1, self.patch_dim)
             targets = {k: torch.gather(v, 1, masked_ids) for k, v in full.items()}
         else:  # training: only the masked tokens' targets are ever materialised
-            targets = self._masked_targets(videos, order[:, n_vis:], frame=self.train_frame,
-                                           motion=self.train_motion)
+            targets = self._pixel_targets(videos, frame=self.train_frame, motion=self.train_motion,
+                                          token_ids=order[:, n_vis:])
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
             pred = pred.float()
@@ -179,30 +179,22 @@ class MotionMAE(nn.Module):
         return out
 
     @torch.no_grad()
-    def _pixel_targets(self, videos: torch.Tensor, frame: bool, motion: bool) -> dict[str, torch.Tensor]:
-        """Un-normalised (B, N, P) patches of the frames and of their differences, from one
-        [0, 1] copy of the clip; each target is materialised once per step."""
-        pixels = self.unnormalize(videos)
-        targets = {}
-        if frame:
-            targets["frame"] = self.patchify(pixels)
-        if motion:
-            diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
-            targets["motion"] = self.patchify(diff)
-        return targets
+    def _pixel_targets(self, videos: torch.Tensor, frame: bool, motion: bool,
+                       token_ids: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Un-normalised patches of the frames and of their differences from one [0, 1] copy of the clip:
+        every token (B, N, P), or only ``token_ids`` (B, M) -> (B, M, P), read straight from the clip
+        without patchifying every token first. Each target is materialised once per step."""
+        def patches(x: torch.Tensor) -> torch.Tensor:
+            if token_ids is None:
+                return self.patchify(x)
+            return tg.patches_at(x, token_ids, self.patch_size, self.tubelet_size)
 
-    @torch.no_grad()
-    def _masked_targets(self, videos: torch.Tensor, masked: torch.Tensor, frame: bool, motion: bool
-                        ) -> dict[str, torch.Tensor]:
-        """`_pixel_targets` at the masked token ids (B, M) only, read straight from the [0, 1] clip
-        (and its temporal difference) without patchifying every token first."""
         pixels = self.unnormalize(videos)
         targets = {}
         if frame:
-            targets["frame"] = tg.patches_at(pixels, masked, self.patch_size, self.tubelet_size)
+            targets["frame"] = patches(pixels)
         if motion:
-            diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
-            targets["motion"] = tg.patches_at(diff, masked, self.patch_size, self.tubelet_size)
+            targets["motion"] = patches(tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed))
         return targets
 
     def no_weight_decay(self) -> set[str]:

@@ -107,3 +107,20 @@ def test_patches_at_equals_patchify_then_gather(shape, patch, tubelet):
     # a non-contiguous clip (the difference's output is contiguous, but callers may pass views)
     xt = x.transpose(3, 4).contiguous().transpose(3, 4)
     assert torch.equal(patches_at(xt, ids, patch, tubelet), expected)
+
+
+@pytest.mark.parametrize("norm_target", [False, True])
+def test_training_targets_equal_the_figure_path(norm_target):
+    # training reads only the masked tokens' targets; the figure path builds every token's and gathers:
+    # the same losses, bit for bit
+    from motionmae_ds.models import build_mask_generator
+
+    model = build_pretrain_model(name="vit_tiny", num_frames=4, img_size=32, patch_size=8, depth=1,
+                                 decoder_depth=1, norm_target=norm_target, motion_granularity=1).eval()
+    g = torch.Generator().manual_seed(0)
+    mask = build_mask_generator("random", model.grid, 0.75)(2, generator=g)
+    videos = torch.randn(2, 3, 4, 32, 32, generator=g)
+    with torch.no_grad():
+        fast, full = model(videos, mask), model(videos, mask, return_pred=True)
+    for key in ("loss", "loss_frame", "loss_motion"):
+        assert torch.equal(fast[key], full[key]) and fast[key] > 0
