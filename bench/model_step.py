@@ -175,14 +175,15 @@ def pretrain_inputs(args: argparse.Namespace, rounds: int) -> tuple[list[torch.T
     return clips, [gen(args.batch, generator=rng) for _ in range(rounds)]
 
 
-def run_step(v: Variant, videos: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> None:
+def run_step(v: Variant, videos: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> float:
+    """One step of ``v``; returns its wall time in seconds."""
     # HF takes (B, T, C, H, W) in the module's dtype: the permuted copy is made here, outside the timer.
     if v.key == "c":
         videos = videos.permute(0, 2, 1, 3, 4).to(dtype).contiguous()
     t0 = time.perf_counter()
     v.step(videos, mask)
     sync(videos.device)
-    v.times.append(time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
 def pretrain_memory_child(args: argparse.Namespace) -> None:
@@ -220,11 +221,10 @@ def run_pretrain(args: argparse.Namespace) -> list[dict]:
         videos, mask = clips[r].to(device), masks[r].to(device)
         # Rotating the start spreads slow phases of a shared machine over all variants.
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-            run_step(v, videos, mask, dtype)
-            if r < args.warmup:
-                v.times.pop()
-            print(f"round {r} variant {v.key}: {v.times[-1] if r >= args.warmup else float('nan'):.2f} s",
-                  file=sys.stderr, flush=True)
+            seconds = run_step(v, videos, mask, dtype)
+            if r >= args.warmup:
+                v.times.append(seconds)
+            print(f"round {r} variant {v.key}: {seconds:.2f} s", file=sys.stderr, flush=True)
     rows = [{"variant": v.key, "what": VARIANTS[v.key], "step_s": statistics.median(v.times), "times": v.times,
              "gflop_per_step": v.flops_per_step / 1e9, "gflops": v.flops_per_step / statistics.median(v.times) / 1e9}
             for v in variants]

@@ -26,6 +26,16 @@ def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     )
 
 
+def classifier_kwargs(cfg: Any) -> dict[str, Any]:
+    """Keyword arguments of ``build_classifier`` for a ``FinetuneConfig`` (also used for FLOP counting)."""
+    m = cfg.model
+    return dict(
+        name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
+        patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
+        num_heads=m.num_heads, pos_embed=m.pos_embed, drop_path_rate=m.drop_path_rate,
+        head_dropout=m.head_dropout, init_scale=m.init_scale, grad_checkpointing=m.grad_checkpointing)
+
+
 def build_model(cfg: ExperimentConfig) -> nn.Module:
     from motionmae_ds.models import build_pretrain_model
 

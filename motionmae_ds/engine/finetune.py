@@ -71,13 +71,10 @@ def build_finetune_model(cfg: FinetuneConfig) -> nn.Module:
     """The classifier of ``cfg.model`` (wrapped in a ``LinearProbe`` in probe mode), without weights loaded."""
     from motionmae_ds.models import build_classifier
 
-    m = cfg.model
+    from motionmae_ds.engine.builders import classifier_kwargs
+
     try:
-        clf = build_classifier(
-            name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
-            patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
-            num_heads=m.num_heads, pos_embed=m.pos_embed, drop_path_rate=m.drop_path_rate,
-            head_dropout=m.head_dropout, init_scale=m.init_scale, grad_checkpointing=m.grad_checkpointing)
+        clf = build_classifier(**classifier_kwargs(cfg))
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
     return LinearProbe(clf, cfg.finetune.probe_norm) if cfg.finetune.linear_probe else clf

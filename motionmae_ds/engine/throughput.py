@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from motionmae_ds.config import ExperimentConfig
-from motionmae_ds.engine.builders import model_kwargs
+from motionmae_ds.engine.builders import classifier_kwargs, model_kwargs
 from motionmae_ds.engine.mfu import accelerator_device_name, mfu
 from motionmae_ds.models.flops import classifier_macs, pretrain_macs
 
@@ -20,11 +20,7 @@ PROBE_FLOPS_PER_MAC = 2
 
 def finetune_flops_per_sample(cfg: "FinetuneConfig") -> float:
     """Model FLOPs of one training clip of a finetuning (6 x MACs) or linear-probe (2 x MACs) run."""
-    m = cfg.model
-    macs = classifier_macs(
-        name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
-        patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
-        num_heads=m.num_heads)
+    macs = classifier_macs(**classifier_kwargs(cfg))
     return (PROBE_FLOPS_PER_MAC if cfg.finetune.linear_probe else TRAIN_FLOPS_PER_MAC) * float(macs)
 
 
