@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from motionmae_ds.models import (  # noqa: E402
     MODEL_SIZES, build_classifier, build_mask_generator, build_pretrain_model, classifier_macs, pretrain_macs,
 )
+from motionmae_ds.engine.cpu_process import keep_freed_memory  # noqa: E402
 from motionmae_ds.models.vit import ATTENTION_BACKENDS, set_attention_backend  # noqa: E402
 
 TRAIN_FLOPS_PER_MAC = 6  # forward + backward (2x forward) = 3 passes, 2 FLOPs per multiply-add
@@ -374,7 +375,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args._memory_child:
         pretrain_memory_child(args)
         return
-    header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine(args.threads)}\n"
+    # The timing process allocates like our trainer does (engine/cpu_process.py): on the CPU, glibc keeps
+    # freed blocks for reuse. Every variant, HF's included, runs in this one process under the same setting.
+    kept = accelerator().device_name() == "cpu" and keep_freed_memory()
+    header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine(args.threads)}"
+              f"{'; glibc keeps freed memory (as the trainer)' if kept else ''}\n"
               f"command: python bench/model_step.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     if args.finetune:
         res = run_finetune(args)

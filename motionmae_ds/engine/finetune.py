@@ -23,12 +23,13 @@ from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.builders import cache_dir
+from motionmae_ds.engine.cpu_process import tune_cpu_process
 from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
 from motionmae_ds.engine.evaluate import evaluate, write_results
 from motionmae_ds.engine.logging import RunLogger
 from motionmae_ds.engine.mixup import VideoMixup
 from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd, timm_layer_decay_groups
-from motionmae_ds.engine.pretrain import NonFiniteLossError, TooManyBadVideosError, _limit_cpu_threads, _seed_step
+from motionmae_ds.engine.pretrain import NonFiniteLossError, TooManyBadVideosError, _seed_step
 from motionmae_ds.engine.sampler import DistributedSampler
 from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.engine.schedule import Schedule, scaled_lr
@@ -161,7 +162,7 @@ class FinetuneTrainer:
         self.resume = resume
         check_finetune_paths(cfg)  # before any process group exists: a typo must not cost a JIT build
         dist_utils.init_distributed()
-        _limit_cpu_threads()
+        tune_cpu_process()
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         stem = Path(cfg.source).stem if cfg.source.endswith((".yaml", ".yml")) else "finetune"
@@ -449,7 +450,7 @@ def evaluate_checkpoint(cfg: FinetuneConfig, source: str | Path, output_dir: str
     # list files are checked before any process group exists; the synthetic set needs rank 0 to go first
     dataset = None if cfg.data.synthetic else split_dataset()
     dist_utils.init_distributed()
-    _limit_cpu_threads()
+    tune_cpu_process()
     rank, world, device = dist_utils.rank(), dist_utils.world_size(), dist_utils.device()
     if dataset is None:
         dataset = split_dataset()

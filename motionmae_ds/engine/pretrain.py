@@ -22,6 +22,7 @@ from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.builders import build_dataset, build_masker, build_model, resolve_list_file
+from motionmae_ds.engine.cpu_process import tune_cpu_process
 from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
 from motionmae_ds.engine.logging import RunLogger
 from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd
@@ -53,16 +54,6 @@ def default_output_dir(cfg: ExperimentConfig) -> Path:
     return Path("runs") / stem
 
 
-def _limit_cpu_threads() -> None:
-    """Ranks sharing a CPU machine would each start one thread per core and thrash."""
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return
-    local = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", dist_utils.world_size())))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-
-
 def _seed_step(seed: int, epoch: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
     """Reseed torch's global RNG (drop path) and return the mask generator for this micro-step."""
     torch.manual_seed(derive_seed(seed, epoch, micro, rank, 1))
@@ -82,7 +73,7 @@ class Trainer:
         check_paths(cfg)
         load_ds_config(ds_config_path)
         dist_utils.init_distributed()
-        _limit_cpu_threads()
+        tune_cpu_process()
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         self.out_dir = Path(output_dir) if output_dir else (Path(cfg.run.output_dir) if cfg.run.output_dir
