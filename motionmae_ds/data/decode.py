@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -185,7 +185,7 @@ class _PyAVReader:
                 if position is None or position >= target or key_pts > position:
                     self._next_index = None  # the forward position is lost
                     self._container.seek(key_dts, stream=self._stream, backward=True, any_frame=False)
-                    self._frames = self._decode_skipping(targets)
+                    self._frames = self._container.decode(self._stream)
                     position = None
                 for frame in self._frames:
                     if frame.pts is None or frame.is_corrupt or (position is None and frame.pts > target):
@@ -200,23 +200,6 @@ class _PyAVReader:
         except Exception:  # noqa: BLE001 - the forward decode reports what is wrong with the file
             return None
         return out
-
-    def _decode_skipping(self, wanted_pts: dict) -> Iterator:
-        """Frames from the current demuxer position, like ``container.decode(stream)``, except that a
-        packet whose timestamp is not wanted is decoded with ``skip_frame=NONREF``: the decoder drops it
-        if no other frame references it (H.264/HEVC non-reference B-frames, MPEG-4 B-frames, VP8/9
-        frames that refresh no reference). Every frame that is decoded comes out exactly as in a full
-        decode, since nothing depends on a dropped frame; frames are matched by pts, so the gaps are
-        harmless. On x264's default B-pyramid about half the frames of the pre-roll from the keyframe are
-        dropped (tests/data/test_decode.py checks the frames, bench/data_throughput.py the time)."""
-        codec = self._stream.codec_context
-        try:
-            for packet in self._container.demux(self._stream):
-                keep = packet.pts is None or packet.pts in wanted_pts
-                codec.skip_frame = "DEFAULT" if keep else "NONREF"
-                yield from packet.decode()
-        finally:
-            codec.skip_frame = "DEFAULT"  # the forward path and probes decode every frame
 
     def close(self) -> None:
         self._container.close()

@@ -89,38 +89,6 @@ def test_pyav_seeks_without_falling_back_in_seekable_containers(good_videos, ref
         reader.close()
 
 
-@pytest.mark.parametrize("name", ["h264", "vfr", "mp4_mpeg4_bframes"])
-def test_seeks_drop_unwanted_non_reference_frames(good_videos, reference, name):
-    # Files with B-frames: the same seeks decode fewer frames than a decode of every packet would, and
-    # the frames that do come out, the wanted ones included, are the reference frames at their times.
-    from motionmae_ds.data.decode import _PyAVReader
-
-    ref = reference(good_videos[name])
-    wanted = list(range(1, len(ref), 4))
-    counts = {}
-    for skipping in (True, False):
-        reader = _PyAVReader(str(good_videos[name]))
-        try:
-            decoded = []
-            inner = reader._decode_skipping if skipping else (lambda _: reader._container.decode(reader._stream))
-
-            def counting(wanted_pts, inner=inner, decoded=decoded):
-                for frame in inner(wanted_pts):
-                    decoded.append((frame.pts, frame.to_ndarray(format="rgb24")))
-                    yield frame
-
-            reader._decode_skipping = counting
-            got = reader._get_by_seeking(wanted)
-            assert got is not None and all(np.array_equal(got[i], ref[i]) for i in wanted)
-            index = {pts: i for i, pts in enumerate(reader._pts)}
-            for pts, image in decoded:  # nothing a dropped frame would have fed is damaged
-                assert np.array_equal(image, ref[index[pts]]), f"frame {index[pts]} differs"
-            counts[skipping] = len(decoded)
-        finally:
-            reader.close()
-    assert counts[True] < counts[False], counts
-
-
 def test_auto_follows_content_not_file_name(good_videos, reference):
     reader = VideoReader(good_videos["avi_named_mp4"])
     assert reader.backend == "pyav"
