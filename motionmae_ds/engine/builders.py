@@ -91,17 +91,25 @@ def resolve_list_file(cfg: ExperimentConfig) -> str:
     return str(list_file)
 
 
-def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain") -> Any:
-    from motionmae_ds.data.datasets import VideoClipDataset
+def read_records(data: Any, list_file: str, where: str) -> list:
+    """The entries of ``list_file`` read with a config's ``data`` section (format, root, frame-folder
+    naming); a bad or empty list is a ConfigError whose message starts with ``where``."""
     from motionmae_ds.data.lists import ListFormatError, read_list
 
     try:
-        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root,
-                            frame_template=cfg.data.frame_template, frame_start=cfg.data.frame_start)
+        records = read_list(list_file, fmt=data.list_format, root=data.root,
+                            frame_template=data.frame_template, frame_start=data.frame_start)
     except (ListFormatError, ValueError) as exc:
-        raise ConfigError(f"data.list_file={list_file}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     if not records:
-        raise ConfigError(f"data.list_file={list_file}: no videos listed")
+        raise ConfigError(f"{where}: no videos listed")
+    return records
+
+
+def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain") -> Any:
+    from motionmae_ds.data.datasets import VideoClipDataset
+
+    records = read_records(cfg.data, list_file, f"data.list_file={list_file}")
     d = cfg.data
     try:
         return VideoClipDataset(

@@ -22,7 +22,7 @@ from motionmae_ds.config import ConfigError, batch_layout
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine import distributed as dist_utils
-from motionmae_ds.engine.builders import cache_dir
+from motionmae_ds.engine.builders import cache_dir, read_records
 from motionmae_ds.engine.cpu_process import tune_cpu_process
 from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
 from motionmae_ds.engine.evaluate import evaluate, write_results
@@ -117,15 +117,8 @@ def resolve_lists(cfg: FinetuneConfig) -> dict[str, str]:
 
 def build_split(cfg: FinetuneConfig, list_file: str, mode: str) -> Any:
     from motionmae_ds.data.datasets import VideoClipDataset
-    from motionmae_ds.data.lists import ListFormatError, read_list
 
-    try:
-        records = read_list(list_file, fmt=cfg.data.list_format, root=cfg.data.root,
-                            frame_template=cfg.data.frame_template, frame_start=cfg.data.frame_start)
-    except (ListFormatError, ValueError) as exc:
-        raise ConfigError(f"{list_file}: {exc}") from None
-    if not records:
-        raise ConfigError(f"{list_file}: no videos listed")
+    records = read_records(cfg.data, list_file, list_file)
     bad = [r for r in records if not 0 <= int(r.label) < cfg.model.num_classes]
     if bad:
         raise ConfigError(f"{list_file}: label {bad[0].label} of {bad[0].path} outside 0..{cfg.model.num_classes - 1}"
