@@ -29,6 +29,12 @@ SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm"
 # decord returns neighbouring frames after seeks in AVI, MPEG-PS/TS, and for MPEG-4 Part 2 with
 # B-frames even inside MP4/MKV: "auto" sends all of those to PyAV.
 DECORD_CODECS = ("h264", "vp9")
+# decord hands back 4-channel frames for some small frame sizes and its copy into the RGB batch fails
+# ("DECORDArrayCopyFromTo: The size must exactly match", dmlc/decord#336; 96x96 and 72x72 H.264 here).
+# "auto" falls back to PyAV for such a file and remembers the stream's (codec, width, height, pixel format)
+# for the rest of the process, so the next file of that kind skips the failing decord attempt.
+_DECORD_COPY_FAILURE = "DECORDArrayCopyFromTo"
+_decord_unfit: set[tuple] = set()
 
 
 class VideoDecodeError(Exception):
@@ -272,6 +278,11 @@ def _decord_is_exact(container) -> bool:
     return any(name in SEEKABLE_FORMATS for name in formats) and codec in DECORD_CODECS
 
 
+def _stream_signature(container) -> tuple:
+    ctx = container.streams.video[0].codec_context
+    return (ctx.name, ctx.width, ctx.height, str(ctx.pix_fmt))
+
+
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file not found")
@@ -295,6 +306,7 @@ class VideoReader:
         _check_file(self.path)
         self._auto = backend == "auto"
         self.backend = backend
+        self._signature: tuple | None = None
         self._impl = self._open()
         self.num_frames: int = self._impl.num_frames
         self.fps: float = self._impl.fps
@@ -307,6 +319,8 @@ class VideoReader:
         # auto: PyAV's header parse (a few ms) tells whether decord can be trusted with this file
         container = _open_av(self.path)
         if _decord_is_exact(container):
+            self._signature = _stream_signature(container)
+        if self._signature is not None and self._signature not in _decord_unfit:
             container.close()
             self.backend = "decord"
             try:
@@ -320,9 +334,11 @@ class VideoReader:
         """uint8 (K, H, W, 3): the frames at ``indices`` (repeats and any order allowed)."""
         try:
             return self._impl.get(indices)
-        except VideoDecodeError:
+        except VideoDecodeError as exc:
             if not (self._auto and self.backend == "decord"):
                 raise
+            if _DECORD_COPY_FAILURE in exc.reason and self._signature is not None:
+                _decord_unfit.add(self._signature)
         self._impl.close()
         self.backend = "pyav"
         self._impl = _PyAVReader(self.path)

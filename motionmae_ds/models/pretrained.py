@@ -209,6 +209,16 @@ def resample_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_
 
 # -- loading ----------------------------------------------------------------------------------------------
 
+def _check_pos_kind(model: nn.Module, config: Optional[dict], source: str | Path) -> None:
+    """Fixed sin-cos tables are not stored with the weights: a run pretrained with one kind and finetuned
+    with the other would pair every weight with the wrong positions, silently. Refuse it."""
+    ours = getattr(model, "pos_embed_kind", None)
+    theirs = ((config or {}).get("model") or {}).get("pos_embed") if isinstance(config, dict) else None
+    if ours and isinstance(theirs, str) and theirs != ours:
+        raise PretrainedLoadError(f"{source} was pretrained with model.pos_embed={theirs}, this model uses "
+                                  f"{ours}; set model.pos_embed={theirs}")
+
+
 def load_pretrained(model: nn.Module, source: str | Path, keep_head: bool = False,
                     log: Optional[Callable[[str], None]] = None) -> LoadReport:
     """Load encoder weights (and, with ``keep_head``, a fitting head) from ``source`` into ``model``.
@@ -216,6 +226,7 @@ def load_pretrained(model: nn.Module, source: str | Path, keep_head: bool = Fals
     ``model`` is a ``VideoClassifier`` (names ``patch_embed``, ``blocks.{i}``, ``fc_norm``, ``head``).
     """
     raw, info = read_checkpoint(source)
+    _check_pos_kind(model, info.get("config"), source)
     state, dropped = normalise_names(raw)
     report = LoadReport(source=str(source), dropped=dropped)
     if info.get("weights"):

@@ -245,6 +245,7 @@ class VisionTransformerEncoder(BlockStack):
         self.grid = self.patch_embed.grid
         self.num_tokens = self.patch_embed.num_tokens
         self.embed_dim = embed_dim
+        self.pos_embed_kind = pos_embed
         self.register_buffer("pos_embed", build_pos_table(pos_embed, self.grid, embed_dim), persistent=False)
         rates = drop_path_schedule(drop_path_rate, depth)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)

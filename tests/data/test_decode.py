@@ -18,7 +18,7 @@ from motionmae_ds.data.decode import (
     read_frame_folder,
     read_frames,
 )
-from videos import GOOD_VIDEOS, reference_folder_frames, source_frames
+from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_frames
 
 # decord is only trusted in containers with timestamps and keyframe indexes
 DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
@@ -261,3 +261,34 @@ def test_indices_may_be_numpy_or_torch(good_videos, reference):
     ref = reference(good_videos["vp9"])
     for indices in (np.array([7, 1, 7], dtype=np.int64), torch.tensor([7, 1, 7])):
         _assert_frames(read_frames(good_videos["vp9"], indices), ref, [7, 1, 7])
+
+
+def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
+    """decord returns 4-channel frames for some small sizes (96x96 H.264 here, dmlc/decord#336) and its copy
+    into the RGB batch fails. "auto" must still return the exact frames (through PyAV), and must not pay
+    for the failing decord attempt again for the next file of the same kind."""
+    import decord
+
+    from motionmae_ds.data import decode
+
+    paths = [make_video(tmp_path / f"sq96_{i}.mp4", codec="h264", num_frames=20, size=(96, 96), bframes=2,
+                        gop=8, seed=i) for i in range(2)]
+    ref = reference(paths[0])
+    indices = [3, 4, 9, 17]
+    try:
+        decord.VideoReader(str(paths[0]), ctx=decord.cpu(0), num_threads=1).get_batch(indices)
+        decord_fails = False
+    except decord.DECORDError as exc:
+        decord_fails = "DECORDArrayCopyFromTo" in str(exc)
+    assert decord_fails, "this decord copies 96x96 frames: the test needs another failing size"
+    decode._decord_unfit.clear()
+    first = VideoReader(paths[0])
+    assert first.backend == "decord"  # trusted container and codec: tried first
+    _assert_frames(first.get(indices), ref, indices)
+    assert first.backend == "pyav"
+    second = VideoReader(paths[1])
+    assert second.backend == "pyav"  # remembered: no decord attempt
+    _assert_frames(second.get(indices), reference(paths[1]), indices)
+    # another size is not affected
+    other = VideoReader(make_video(tmp_path / "r64.mp4", codec="h264", num_frames=12, size=(64, 48)))
+    assert other.backend == "decord"

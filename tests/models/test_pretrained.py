@@ -191,3 +191,24 @@ def test_deepspeed_checkpoint_of_two_ranks_gives_exact_fp32_encoder(tmp_path):
     w = reference["encoder.blocks.0.mlp.fc1.weight"]
     assert not torch.equal(w, w.bfloat16().float())  # the step left fp32 detail below bf16 precision
     assert torch.equal(state["encoder.blocks.0.mlp.fc1.weight"], w.bfloat16().float())
+
+
+def test_pos_embed_kind_of_the_pretraining_run_must_match(tmp_path):
+    """Sin-cos tables are not saved with the weights: a run pretrained with the 3-D table and a classifier
+    built with the 1-D one would pair the weights with the wrong positions. Refused with the key to set."""
+    import yaml
+
+    src = _clf(seed=1, pos_embed="sincos_3d")
+    tag = tmp_path / "run" / "checkpoints" / "step00000008"
+    tag.mkdir(parents=True)
+    torch.save({"module": {f"encoder.{k}": v for k, v in src.state_dict().items()}},
+               tag / "mp_rank_00_model_states.pt")
+    (tag.parent / "latest").write_text("step00000008")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"pos_embed": "sincos_3d"}}))
+    with pytest.raises(PretrainedLoadError, match=r"pretrained with model.pos_embed=sincos_3d, this model uses "
+                                                  r"sincos_1d; set model.pos_embed=sincos_3d"):
+        load_pretrained(_clf(seed=2), tmp_path / "run")
+    dst = _clf(seed=2, pos_embed="sincos_3d")
+    report = load_pretrained(dst, tmp_path / "run")
+    assert "blocks.0.attn.qkv.weight" in report.loaded
+    assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
