@@ -30,7 +30,7 @@ SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm"
 # B-frames even inside MP4/MKV: "auto" sends all of those to PyAV.
 DECORD_CODECS = ("h264", "vp9")
 # decord hands back 4-channel frames for some small frame sizes and its copy into the RGB batch fails
-# ("DECORDArrayCopyFromTo: The size must exactly match", dmlc/decord#336; 96x96 and 72x72 H.264 here).
+# ("DECORDArrayCopyFromTo: The size must exactly match", dmlc/decord#336: 96x96 H.264 here, 72x72 there).
 # "auto" falls back to PyAV for such a file and remembers the stream's (codec, width, height, pixel format)
 # for the rest of the process, so the next file of that kind skips the failing decord attempt.
 _DECORD_COPY_FAILURE = "DECORDArrayCopyFromTo"

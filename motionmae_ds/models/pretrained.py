@@ -213,7 +213,8 @@ def _check_pos_kind(model: nn.Module, config: Optional[dict], source: str | Path
     """Fixed sin-cos tables are not stored with the weights: a run pretrained with one kind and finetuned
     with the other would pair every weight with the wrong positions, silently. Refuse it."""
     ours = getattr(model, "pos_embed_kind", None)
-    theirs = ((config or {}).get("model") or {}).get("pos_embed") if isinstance(config, dict) else None
+    model_cfg = config.get("model") if isinstance(config, dict) else None
+    theirs = model_cfg.get("pos_embed") if isinstance(model_cfg, dict) else None
     if ours and isinstance(theirs, str) and theirs != ours:
         raise PretrainedLoadError(f"{source} was pretrained with model.pos_embed={theirs}, this model uses "
                                   f"{ours}; set model.pos_embed={theirs}")
