@@ -31,6 +31,24 @@ def init_distributed() -> None:
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_init_required=True)
         _unlink_shm_workspace()
+        _bound_data_parallel_group()
+
+
+def _bound_data_parallel_group() -> None:
+    """Give the group ZeRO's collectives run on the world group's timeout (``DEEPSPEED_TIMEOUT``).
+
+    Without an mpu, DeepSpeed runs its gradient reduce-scatter and parameter all-gather on a clone of the
+    world group made with ``new_group(ranks)``, and torch gives a new group its backend's default timeout
+    (30 minutes for gloo), not the world group's: a frozen peer held the other ranks for half an hour instead
+    of ``DEEPSPEED_TIMEOUT`` minutes. DeepSpeed caches the clone, so creating it here (every rank, right
+    after init) and setting its timeout is what ``deepspeed.initialize`` later finds.
+    """
+    if dist.get_world_size() == 1:
+        return
+    from deepspeed.constants import default_pg_timeout
+    from deepspeed.utils import groups
+
+    dist.set_timeout(default_pg_timeout, group=groups._clone_world_group())
 
 
 def _unlink_shm_workspace() -> None:

@@ -1,7 +1,8 @@
 """What a rank does when another rank of a multi-node job dies or hangs.
 
 The process group is created by ``deepspeed.init_distributed`` with DeepSpeed's default timeout
-(``DEEPSPEED_TIMEOUT`` minutes, 10 unless set), so every collective is bounded: a dead peer shows up at
+(``DEEPSPEED_TIMEOUT`` minutes, 10 unless set), and ``distributed.init_distributed`` gives ZeRO's
+data-parallel group the same timeout, so every collective is bounded: a dead peer shows up at
 once as a closed connection (gloo) or a watchdog error (NCCL), a frozen peer after the timeout. Either way
 the surviving rank gets an exception deep inside a collective, whose traceback says little to a user.
 ``guard_peer_failure`` turns that into one line and a distinct exit code, so the node's launcher exits

@@ -1,4 +1,5 @@
 """A rank that dies or freezes must not leave the others hanging; the next launch resumes."""
+import json
 import signal
 from pathlib import Path
 
@@ -106,3 +107,22 @@ def test_frozen_rank_times_out_instead_of_hanging(tiny_config, tmp_path):
     assert waited >= 50, f"node 0 stopped after {waited:.0f}s, before the 60 s timeout could have fired"
     line = next(line for line in log0.splitlines() if "lost contact with another rank" in line)
     assert "Timed out" in line, line
+
+
+def test_zero_group_collectives_time_out_like_the_world_group(tmp_path):
+    # ZeRO reduces and gathers on a group DeepSpeed clones from the world group; torch gives a new group its
+    # backend's default timeout (30 min for gloo) unless init_distributed passes DEEPSPEED_TIMEOUT on to it
+    out = tmp_path / "rank0.json"
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+           str(Path(__file__).with_name("late_peer_worker.py")), "--late", "100", "--out", str(out)]
+    launcher = start(cmd, tmp_path / "late.log", extra_env={"DEEPSPEED_TIMEOUT": "1"})
+    try:
+        # rank 0's report comes ~60 s (timeout) or ~100 s (none) into the all-reduce; rank 1 is not waited for
+        wait_for(out.exists, timeout=300, what="rank 0's report", proc=launcher)
+    finally:
+        kill_tree(launcher)
+    report = json.loads(out.read_text())
+    # without the timeout the all-reduce simply completes when rank 1 joins, 100 s later
+    assert report["error"] is not None, f"rank 0 waited {report['waited']:.0f}s for its late peer without a timeout"
+    assert "Timed out" in report["error"], report["error"]
+    assert 55 <= report["waited"] <= 90, report

@@ -1,0 +1,43 @@
+"""Run by test_rank_failure under `deepspeed --num_gpus 2` with DEEPSPEED_TIMEOUT=1: a ZeRO-2 engine built
+the way the trainers build it (our init_distributed, then deepspeed.initialize), then one all-reduce on the
+group ZeRO's optimizer communicates on. Rank 1 joins it only after --late seconds; rank 0 writes to --out
+how long it waited and whether the collective raised."""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from motionmae_ds.engine.distributed import init_distributed  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--local_rank", type=int, default=0)
+p.add_argument("--late", type=float, required=True)
+p.add_argument("--out", required=True)
+args = p.parse_args()
+
+init_distributed()
+model = torch.nn.Linear(4, 4)
+config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+          "zero_optimization": {"stage": 2}}
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config)
+group = engine.optimizer.dp_process_group
+if dist.get_rank() == 1:
+    time.sleep(args.late)
+t0 = time.time()
+try:
+    dist.all_reduce(torch.ones(4), group=group)
+    error = None
+except Exception as exc:  # the timeout under test
+    error = str(exc).splitlines()[0][:300]
+if dist.get_rank() == 0:
+    Path(args.out).write_text(json.dumps({"waited": time.time() - t0, "error": error}))
+os._exit(0)
