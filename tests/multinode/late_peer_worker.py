@@ -39,5 +39,7 @@ try:
 except Exception as exc:  # the timeout under test
     error = str(exc).splitlines()[0][:300]
 if dist.get_rank() == 0:
-    Path(args.out).write_text(json.dumps({"waited": time.time() - t0, "error": error}))
+    # written under another name, then renamed: the test polls for the file and reads it at once
+    Path(args.out + ".tmp").write_text(json.dumps({"waited": time.time() - t0, "error": error}))
+    os.replace(args.out + ".tmp", args.out)
 os._exit(0)
