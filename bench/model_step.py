@@ -1,6 +1,7 @@
 """Training-step speed and memory of the pretraining model against Hugging Face VideoMAE.
 
-Variants, built once and timed interleaved in one process (median over repeats, after warm-up):
+Variants, built once and timed interleaved in one process (median over repeats, after warm-up; the
+ratios also round by round, each from two variants measured back to back):
   a  ours, MotionMAE with both heads           c  transformers.VideoMAEForPreTraining (its SDPA)
   b  ours, frame target only (VideoMAE's work)  d  ours (both heads) with activation checkpointing
 Each step is forward + backward + torch AdamW step with the module cast to the dtype (what DeepSpeed's
@@ -236,6 +237,19 @@ def run_pretrain(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def paired_ratios(num: dict, den: dict, per_flop: bool) -> list[float]:
+    """Round-by-round ratios of two variants timed in the same rounds (their `times` are aligned):
+    den's time / num's time, or of achieved FLOP/s when `per_flop`. The machine's speed drifts between
+    rounds on a shared VM; a ratio within one round sees the same state for both variants."""
+    scale = num["gflop_per_step"] / den["gflop_per_step"] if per_flop else 1.0
+    return [scale * d / n if per_flop else n / d for n, d in zip(num["times"], den["times"])]
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    return (f"per round: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f} "
+            f"over {len(ratios)} rounds")
+
+
 def pretrain_table(rows: list[dict]) -> str:
     by = {r["variant"]: r for r in rows}
     lines = ["| variant | step (s) | GFLOP/step | achieved GFLOP/s | peak mem delta (GiB) |",
@@ -243,10 +257,12 @@ def pretrain_table(rows: list[dict]) -> str:
     lines += [f"| ({r['variant']}) {r['what']} | {r['step_s']:.3f} | {r['gflop_per_step']:.0f} | {r['gflops']:.1f} | "
               f"{r['mem_gib']:.2f} |" for r in rows]
     if "b" in by and "c" in by:
-        lines.append(f"\n(b)/(c) achieved FLOP/s: {by['b']['gflops'] / by['c']['gflops']:.2f}")
+        lines.append(f"\n(b)/(c) achieved FLOP/s: {by['b']['gflops'] / by['c']['gflops']:.2f} (of the medians); "
+                     + ratio_summary(paired_ratios(by["b"], by["c"], per_flop=True)))
     if "a" in by and "b" in by:
-        lines.append(f"(a)/(b) step time: {by['a']['step_s'] / by['b']['step_s']:.2f} "
-                     f"(FLOP ratio {by['a']['gflop_per_step'] / by['b']['gflop_per_step']:.2f})")
+        lines.append(f"(a)/(b) step time: {by['a']['step_s'] / by['b']['step_s']:.2f} (of the medians; "
+                     f"FLOP ratio {by['a']['gflop_per_step'] / by['b']['gflop_per_step']:.2f}); "
+                     + ratio_summary(paired_ratios(by["a"], by["b"], per_flop=False)))
     if "a" in by and "d" in by:
         lines.append(f"(d)/(a) step time: {by['d']['step_s'] / by['a']['step_s']:.2f}, memory "
                      f"{by['d']['mem_gib'] / max(by['a']['mem_gib'], 1e-9):.2f}")

@@ -68,6 +68,13 @@ def test_pretrain_cli_measures_all_variants(tmp_path):
         assert len(r["times"]) == 2 and r["step_s"] > 0 and r["mem_gib"] >= 0
         assert r["gflops"] == pytest.approx(r["gflop_per_step"] / r["step_s"])
     assert "| (c) HF VideoMAEForPreTraining (sdpa) |" in stdout and "(b)/(c) achieved FLOP/s" in stdout
+    # the round-by-round ratios pair the times of one round: (b)/(c) FLOP/s = t_c / t_b at equal work
+    paired = sorted(c / b for b, c in zip(rows["b"]["times"], rows["c"]["times"]))
+    line = next(s for s in stdout.splitlines() if s.startswith("(b)/(c)"))
+    assert f"per round: median {(paired[0] + paired[1]) / 2:.2f}, range {paired[0]:.2f}-{paired[1]:.2f} over 2 rounds" in line
+    line = next(s for s in stdout.splitlines() if s.startswith("(a)/(b)"))
+    paired = sorted(a / b for a, b in zip(rows["a"]["times"], rows["b"]["times"]))
+    assert f"median {(paired[0] + paired[1]) / 2:.2f}, range {paired[0]:.2f}-{paired[1]:.2f}" in line
     assert "command: python bench/model_step.py --model vit_tiny" in res["header"]
 
 
