@@ -239,8 +239,8 @@ def run_pretrain(args: argparse.Namespace) -> list[dict]:
 
 def paired_ratios(num: dict, den: dict, per_flop: bool) -> list[float]:
     """Round-by-round ratios of two variants timed in the same rounds (their `times` are aligned):
-    den's time / num's time, or of achieved FLOP/s when `per_flop`. The machine's speed drifts between
-    rounds on a shared VM; a ratio within one round sees the same state for both variants."""
+    num's step time / den's, or num's achieved FLOP/s / den's when `per_flop`. The machine's speed drifts
+    between rounds on a shared VM; a ratio within one round sees the same state for both variants."""
     scale = num["gflop_per_step"] / den["gflop_per_step"] if per_flop else 1.0
     return [scale * d / n if per_flop else n / d for n, d in zip(num["times"], den["times"])]
 
