@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {
     # name: (pretraining target, motion granularity) ; scratch has no pretraining
@@ -127,11 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from motionmae_ds.config import load_config
+    from motionmae_ds.config import load_finetune_config, load_pretrain_config
     from motionmae_ds.engine import distributed as dist_utils
     from motionmae_ds.engine.finetune import run_finetuning
     from motionmae_ds.engine.pretrain import run_pretraining
-    from motionmae_ds.finetune_config import load_finetune_config
 
     dist_utils.init_distributed()
     ds_config = ROOT / "ds_configs" / "zero2.json"
@@ -148,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.time()
             init = "none"
             if target is not None:
-                cfg = load_config(ROOT / "configs" / "pretrain_demo.yaml",
-                                  pretrain_overrides(args, lists, target, g, seed))
+                cfg = load_pretrain_config(ROOT / "configs" / "pretrain_demo.yaml",
+                                           pretrain_overrides(args, lists, target, g, seed))
                 summary = run_pretraining(cfg, ds_config, run_dir / "pretrain", resume=False)
                 init = str(run_dir / "pretrain" / "checkpoints")
                 print(f"{name} seed {seed}: pretrained, loss {summary['first_loss']:.4f} -> "

@@ -23,7 +23,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -31,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from motionmae_ds.data.datasets import VideoClipDataset  # noqa: E402
-from motionmae_ds.data.lists import VideoRecord  # noqa: E402
-from motionmae_ds.data.sampling import make_generator, train_clip_indices  # noqa: E402
-from motionmae_ds.data.transforms import TrainTransform  # noqa: E402
+from motionmae_ds.data.datasets import VideoClipDataset
+from motionmae_ds.data.lists import VideoRecord
+from motionmae_ds.data.sampling import make_generator, train_clip_indices
+from motionmae_ds.data.transforms import TrainTransform
 
 NUM_FRAMES, STRIDE, SIZE = 16, 4, 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -38,12 +38,11 @@ FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from motionmae_ds.models import (  # noqa: E402
     MODEL_SIZES, build_classifier, build_mask_generator, build_pretrain_model, classifier_macs, pretrain_macs,
 )
 from motionmae_ds.engine.cpu_process import keep_freed_memory  # noqa: E402
-from motionmae_ds.models.vit import ATTENTION_BACKENDS, set_attention_backend  # noqa: E402
+from motionmae_ds.models.vit import ATTENTION_BACKENDS  # noqa: E402
 
 TRAIN_FLOPS_PER_MAC = 6  # forward + backward (2x forward) = 3 passes, 2 FLOPs per multiply-add
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -162,6 +161,7 @@ def build_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         else:
             target = "frame" if key == "b" else "frame_motion"
             model = build_pretrain_model(**ours_kwargs(args, target), grad_checkpointing=key == "d")
+            model.set_attention_backend(args.attention)
             fn, f = ours, flops[target]
         variants.append(Variant(key, model.to(device=device, dtype=dtype).train(), f, fn))
     return variants
@@ -274,6 +274,7 @@ def finetune_setup(args: argparse.Namespace, device: torch.device):
     kwargs = dict(name=args.model, num_classes=174, num_frames=args.num_frames, img_size=args.img_size,
                   drop_path_rate=0.0)
     model = build_classifier(**kwargs).to(device=device, dtype=DTYPES[args.dtype]).train()
+    model.set_attention_backend(args.attention)
     optimizer = adamw(model.parameters())
     # AdamW allocates its moments at its first step; a zero-gradient step holds them (and the
     # grads, kept between steps as DeepSpeed's ZeRO gradient buffers are) before the measured
@@ -384,7 +385,6 @@ def machine(threads: int) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    set_attention_backend(args.attention)
     if args._finetune_memory_child:
         finetune_memory_child(args)
         return

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = export(args.input, args.output, args.format, tag=args.tag, use_safetensors=args.safetensors,
                          force=args.force)
-    except (ValueError, OSError) as exc:  # CheckpointError, HFInteropError, ...; OSError: e.g. an unwritable output
+    except (ValueError, OSError) as exc:  # ckpt.CheckpointError is a ValueError; OSError: e.g. an unwritable output
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"wrote {written}", flush=True)

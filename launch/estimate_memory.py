@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,11 +26,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames", type=int, nargs=2, default=(2, 4), help="two small frame counts to measure at")
     args = p.parse_args(argv)
 
-    from motionmae_ds.config import load_config
+    from motionmae_ds.config import load_pretrain_config
     from motionmae_ds.engine import memory_estimate as me
     from motionmae_ds.engine.ds_config import load_ds_config
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_pretrain_config(args.config, args.set)
     ds = load_ds_config(args.deepspeed_config)
     world = args.nodes * args.gpus_per_node
     params = me.count_params(cfg)

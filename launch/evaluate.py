@@ -15,8 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="MotionMAE multi-view evaluation")
@@ -25,7 +23,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     p.add_argument("--split", default="test", choices=("test", "val"), help="test: K x 3 views; val: one view")
     p.add_argument("--output_dir", default=None, help="where metrics.json and predictions.jsonl go")
-    p.add_argument("--deepspeed_config", default=None, help=argparse.SUPPRESS)  # accepted for symmetry, unused
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -40,9 +37,8 @@ def _run_dir(checkpoint: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from motionmae_ds.config import ConfigError
-    from motionmae_ds.engine.finetune import evaluate_checkpoint
-    from motionmae_ds.finetune_config import load_finetune_config
+    from motionmae_ds.config import ConfigError, load_finetune_config
+    from motionmae_ds.engine.evaluate import evaluate_checkpoint
 
     checkpoint = Path(args.checkpoint)
     try:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from motionmae_ds.models import (  # noqa: E402
+from motionmae_ds.models import (
     MASK_KINDS, MODEL_SIZES, build_classifier, build_pretrain_model, classifier_macs, pretrain_macs,
 )
 

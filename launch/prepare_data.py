@@ -10,10 +10,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from motionmae_ds.data.decode import BACKENDS  # noqa: E402
-from motionmae_ds.data.lists import FORMATS, ListFormatError, clean_list  # noqa: E402
+from motionmae_ds.data.decode import BACKENDS
+from motionmae_ds.data.lists import FORMATS, ListFormatError, clean_list
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -9,8 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="MotionMAE reconstruction figures")

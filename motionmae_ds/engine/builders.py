@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
-from motionmae_ds.config import ConfigError, ExperimentConfig
+from motionmae_ds.config import ConfigError, PretrainConfig
+from motionmae_ds.engine.checkpoint import init_encoder
 
 
-def model_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     """Keyword arguments of ``build_pretrain_model`` for this config (also used for FLOP counting)."""
     m, t = cfg.model, cfg.targets
     return dict(
@@ -36,7 +37,7 @@ def classifier_kwargs(cfg: Any) -> dict[str, Any]:
         head_dropout=m.head_dropout, init_scale=m.init_scale, grad_checkpointing=m.grad_checkpointing)
 
 
-def build_model(cfg: ExperimentConfig) -> nn.Module:
+def build_model(cfg: PretrainConfig) -> nn.Module:
     from motionmae_ds.models import build_pretrain_model
 
     try:
@@ -44,8 +45,6 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
     if cfg.model.init_encoder:
-        from motionmae_ds.tools.convert import init_encoder
-
         try:
             init_encoder(model, cfg.model.init_encoder)
         except Exception as exc:  # one line naming the source, whatever the format's loader raised
@@ -53,7 +52,7 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     return model
 
 
-def build_masker(cfg: ExperimentConfig, grid: tuple[int, int, int]) -> Any:
+def build_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
     from motionmae_ds.models import build_mask_generator
 
     try:
@@ -62,13 +61,13 @@ def build_masker(cfg: ExperimentConfig, grid: tuple[int, int, int]) -> Any:
         raise ConfigError(f"{cfg.source}: masking: {exc}") from None
 
 
-def cache_dir(cfg: ExperimentConfig) -> Path:
+def cache_dir(cfg: PretrainConfig) -> Path:
     if cfg.data.cache_dir:
         return Path(cfg.data.cache_dir)
     return Path(os.environ.get("MOTIONMAE_CACHE", Path.home() / ".cache" / "motionmae_ds"))
 
 
-def resolve_list_file(cfg: ExperimentConfig) -> str:
+def resolve_list_file(cfg: PretrainConfig) -> str:
     """The training list: the configured one, or the embedded synthetic set (generated once, cached).
 
     Call on every rank: generation is idempotent, and rank 0 does it first while the others wait.
@@ -106,7 +105,7 @@ def read_records(data: Any, list_file: str, where: str) -> list:
     return records
 
 
-def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain") -> Any:
+def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
     from motionmae_ds.data.datasets import VideoClipDataset
 
     records = read_records(cfg.data, list_file, f"data.list_file={list_file}")
@@ -119,3 +118,82 @@ def build_dataset(cfg: ExperimentConfig, list_file: str, mode: str = "pretrain")
         )
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data: {exc}") from None
+
+
+# -- finetuning ---------------------------------------------------------------------------------------
+
+def build_finetune_model(cfg: Any) -> nn.Module:
+    """The classifier of a ``FinetuneConfig`` (wrapped in a ``LinearProbe`` in probe mode), without weights."""
+    from motionmae_ds.models import build_classifier
+    from motionmae_ds.models.classifier import LinearProbe
+
+    try:
+        clf = build_classifier(**classifier_kwargs(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: model: {exc}") from None
+    return LinearProbe(clf, cfg.finetune.probe_norm) if cfg.finetune.linear_probe else clf
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The ``VideoClassifier`` inside a model built by ``build_finetune_model``."""
+    from motionmae_ds.models.classifier import LinearProbe
+
+    return model.backbone if isinstance(model, LinearProbe) else model
+
+
+def finetune_param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
+    """Layer-decay groups over the trainable parameters (only the head in probe mode)."""
+    from motionmae_ds.engine.optim import param_groups, timm_layer_decay_groups
+    from motionmae_ds.models.classifier import LinearProbe
+
+    if isinstance(model, LinearProbe):
+        return param_groups(model, cfg.optim.weight_decay)
+    # timm reads the layer ids from the classifier's group_matcher (embedding 0, block i -> i + 1, rest last)
+    return timm_layer_decay_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
+
+
+def resolve_lists(cfg: Any) -> dict[str, str]:
+    """split -> list file of a ``FinetuneConfig``: the configured ones, or the embedded motion-classes set
+    (generated once, cached; call on every rank, rank 0 generates first)."""
+    if not cfg.data.synthetic:
+        return {k: v for k, v in (("train", cfg.data.train_list), ("val", cfg.data.val_list),
+                                  ("test", cfg.data.test_list)) if v}
+    from motionmae_ds.data.synthetic import ensure_synthetic_dataset
+    from motionmae_ds.engine import distributed as dist_utils
+
+    d = cfg.data
+    sizes = dict(num_videos=d.synthetic_videos, num_frames=d.synthetic_frames, size=d.synthetic_size)
+    custom = [f"{k}{v}" for k, v in sizes.items() if v is not None]
+    root = cache_dir(cfg) / ("synthetic_" + "_".join(custom) if custom else "synthetic")
+    lists: Any = None
+    if dist_utils.is_main():
+        lists = ensure_synthetic_dataset(root, kind="motion_classes", seed=0, **sizes)
+    dist_utils.barrier()
+    if not dist_utils.is_main():
+        lists = ensure_synthetic_dataset(root, kind="motion_classes", seed=0, **sizes)
+    return dict(lists)
+
+
+def build_split(cfg: Any, list_file: str, mode: str) -> Any:
+    """The finetuning dataset of one split (``train`` | ``val`` | ``test``) of a ``FinetuneConfig``."""
+    from motionmae_ds.data.datasets import VideoClipDataset
+
+    records = read_records(cfg.data, list_file, list_file)
+    bad = [r for r in records if not 0 <= int(r.label) < cfg.model.num_classes]
+    if bad:
+        raise ConfigError(f"{list_file}: label {bad[0].label} of {bad[0].path} outside 0..{cfg.model.num_classes - 1}"
+                          f" (model.num_classes={cfg.model.num_classes})")
+    d = cfg.data
+    common = dict(num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate, input_size=cfg.model.img_size,
+                  short_side_size=cfg.short_side, mean=d.mean, std=d.std, seed=cfg.run.seed, backend=d.decode_backend)
+    if mode == "train":
+        extra = dict(scale=d.scale, flip=d.flip, rand_aug=d.rand_aug or None, random_erase=d.random_erase,
+                     num_repeats=d.num_repeats)
+    elif mode == "test":
+        extra = dict(test_clips=cfg.eval.test_clips, test_crops=cfg.eval.test_crops)
+    else:
+        extra = {}
+    try:
+        return VideoClipDataset(records, mode=mode, **common, **extra)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data ({mode}): {exc}") from None

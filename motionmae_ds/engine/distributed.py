@@ -105,14 +105,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def gather_objects(items: list) -> list:
     """Concatenation of every rank's ``items`` (picklable), in rank order, on every rank."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from motionmae_ds.config import ExperimentConfig, batch_layout
+from motionmae_ds.config import PretrainConfig, batch_layout
 
 GiB = 1024 ** 3
 # 2 bytes (bf16) per bucket element; DeepSpeed documents 4.5x the bucket sizes with overlap_comm
@@ -58,17 +58,16 @@ def _drop_grad(param: torch.Tensor) -> None:
     param.grad = None
 
 
-def _model_kwargs(cfg: ExperimentConfig, num_frames: int) -> dict[str, Any]:
+def _model_kwargs(cfg: PretrainConfig, num_frames: int) -> dict[str, Any]:
     from motionmae_ds.engine.builders import model_kwargs
 
     return dict(model_kwargs(cfg), num_frames=num_frames)
 
 
-def peak_step_bytes(cfg: ExperimentConfig, num_frames: int, batch_size: int, seed: int = 0) -> int:
+def peak_step_bytes(cfg: PretrainConfig, num_frames: int, batch_size: int, seed: int = 0) -> int:
     """Peak bytes of one bf16 forward + backward beyond the weights (gradients are dropped when ready)."""
     from motionmae_ds.engine.builders import build_masker
     from motionmae_ds.models import build_pretrain_model
-    from motionmae_ds.models import vit
 
     torch.manual_seed(seed)
     model = build_pretrain_model(**_model_kwargs(cfg, num_frames)).to(torch.bfloat16)
@@ -76,17 +75,13 @@ def peak_step_bytes(cfg: ExperimentConfig, num_frames: int, batch_size: int, see
         # ZeRO-2's hooks copy each gradient into its bucket as soon as it is ready and drop it; so do we
         p.register_post_accumulate_grad_hook(_drop_grad)
     masker = build_masker(cfg, tuple(model.grid))
-    previous = vit._attention_backend
-    vit.set_attention_backend("sdpa")  # what a GPU runs; the CPU-bf16 default keeps tokens x tokens scores
-    try:
-        with LiveBytes() as meter:
-            size = cfg.model.img_size
-            videos = torch.randn(batch_size, 3, num_frames, size, size, dtype=torch.bfloat16)
-            mask = masker(batch_size)
-            model(videos, mask)["loss"].backward()
-            del videos, mask
-    finally:
-        vit.set_attention_backend(previous)
+    model.set_attention_backend("sdpa")  # what a GPU runs; the CPU-bf16 default keeps tokens x tokens scores
+    with LiveBytes() as meter:
+        size = cfg.model.img_size
+        videos = torch.randn(batch_size, 3, num_frames, size, size, dtype=torch.bfloat16)
+        mask = masker(batch_size)
+        model(videos, mask)["loss"].backward()
+        del videos, mask
     return meter.peak
 
 
@@ -103,7 +98,7 @@ class ActivationFit:
         return self.intercept + self.slope * self.target_frames
 
 
-def fit_activation_bytes(cfg: ExperimentConfig, frames: tuple[int, int], batches: tuple[int, int] = (1, 2)
+def fit_activation_bytes(cfg: PretrainConfig, frames: tuple[int, int], batches: tuple[int, int] = (1, 2)
                          ) -> ActivationFit:
     """Per-sample activation bytes at two small frame counts, extrapolated to cfg.model.num_frames."""
     if frames[0] == frames[1] or batches[0] == batches[1]:
@@ -134,7 +129,7 @@ def bucket_bytes(ds_config: dict[str, Any]) -> int:
     return int(elements * 2 * factor)
 
 
-def count_params(cfg: ExperimentConfig) -> int:
+def count_params(cfg: PretrainConfig) -> int:
     from motionmae_ds.models import build_pretrain_model
 
     with torch.device("meta"):
@@ -142,7 +137,7 @@ def count_params(cfg: ExperimentConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def step_flops(cfg: ExperimentConfig, world_size: int) -> dict[str, float]:
+def step_flops(cfg: PretrainConfig, world_size: int) -> dict[str, float]:
     """Training FLOPs per sample and per optimizer step (6 x forward MACs: fwd + 2x bwd, 2 FLOPs/MAC)."""
     from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
     from motionmae_ds.models.flops import pretrain_macs
@@ -166,14 +161,14 @@ def largest_fitting_micro(per_sample: float, fixed: float, budget: float, candid
     return max(fitting)
 
 
-def micro_candidates(cfg: ExperimentConfig, world_size: int) -> list[int]:
+def micro_candidates(cfg: PretrainConfig, world_size: int) -> list[int]:
     """Micro batches that divide the per-GPU share of the global batch (accumulation makes up the rest)."""
     total = cfg.schedule.total_batch_size or batch_layout(cfg, world_size)[2]
     share = total // world_size
     return [m for m in range(1, share + 1) if share % m == 0] if total % world_size == 0 else [1]
 
 
-def replace_model(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+def replace_model(cfg: PretrainConfig, **changes: Any) -> PretrainConfig:
     """A copy of cfg with model fields changed (tests measure a narrow model)."""
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 

@@ -1,52 +1,60 @@
 """AdamW parameter groups: no weight decay on 1-D params, biases and positional/mask tokens.
 
-Each group carries ``lr_scale`` (1.0 here; layer-wise decay for finetuning gives per-layer scales) and a
-``wd_scale`` (0 or 1) so the per-step schedule can set ``g["lr"]`` and ``g["weight_decay"]``. DeepSpeed
-keeps these extra keys on its groups but drops empty ones, so groups are matched by keys, never by index.
+timm forms the groups (`param_groups_weight_decay`, `param_groups_layer_decay`); we add to each group
+``param_names``, an ``lr_scale`` (1.0 without layer decay) and a ``wd_scale`` (0 or 1), so the per-step
+schedule can set ``g["lr"]`` and ``g["weight_decay"]``. DeepSpeed keeps these extra keys on its groups but
+drops empty ones, so groups are matched by keys, never by index.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable
 
 import torch
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 # names (substrings) of parameters that are tokens/tables rather than weights
 NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token", "q_bias", "v_bias")
 
-LayerIdFn = Callable[[str], int]
+# timm returns weight_decay=0 for every group when asked for weight_decay=0, which would hide which
+# parameters decay; the schedule may ramp decay up from 0, so ask with this and set the real value after.
+_MEMBERSHIP_WEIGHT_DECAY = 1.0
 
 
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in NO_DECAY_NAMES)
+def _no_decay_patterns(model: nn.Module, extra: Iterable[str] = ()) -> list[str]:
+    """timm's no_weight_decay_list (fnmatch patterns): the model's own exceptions (timm's convention, a
+    no_weight_decay() method), the caller's, and NO_DECAY_NAMES as substrings."""
+    own = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return [*own, *extra, *(f"*{t}*" for t in NO_DECAY_NAMES)]
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_id: Optional[LayerIdFn] = None,
-                 num_layers: int = 0, layer_decay: float = 1.0) -> list[dict[str, Any]]:
-    """Group trainable parameters by (decay or not, layer).
+def _with_scales(model: nn.Module, groups: list[dict[str, Any]], weight_decay: float) -> list[dict[str, Any]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        decay = g["weight_decay"] > 0
+        g["param_names"] = [names[id(p)] for p in g["params"]]
+        g.setdefault("lr_scale", 1.0)
+        g["weight_decay"] = weight_decay if decay else 0.0
+        g["wd_scale"] = 1.0 if decay else 0.0
+    return groups
 
-    ``layer_id`` (name -> 0..num_layers) with ``layer_decay`` < 1 gives the layer ``i`` an lr scale of
-    ``layer_decay ** (num_layers - i)``; without it every group has scale 1.
-    """
-    # a model may name further exceptions (timm's convention: a no_weight_decay() method)
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = not (no_weight_decay(name, param) or name in skip)
-        layer = layer_id(name) if layer_id is not None else num_layers
-        key = (layer, decay)
-        if key not in groups:
-            scale = layer_decay ** (num_layers - layer) if layer_id is not None else 1.0
-            groups[key] = {
-                "params": [], "param_names": [], "lr_scale": scale,
-                "weight_decay": weight_decay if decay else 0.0, "wd_scale": 1.0 if decay else 0.0,
-                "group_name": f"layer{layer}_{'decay' if decay else 'no_decay'}",
-            }
-        groups[key]["params"].append(param)
-        groups[key]["param_names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The trainable parameters in a no-decay group and a decay group (each only if not empty), lr scale 1."""
+    groups = param_groups_weight_decay(model, weight_decay=_MEMBERSHIP_WEIGHT_DECAY,
+                                       no_weight_decay_list=_no_decay_patterns(model))
+    for g in _with_scales(model, groups, weight_decay):
+        g["group_name"] = "decay" if g["wd_scale"] else "no_decay"
+    return groups
+
+
+def timm_layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float,
+                            no_weight_decay_list: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Layer-decay groups (for finetuning): timm assigns layers via ``model.group_matcher``, and layer ``i``
+    of ``L`` gets an lr scale of ``layer_decay ** (L - 1 - i)``; models without a matcher get one layer."""
+    groups = param_groups_layer_decay(model, weight_decay=_MEMBERSHIP_WEIGHT_DECAY, layer_decay=layer_decay,
+                                      no_weight_decay_list=_no_decay_patterns(model, no_weight_decay_list))
+    return _with_scales(model, groups, weight_decay)
 
 
 def build_adamw(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float], eps: float
@@ -62,18 +70,3 @@ def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) 
     for g in optimizer.param_groups:
         g["lr"] = lr * g.get("lr_scale", 1.0)
         g["weight_decay"] = weight_decay * g.get("wd_scale", 1.0)
-
-
-def timm_layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float,
-                            no_weight_decay_list: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Layer-decay groups from timm (for finetuning), with the ``wd_scale`` key ``set_lr_wd`` expects.
-
-    timm assigns layers via ``model.group_matcher``; models without one get a single layer.
-    """
-    from timm.optim import param_groups_layer_decay
-
-    groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
-                                      no_weight_decay_list=tuple(no_weight_decay_list))
-    for g in groups:
-        g["wd_scale"] = 1.0 if g["weight_decay"] > 0 else 0.0
-    return groups

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from motionmae_ds.config import ExperimentConfig
+from motionmae_ds.config import PretrainConfig
 from motionmae_ds.engine.builders import classifier_kwargs, model_kwargs
 from motionmae_ds.engine.mfu import accelerator_device_name, mfu
 from motionmae_ds.models.flops import classifier_macs, pretrain_macs
 
 if TYPE_CHECKING:
-    from motionmae_ds.finetune_config import FinetuneConfig
+    from motionmae_ds.config import FinetuneConfig
 
 # forward + backward (twice the forward) = 3 passes; one multiply-accumulate = 2 FLOPs. Model FLOPs, the
 # MFU convention: the recompute of activation checkpointing is not counted as useful work.
@@ -25,9 +25,9 @@ def finetune_flops_per_sample(cfg: "FinetuneConfig") -> float:
 
 
 class FlopCounter:
-    """Pretraining counter for an ``ExperimentConfig``; ``FlopCounter.finetuning(cfg)`` for a ``FinetuneConfig``."""
+    """Pretraining counter for a ``PretrainConfig``; ``FlopCounter.finetuning(cfg)`` for a ``FinetuneConfig``."""
 
-    def __init__(self, cfg: Optional[ExperimentConfig], flops_per_sample: Optional[float] = None) -> None:
+    def __init__(self, cfg: Optional[PretrainConfig], flops_per_sample: Optional[float] = None) -> None:
         if flops_per_sample is None:
             macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, **model_kwargs(cfg))
             flops_per_sample = TRAIN_FLOPS_PER_MAC * float(macs)

@@ -1,6 +1,6 @@
-"""MotionMAE models in plain PyTorch: the pretraining model, the finetuning classifier, mask
-generators, the size registry and an analytic FLOP counter."""
-from motionmae_ds.models.classifier import VideoClassifier, build_classifier
+"""MotionMAE models in plain PyTorch: the pretraining model, the finetuning classifier and its linear
+probe, mask generators, the size registry and an analytic FLOP counter."""
+from motionmae_ds.models.classifier import PROBE_NORMS, LinearProbe, VideoClassifier, build_classifier
 from motionmae_ds.models.flops import classifier_macs, pretrain_macs
 from motionmae_ds.models.masking import MASK_KINDS, MaskGenerator, build_mask_generator
 from motionmae_ds.models.motionmae import MotionMAE, build_pretrain_model
@@ -8,7 +8,7 @@ from motionmae_ds.models.registry import MODEL_SIZES, ModelSize, resolve_size
 from motionmae_ds.models.validation import ModelConfigError
 
 __all__ = [
-    "MASK_KINDS", "MODEL_SIZES", "MaskGenerator", "ModelConfigError", "ModelSize", "MotionMAE",
-    "VideoClassifier", "build_classifier", "build_mask_generator", "build_pretrain_model",
+    "LinearProbe", "MASK_KINDS", "MODEL_SIZES", "MaskGenerator", "ModelConfigError", "ModelSize", "MotionMAE",
+    "PROBE_NORMS", "VideoClassifier", "build_classifier", "build_mask_generator", "build_pretrain_model",
     "classifier_macs", "pretrain_macs", "resolve_size",
 ]

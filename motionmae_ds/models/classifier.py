@@ -1,5 +1,6 @@
-"""The finetuning classifier: the pretraining encoder on all tokens, mean pooling, fc_norm, head.
-Parameter names follow VideoMAE's finetune model (patch_embed, blocks.{i}, fc_norm, head)."""
+"""The finetuning classifier: the pretraining encoder on all tokens, mean pooling, fc_norm, head, and the
+linear probe around it. Parameter names follow VideoMAE's finetune model (patch_embed, blocks.{i},
+fc_norm, head)."""
 from __future__ import annotations
 
 import inspect
@@ -11,6 +12,9 @@ import torch.nn as nn
 from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.validation import check_fraction, check_positive_int, reject_unknown
 from motionmae_ds.models.vit import LAYER_NORM_EPS, VisionTransformerEncoder, init_vit_weights
+
+# The linear probe's normalisation of the pooled features: MAE's BatchNorm, or a LayerNorm.
+PROBE_NORMS = ("batchnorm", "layernorm")
 
 
 class VideoClassifier(VisionTransformerEncoder):
@@ -97,3 +101,30 @@ def build_classifier(
 
 
 CLASSIFIER_KWARGS = tuple(p for p in inspect.signature(build_classifier).parameters if p != "unknown")
+
+
+class LinearProbe(nn.Module):
+    """A frozen encoder (always in eval mode) whose mean-pooled tokens go through a normalisation without
+    affine parameters (BatchNorm1d as MAE's probe, or LayerNorm) into the classifier's linear head."""
+
+    def __init__(self, backbone: VideoClassifier, norm: str = "batchnorm") -> None:
+        super().__init__()
+        if norm not in PROBE_NORMS:
+            raise ValueError(f"probe norm={norm!r} is not one of {', '.join(PROBE_NORMS)}")
+        self.backbone = backbone
+        dim = backbone.embed_dim
+        self.probe_norm = (nn.BatchNorm1d(dim, affine=False, eps=1e-6) if norm == "batchnorm"
+                           else nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False))
+        for name, p in backbone.named_parameters():
+            p.requires_grad = name.startswith("head.")
+
+    def train(self, mode: bool = True) -> "LinearProbe":
+        super().train(mode)
+        self.backbone.eval()  # features as at test time: no drop path, no dropout
+        return self
+
+    def forward(self, videos: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            # the encoder's tokens, skipping the classifier's own fc_norm (a fresh, untrained layer)
+            feats = VisionTransformerEncoder.forward(self.backbone, videos).mean(dim=1)
+        return self.backbone.head(self.probe_norm(feats))

@@ -121,6 +121,11 @@ class MotionMAE(nn.Module):
         for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
             module.set_grad_checkpointing(enabled)
 
+    def set_attention_backend(self, name: str) -> None:
+        """The attention path (vit.ATTENTION_BACKENDS) of the encoder and every decoder."""
+        for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
+            module.set_attention_backend(name)
+
     def _token_order(self, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Visible token ids then masked ones, each ascending, and the visible count; both heads
         share this bookkeeping."""

@@ -1,7 +1,9 @@
-"""Fixed sinusoidal position tables (not weights: they are rebuilt from the token grid)."""
+"""Fixed sinusoidal position tables (not weights: they are rebuilt from the token grid), and the resampling
+of a learned table that a checkpoint brings to another token grid."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from motionmae_ds.models.validation import ModelConfigError, check_choice
 
@@ -43,3 +45,15 @@ def build_pos_table(kind: str, grid: tuple[int, int, int], dim: int) -> torch.Te
     t, h, w = grid
     table = sincos_1d_table(t * h * w, dim) if kind == "sincos_1d" else sincos_3d_table(grid, dim)
     return table[None].to(torch.get_default_device())
+
+
+def resample_pos_embed(table: torch.Tensor, src_grid: tuple[int, int, int], dst_grid: tuple[int, int, int]
+                       ) -> torch.Tensor:
+    """A learned (1, t*h*w, D) table on ``src_grid`` -> (1, t'*h'*w', D) on ``dst_grid`` by trilinear
+    resampling over (t, h, w); the same table when the grids agree."""
+    if tuple(src_grid) == tuple(dst_grid):
+        return table
+    d = table.shape[-1]
+    vol = table.reshape(1, *src_grid, d).permute(0, 4, 1, 2, 3).float()
+    vol = F.interpolate(vol, size=tuple(dst_grid), mode="trilinear", align_corners=False)
+    return vol.permute(0, 2, 3, 4, 1).reshape(1, -1, d).to(table.dtype)

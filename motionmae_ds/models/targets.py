@@ -5,27 +5,26 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from einops import rearrange
 
 NORM_EPS = 1e-6
 
 
+# Tokens in (t h w) order, each token's values in (tubelet, patch row, patch column, channel) order.
+_VIDEO = "b c (gt tt) (gh ph) (gw pw)"
+_PATCHES = "b (gt gh gw) (tt ph pw c)"
+
+
 def patchify(videos: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, N, P): tokens in (t h w) order, values in (p0 p1 p2 c) order."""
-    b, c, t, h, w = videos.shape
-    gt, gh, gw = t // tubelet_size, h // patch_size, w // patch_size
-    x = videos.reshape(b, c, gt, tubelet_size, gh, patch_size, gw, patch_size)
-    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
-    return x.reshape(b, gt * gh * gw, tubelet_size * patch_size * patch_size * c)
+    return rearrange(videos, f"{_VIDEO} -> {_PATCHES}", tt=tubelet_size, ph=patch_size, pw=patch_size)
 
 
 def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: int, tubelet_size: int) -> torch.Tensor:
     """Inverse of `patchify` for a (t, h, w) token grid."""
-    b, n, p = patches.shape
     gt, gh, gw = grid
-    c = p // (tubelet_size * patch_size * patch_size)
-    x = patches.reshape(b, gt, gh, gw, tubelet_size, patch_size, patch_size, c)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, c, gt * tubelet_size, gh * patch_size, gw * patch_size)
+    return rearrange(patches, f"{_PATCHES} -> {_VIDEO}", gt=gt, gh=gh, gw=gw, tt=tubelet_size, ph=patch_size,
+                     pw=patch_size)
 
 
 def unnormalize(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -40,9 +39,10 @@ def unnormalize(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float
 def patches_at(videos: torch.Tensor, token_ids: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
     """``patchify(videos)`` gathered at ``token_ids`` (B, M) -> (B, M, P), read straight from the clip:
     one copy of the M tokens, where patchify-then-gather copies all N tokens and then the M."""
-    b, c, t, h, w = videos.shape
-    gt, gh, gw = t // tubelet_size, h // patch_size, w // patch_size
-    grid = videos.reshape(b, c, gt, tubelet_size, gh, patch_size, gw, patch_size).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    b, _, _, h, w = videos.shape
+    gh, gw = h // patch_size, w // patch_size
+    # Token axes kept apart, values not merged: a view of the clip, so only the gather below copies.
+    grid = rearrange(videos, f"{_VIDEO} -> b gt gh gw tt ph pw c", tt=tubelet_size, ph=patch_size, pw=patch_size)
     ti, rest = token_ids.div(gh * gw, rounding_mode="floor"), token_ids.remainder(gh * gw)
     hi, wi = rest.div(gw, rounding_mode="floor"), rest.remainder(gw)
     rows = torch.arange(b, device=videos.device)[:, None]

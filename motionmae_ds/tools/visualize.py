@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from motionmae_ds.config import ConfigError, ExperimentConfig, config_from_dict
+from motionmae_ds.config import PretrainConfig, config_from_dict, load_pretrain_config
+from motionmae_ds.engine import checkpoint as ckpt
+from motionmae_ds.engine.builders import build_masker, build_model
 
 CELL_MIN = 96      # pixels per frame cell: tiny demo clips would be unreadable at their own size
 LABEL_WIDTH = 110
@@ -18,7 +20,7 @@ GREY = 0.5
 NORM_EPS = 1e-6    # the model's per-token target normalisation uses (std + 1e-6)
 
 
-def load_clip(cfg: ExperimentConfig, path: str | Path) -> torch.Tensor:
+def load_clip(cfg: PretrainConfig, path: str | Path) -> torch.Tensor:
     """The centre clip of a video as the eval pipeline sees it: normalised (3, T, S, S)."""
     from motionmae_ds.data.decode import count_frames, read_frames
     from motionmae_ds.data.sampling import uniform_clip_indices
@@ -117,11 +119,9 @@ def render_rows(rows: dict[str, torch.Tensor], title: str = "") -> Image.Image:
     return canvas
 
 
-def render_reconstruction(model: Any, video: torch.Tensor, cfg: ExperimentConfig, ratio: Optional[float] = None,
+def render_reconstruction(model: Any, video: torch.Tensor, cfg: PretrainConfig, ratio: Optional[float] = None,
                           seed: int = 0) -> Image.Image:
     """Mask ``video`` with the config's mask kind at ``ratio`` (a fixed seed) and draw the figure."""
-    from motionmae_ds.engine.builders import build_masker
-
     ratio = cfg.masking.ratio if ratio is None else ratio
     masker_cfg = config_from_dict(cfg.to_dict(), origin=cfg.source)
     masker_cfg.masking.ratio = ratio
@@ -132,35 +132,29 @@ def render_reconstruction(model: Any, video: torch.Tensor, cfg: ExperimentConfig
 
 
 # -- loading a trained model without a DeepSpeed engine ---------------------------------------------------
-def resolve_tag(ckpt_dir: Path, tag: Optional[str]) -> str:
-    if tag:
-        return tag
-    latest = ckpt_dir / "latest"
-    if not latest.is_file():
-        raise ConfigError(f"--checkpoint {ckpt_dir}: no 'latest' file (is this a run's checkpoints/ directory?)")
-    return latest.read_text().strip()
-
-
-def load_pretrained(ckpt_dir: str | Path, tag: Optional[str] = None) -> tuple[Any, ExperimentConfig]:
-    """fp32 model + config from a DeepSpeed checkpoint dir; the config comes from the checkpoint itself."""
-    from motionmae_ds.engine.builders import build_model
-
-    ckpt_dir = Path(ckpt_dir)
-    tag = resolve_tag(ckpt_dir, tag)
-    states = ckpt_dir / tag / "mp_rank_00_model_states.pt"
-    if not states.is_file():
-        raise ConfigError(f"--checkpoint {ckpt_dir}: {states} not found")
-    # the file holds our client state (config dict, RNG states), which needs full unpickling
-    blob = torch.load(states, map_location="cpu", weights_only=False)
-    if "config" in blob:
-        cfg = config_from_dict(blob["config"], origin=str(states))
+def load_pretrained(checkpoint: str | Path, tag: Optional[str] = None) -> tuple[Any, PretrainConfig]:
+    """The pretraining model and its config from a run, checkpoint or tag directory (default tag: the one
+    ``latest`` names); the config comes from the checkpoint itself, else from the run's config.yaml."""
+    ckpt_dir, tag = ckpt.resolve(checkpoint, tag)
+    states = ckpt.load_model_states(ckpt_dir, tag)
+    if "config" in states:
+        cfg = config_from_dict(states["config"], origin=str(ckpt_dir / tag))
     else:
-        run_cfg = ckpt_dir.parent / "config.yaml"
-        from motionmae_ds.config import load_config
-
-        cfg = load_config(run_cfg)
+        cfg = load_pretrain_config(ckpt_dir.parent / "config.yaml")
     model = build_model(cfg)
     # module weights are bf16 copies of the fp32 master; plenty for a figure
-    model.load_state_dict({k: v.float() for k, v in blob["module"].items()})
+    model.load_state_dict(ckpt.module_weights(states, str(ckpt_dir / tag)))
     model.eval()
     return model, cfg
+
+
+def save_reconstruction_figure(model: Any, cfg: PretrainConfig, video_path: str | Path, out_path: str | Path) -> Path:
+    """The training run's figure at a checkpoint: ``video_path``'s centre clip at the run's mask ratio (a fixed
+    seed), written as a PNG at ``out_path``. The launcher hands this to the pretraining task."""
+    image = render_reconstruction(model, load_clip(cfg, video_path), cfg, ratio=cfg.masking.ratio, seed=cfg.run.seed)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(out_path)
+    return out_path

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from motionmae_ds.config import load_config
+from motionmae_ds.config import load_finetune_config, load_pretrain_config
 from motionmae_ds.data.lists import read_list
-from motionmae_ds.finetune_config import load_finetune_config
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("ablation_targets", ROOT / "bench" / "ablation_targets.py")
@@ -32,8 +31,8 @@ def test_every_variant_gives_valid_configs(tmp_path):
     lists = {k: str(tmp_path / f"{k}.txt") for k in ("pretrain", "train", "val", "test")}
     for name, (target, g) in ablation.VARIANTS.items():
         if target is not None:
-            cfg = load_config(ROOT / "configs" / "pretrain_demo.yaml",
-                              ablation.pretrain_overrides(args, lists, target, g, seed=1))
+            cfg = load_pretrain_config(ROOT / "configs" / "pretrain_demo.yaml",
+                                       ablation.pretrain_overrides(args, lists, target, g, seed=1))
             assert (cfg.targets.target, cfg.targets.motion_granularity, cfg.run.seed) == (target, g, 1)
             assert (cfg.model.img_size, cfg.model.patch_size, cfg.masking.ratio) == (32, 8, 0.75)
             assert cfg.data.list_file == lists["pretrain"] and not cfg.data.synthetic

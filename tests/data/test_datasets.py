@@ -155,17 +155,16 @@ def test_bad_arguments_name_the_setting(good_videos):
 
 
 def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders, tmp_path):
-    from motionmae_ds.config import ConfigError, load_config
+    from motionmae_ds.config import ConfigError, load_finetune_config, load_pretrain_config
     from motionmae_ds.engine.builders import build_dataset
     from motionmae_ds.engine.finetune import build_split
-    from motionmae_ds.finetune_config import load_finetune_config
 
     spec = frame_folders["custom"]  # frame{:04d}.jpeg numbered from 0, 6 frames
     lst = tmp_path / "frames.txt"
     lst.write_text(f"{spec['path']} {spec['num_frames']} 1\n")
     ref = videos.reference_folder_frames(spec["path"], range(spec["num_frames"]), spec["template"], spec["start"])
     keys = [f"data.frame_template={spec['template']}", f"data.frame_start={spec['start']}", "data.list_format=frame_dir"]
-    cfg = load_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48", *keys])
+    cfg = load_pretrain_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48", *keys])
     # pretraining: a random clip loads with nothing skipped (the default template would find no file)
     item = build_dataset(cfg, str(lst), mode="pretrain")[0]
     assert item["skipped"] == [] and tuple(item["video"].shape) == (3, 4, 48, 48)
@@ -175,12 +174,12 @@ def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders,
     # val sampling of 4 frames at stride 4 from a 6-frame folder lowers the stride to 1 (frames 1..4)
     np.testing.assert_allclose(clip, _norm(ref[1:5][:, :, 8:56]), atol=1e-5)
     # the default template does not name these files: every retry fails, naming the missing frame
-    plain = load_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48",
-                               "data.list_format=frame_dir"])
+    plain = load_pretrain_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48",
+                                       "data.list_format=frame_dir"])
     with pytest.raises(DataLoadError, match="img_0000"):
         build_dataset(plain, str(lst), mode="pretrain")[0]
     for bad, what in (("data.frame_template=frames.jpg", "one integer field"),
                       ("data.frame_template=img_{:05d}_{}.jpg", "one integer field"),
                       ("data.frame_start=-1", "data.frame_start=-1")):
         with pytest.raises(ConfigError, match=what):
-            load_config(None, [f"data.list_file={lst}", bad])
+            load_pretrain_config(None, [f"data.list_file={lst}", bad])

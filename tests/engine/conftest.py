@@ -1,82 +1,27 @@
-"""Tiny pretraining runs through the real launchers: a 2-frame-tubelet ViT on 32x32 synthetic MP4s."""
+"""Tiny pretraining runs through the real launchers: a 2-frame-tubelet ViT on 32x32 synthetic MP4s.
+
+Fixtures, and ``run``/``start``: launch/pretrain.py shorthands over tests/helpers.py that the engine tests
+import as ``from tests.engine.conftest import run, start`` (a bare ``from conftest import`` finds whichever
+conftest.py pytest loaded last)."""
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PRETRAIN = REPO / "launch" / "pretrain.py"
-ZERO2 = REPO / "ds_configs" / "zero2.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_env() -> dict:
-    env = dict(os.environ)
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-def launch_cmd(args: list, ranks: int = 1, launcher: str = "deepspeed") -> list:
-    if launcher == "python":
-        return [sys.executable, str(PRETRAIN), *map(str, args)]
-    return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), str(PRETRAIN),
-            *map(str, args)]
+from tests.helpers import REPO, launch, launch_cmd
+from tests.helpers import start as start_cmd
 
 
 def run(args: list, ranks: int = 1, launcher: str = "deepspeed", timeout: float = 300,
         cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_cmd(args, ranks, launcher), cwd=cwd, env=run_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    """launch/pretrain.py with ``args`` under the ``deepspeed`` launcher with ``ranks`` ranks, or plain ``python``."""
+    return launch("pretrain.py", args, 0 if launcher == "python" else ranks, timeout, cwd)
 
 
 def start(args: list, ranks: int = 1, log_path: Path = None) -> subprocess.Popen:
-    """Background run in its own process group (so kill -9 reaches the launcher and every rank)."""
-    out = open(log_path, "w") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(launch_cmd(args, ranks), cwd=REPO, env=run_env(), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def kill9(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.exists():
-        return []
-    recs = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "loss" in rec:
-            recs.append(rec)
-    return recs
-
-
-def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen = None) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"run exited ({proc.returncode}) before {what}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    """launch/pretrain.py in the background under the ``deepspeed`` launcher, in its own process group."""
+    return start_cmd(launch_cmd("pretrain.py", args, ranks), log_path)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import ZERO2, read_log, run
+from tests.engine.conftest import run
+from tests.helpers import ZERO2, read_log
 
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 

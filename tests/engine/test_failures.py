@@ -2,18 +2,29 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
-from conftest import REPO, ZERO2, read_log, run, run_env
+from tests.engine.conftest import run
+from tests.helpers import REPO, ZERO2, free_port, read_log, run_env
+
+NAN_PRETRAIN = Path(__file__).resolve().parent / "nonfinite_pretrain.py"
+
+
+def _run_with_nan(args: list, at: int) -> subprocess.CompletedProcess:
+    """launch/pretrain.py under the deepspeed launcher, the loss of micro-step ``at`` made NaN (test-only hook)."""
+    cmd = ["deepspeed", "--num_gpus", "1", "--master_port", str(free_port()), str(NAN_PRETRAIN), *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env={**run_env(), "MOTIONMAE_TEST_NAN_AT": str(at)}, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
     # checkpoints at steps 2 and 4; the loss of micro-step 4 (0-based, i.e. optimizer step 5) becomes NaN
     cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
-                      run={"save_every_steps": 2, "keep_last": 5}, debug={"inject_nonfinite_at_step": 4})
+                      run={"save_every_steps": 2, "keep_last": 5})
     out = tmp_path / "nan"
-    res = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out])
+    res = _run_with_nan(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], at=4)
     assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]
     lines = [l for l in res.stderr.splitlines() if "non-finite loss" in l]
     assert len(lines) == 1 and "at epoch 0 step 5" in lines[0] and "step00000004" in lines[0], res.stderr[-2000:]
@@ -34,9 +45,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
     model = build_model(config_from_dict(blob["config"]))
     model.load_state_dict(state)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    # and a run resumes from it (without the injection) to the end
-    again = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out,
-                 "--set", "debug.inject_nonfinite_at_step=null"])
+    # and the ordinary entry point resumes from it to the end
+    again = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out])
     assert again.returncode == 0, again.stderr[-2000:]
     assert [r["step"] for r in read_log(out)] == list(range(1, 13))
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import torch
 
-from motionmae_ds.engine.finetune import LinearProbe, build_finetune_model, build_param_groups
-from motionmae_ds.finetune_config import FinetuneConfig
+from motionmae_ds.engine.builders import build_finetune_model, finetune_param_groups as build_param_groups
+from motionmae_ds.models.classifier import LinearProbe
+from motionmae_ds.config import FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DEPTH = 3
@@ -62,11 +63,10 @@ def test_linear_probe_trains_only_the_head():
 
 _SCRIPT = textwrap.dedent("""
     import json, sys, torch, deepspeed
-    sys.path.insert(0, {repo!r})
     from deepspeed.utils import safe_get_full_fp32_param
     from motionmae_ds.engine import distributed as dist_utils
     from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
-    from motionmae_ds.engine.finetune import build_finetune_model, build_param_groups
+    from motionmae_ds.engine.builders import build_finetune_model, finetune_param_groups as build_param_groups
     from motionmae_ds.engine.optim import build_adamw, set_lr_wd
     sys.path.insert(0, {here!r})
     from test_finetune_lr import _cfg
@@ -97,7 +97,7 @@ def test_effective_lr_per_layer_after_zero2_step(tmp_path):
     lr, wd = 1e-3, 0.05
     out = tmp_path / "result.pt"
     script = tmp_path / "lr_step.py"
-    script.write_text(_SCRIPT.format(repo=str(REPO), here=str(Path(__file__).parent), lr=lr, wd=wd,
+    script.write_text(_SCRIPT.format(here=str(Path(__file__).parent), lr=lr, wd=wd,
                                      ds=str(REPO / "ds_configs" / "zero2.json"), out=str(out)))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", "29633", str(script)], env=env,

@@ -32,7 +32,7 @@ def test_two_rank_finetune_with_mixup_repeats_and_ema(tmp_path):
     assert all(r["loss"] > 0 for r in steps) and steps[0]["lr"] < steps[5]["lr"]  # warmup
     # TFLOP/s per device from the classifier's MAC count and the clips/s of both ranks; no MFU on the CPU
     from motionmae_ds.engine.throughput import finetune_flops_per_sample
-    from motionmae_ds.finetune_config import load_finetune_config
+    from motionmae_ds.config import load_finetune_config
     per_clip = finetune_flops_per_sample(load_finetune_config(str(cfg), []))
     for r in steps:
         assert r["clips_per_s"] > 0 and "mfu" not in r

@@ -1,39 +1,15 @@
 """Helpers shared by the finetuning/evaluation tests (no tests here): tiny configs, the launchers."""
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-ZERO2 = REPO / "ds_configs" / "zero2.json"
+# the finetuning tests import these from here
+from tests.helpers import REPO, ZERO2, free_port, launch  # noqa: F401
+from tests.helpers import run_env as env  # noqa: F401
+
 TINY_MODEL = {"name": "vit_tiny", "num_classes": 4, "num_frames": 4, "img_size": 32, "patch_size": 16,
               "tubelet_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def launch(script: str, args: list, ranks: int = 0, timeout: float = 300, cwd: Path = REPO
-           ) -> subprocess.CompletedProcess:
-    """ranks 0: plain ``python`` (one process, no launcher); else the real ``deepspeed`` launcher."""
-    path = str(REPO / "launch" / script)
-    if ranks:
-        cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), path]
-    else:
-        cmd = [sys.executable, path]
-    return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def motion_lists(root: Path) -> dict:

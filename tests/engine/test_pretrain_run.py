@@ -5,7 +5,8 @@ import sys
 
 import torch
 
-from conftest import REPO, ZERO2, read_log, run, run_env
+from tests.engine.conftest import run
+from tests.helpers import REPO, ZERO2, read_log, run_env
 
 
 def test_two_ranks_partition_optimizer_state(tiny_config, tmp_path, synthetic_cache):

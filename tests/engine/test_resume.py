@@ -1,5 +1,6 @@
 """kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's."""
-from conftest import ZERO2, kill9, read_log, run, start, wait_for
+from tests.engine.conftest import run, start
+from tests.helpers import ZERO2, kill9, read_log, wait_for
 
 
 def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):

@@ -5,8 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd
+from motionmae_ds.engine.optim import build_adamw, param_groups, set_lr_wd, timm_layer_decay_groups
 from motionmae_ds.engine.schedule import Schedule, cosine_with_warmup, scaled_lr
+from motionmae_ds.models import build_classifier, build_pretrain_model
+
+TINY = dict(name="vit_tiny", num_frames=4, img_size=32, depth=2, decoder_depth=1)
+TINY_CLF = dict(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=2)
 
 
 def test_scaled_lr():
@@ -60,19 +64,60 @@ def test_param_groups_split_decay():
     assert all(g["lr_scale"] == 1.0 for g in groups)
 
 
-def test_layer_decay_hook_and_set_lr_wd():
-    model = Toy()
-    layer = {"pos_embed": 0, "mask_token": 0, "fc": 1, "norm": 2, "q_bias": 2}
-    groups = param_groups(model, 0.05, layer_id=lambda n: layer[n.split(".")[0]], num_layers=2, layer_decay=0.5)
-    scales = {g["group_name"]: g["lr_scale"] for g in groups}
-    assert scales == {"layer0_no_decay": 0.25, "layer1_decay": 0.5, "layer1_no_decay": 0.5, "layer2_no_decay": 1.0}
+def test_layer_decay_groups_and_set_lr_wd():
+    clf = build_classifier(**TINY_CLF)  # depth 2: embedding layer 0, blocks 1 and 2, fc_norm and head 3
+    groups = timm_layer_decay_groups(clf, 0.05, layer_decay=0.5)
     opt = build_adamw(groups, lr=1.0, betas=(0.9, 0.95), eps=1e-8)
     set_lr_wd(opt, lr=0.1, weight_decay=0.2)
-    got = {g["group_name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
-    assert got["layer0_no_decay"] == (pytest.approx(0.025), 0.0)
-    assert got["layer1_decay"] == (pytest.approx(0.05), pytest.approx(0.2))
-    assert got["layer2_no_decay"] == (pytest.approx(0.1), 0.0)
+    got = {n: (g["lr"], g["weight_decay"]) for g, named in zip(opt.param_groups, groups)
+           for n in named["param_names"]}
+    assert got["patch_embed.proj.weight"] == (pytest.approx(0.1 * 0.125), pytest.approx(0.2))
+    assert got["patch_embed.proj.bias"] == (pytest.approx(0.1 * 0.125), 0.0)
+    assert got["blocks.0.attn.q_bias"] == (pytest.approx(0.1 * 0.25), 0.0)
+    assert got["blocks.1.mlp.fc1.weight"] == (pytest.approx(0.1 * 0.5), pytest.approx(0.2))
+    assert got["head.weight"] == (pytest.approx(0.1), pytest.approx(0.2))
+    assert got["fc_norm.weight"] == (pytest.approx(0.1), 0.0)
     assert opt.defaults["betas"] == (0.9, 0.95)
+
+
+def _groups_as_before(model, weight_decay, layer_id=None, num_layers=0, layer_decay=1.0):
+    """engine/optim.param_groups as it was before timm formed the groups: the reference they must equal."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    names = ("pos_embed", "mask_token", "cls_token", "q_bias", "v_bias")
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or any(t in name for t in names) or name in skip)
+        layer = layer_id(name) if layer_id is not None else num_layers
+        scale = layer_decay ** (num_layers - layer) if layer_id is not None else 1.0
+        g = groups.setdefault((layer, decay), {"names": [], "lr_scale": scale,
+                                               "weight_decay": weight_decay if decay else 0.0,
+                                               "wd_scale": 1.0 if decay else 0.0})
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _as_set(groups, key="param_names"):
+    return {(tuple(sorted(g[key])), g["lr_scale"], g["weight_decay"], g["wd_scale"]) for g in groups}
+
+
+@pytest.mark.parametrize("weight_decay", [0.05, 0.0])
+def test_timm_groups_equal_the_previous_ones(weight_decay):
+    pre = build_pretrain_model(**TINY)
+    clf = build_classifier(**TINY_CLF)
+    assert _as_set(param_groups(pre, weight_decay)) == _as_set(_groups_as_before(pre, weight_decay), "names")
+    assert _as_set(param_groups(clf, weight_decay)) == _as_set(_groups_as_before(clf, weight_decay), "names")
+    assert _as_set(param_groups(Toy(), weight_decay)) == _as_set(_groups_as_before(Toy(), weight_decay), "names")
+    # layer decay on the classifier: timm's layers from group_matcher against the classifier's layer_id
+    timm_groups = timm_layer_decay_groups(clf, weight_decay, layer_decay=0.75)
+    before = _groups_as_before(clf, weight_decay, clf.layer_id, clf.get_num_layers() + 1, 0.75)
+    assert _as_set(timm_groups) == _as_set(before, "names")
+    # the decay split survives a zero weight decay (the schedule may ramp it up from there)
+    assert {g["wd_scale"] for g in timm_groups} == {0.0, 1.0}
+    for model, groups in ((pre, param_groups(pre, weight_decay)), (clf, timm_groups)):
+        named = dict(model.named_parameters())
+        assert all(p is named[n] for g in groups for p, n in zip(g["params"], g["param_names"], strict=True))
 
 
 def test_model_no_weight_decay_list_and_real_model():
@@ -82,10 +127,10 @@ def test_model_no_weight_decay_list_and_real_model():
 
     groups = param_groups(Named(), 0.05)
     assert all(g["wd_scale"] == 0.0 for g in groups)
-    from motionmae_ds.config import load_config
+    from motionmae_ds.config import load_pretrain_config
     from motionmae_ds.engine.builders import build_model
 
-    model = build_model(load_config())
+    model = build_model(load_pretrain_config())
     decay = {n for g in param_groups(model, 0.05) if g["wd_scale"] for n in g["param_names"]}
     assert "encoder.blocks.0.attn.qkv.weight" in decay and "encoder.patch_embed.proj.weight" in decay
     assert not any(n.endswith((".bias", "mask_token", "q_bias", "v_bias")) or "norm" in n for n in decay)

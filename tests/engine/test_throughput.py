@@ -1,12 +1,12 @@
 """The logged TFLOP/s and MFU come from the analytic counter of the configured model."""
-from motionmae_ds.config import load_config
+from motionmae_ds.config import load_pretrain_config
 from motionmae_ds.engine.builders import model_kwargs
 from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.models.flops import pretrain_macs
 
 
 def test_tflops_is_six_flops_per_mac_per_sample_and_no_mfu_on_cpu():
-    cfg = load_config(None, ["masking.ratio=0.75", "masking.kind=tube"])
+    cfg = load_pretrain_config(None, ["masking.ratio=0.75", "masking.kind=tube"])
     counter = FlopCounter(cfg)
     macs = pretrain_macs(mask_ratio=0.75, mask_kind="tube", **model_kwargs(cfg))
     assert counter.flops_per_sample == 6 * macs
@@ -18,7 +18,7 @@ def test_tflops_is_six_flops_per_mac_per_sample_and_no_mfu_on_cpu():
 
 def test_finetune_counter_is_six_flops_per_classifier_mac_and_two_for_a_probe():
     from motionmae_ds.engine.throughput import FlopCounter
-    from motionmae_ds.finetune_config import load_finetune_config
+    from motionmae_ds.config import load_finetune_config
     from motionmae_ds.models.flops import classifier_macs
 
     cfg = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7"])

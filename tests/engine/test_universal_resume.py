@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-from conftest import REPO, ZERO2, read_log, run, run_env
+from tests.engine.conftest import run
+from tests.helpers import REPO, ZERO2, read_log, run_env
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(tiny_config, tmp_path):

@@ -1,21 +1,16 @@
-"""The attention paths and the GEMM patch embedding against torch's own kernels: the same
-outputs and gradients (forward and backward), and "auto" choosing per device and dtype."""
+"""The CPU kernels (models/cpu_kernels.py) against torch's own: the same outputs and gradients
+(forward and backward); "auto" choosing per device and dtype; each model holding its own backend."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from motionmae_ds.models import ModelConfigError, build_classifier
-from motionmae_ds.models import vit
-from motionmae_ds.models.vit import attention, matmul_attention, set_attention_backend
+from motionmae_ds.models import ModelConfigError, build_classifier, build_mask_generator, build_pretrain_model
+from motionmae_ds.models import cpu_kernels
+from motionmae_ds.models.cpu_kernels import matmul_attention
+from motionmae_ds.models.vit import Attention, attention
 
 # bf16 keeps 8 bits of mantissa: 2^-8 relative, a few ulps after the softmax and two matmuls.
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
-
-
-@pytest.fixture(autouse=True)
-def restore_backend():
-    yield
-    set_attention_backend("auto")
 
 
 def qkv(dtype, b=2, h=3, n=37, d=16):
@@ -47,7 +42,7 @@ def test_matmul_attention_backward_passes_gradcheck():
 @pytest.mark.parametrize("budget", [13 * 13, 2 * 13 * 13, 64 * 13, 10 ** 9])
 def test_matmul_attention_tiles_agree_with_the_whole_computation(monkeypatch, budget):
     # budgets forcing one head per tile, two heads per tile, query chunks of one head, and one tile
-    monkeypatch.setattr(vit, "ATTENTION_TILE_ELEMENTS", budget)
+    monkeypatch.setattr(cpu_kernels, "ATTENTION_TILE_ELEMENTS", budget)
     q, k, v = (t.detach().double().requires_grad_() for t in qkv(torch.float32, b=2, h=3, n=13, d=8))
     assert torch.autograd.gradcheck(matmul_attention, (q, k, v))
     ref = F.scaled_dot_product_attention(q, k, v)
@@ -58,7 +53,7 @@ def test_attention_tiles_cover_every_query_row_once():
     for heads, n, n_keys, budget in [(6, 1568, 1568, 1 << 22), (24, 160, 160, 1 << 22), (16, 1568, 1568, 10 ** 6),
                                      (5, 100, 7, 700), (3, 130, 130, 64 * 130), (1, 1, 1, 1)]:
         seen = torch.zeros(heads, n, dtype=torch.int64)
-        for h, i in vit._attention_tiles(heads, n, n_keys, budget):
+        for h, i in cpu_kernels.attention_tiles(heads, n, n_keys, budget):
             seen[h, i] += 1
             assert (h.stop - h.start == 1) or (i.start == 0 and i.stop >= n)  # rows contiguous in (H, N, d)
         assert torch.equal(seen, torch.ones_like(seen))
@@ -93,22 +88,83 @@ def test_matmul_attention_by_hand():
     torch.testing.assert_close(matmul_attention(q, k, v), torch.tensor([[[[7.0, 0, 0, 0]]]]))
 
 
-def test_auto_picks_matmul_only_for_bf16_on_cpu(monkeypatch):
+def spy_on_paths(monkeypatch) -> list:
     calls = []
-    monkeypatch.setattr(vit, "matmul_attention", lambda *a: calls.append("matmul") or a[2])
-    monkeypatch.setattr(vit.F, "scaled_dot_product_attention", lambda *a: calls.append("sdpa") or a[2])
+    monkeypatch.setattr(cpu_kernels, "matmul_attention", lambda *a: calls.append("matmul") or a[2])
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a: calls.append("sdpa") or a[2])
+    return calls
+
+
+def test_auto_picks_matmul_only_for_bf16_on_cpu(monkeypatch):
+    calls = spy_on_paths(monkeypatch)
     for dtype in (torch.bfloat16, torch.float32):
         attention(*[t.detach() for t in qkv(dtype)])
-    set_attention_backend("sdpa")
-    attention(*[t.detach() for t in qkv(torch.bfloat16)])
-    set_attention_backend("matmul")
-    attention(*[t.detach() for t in qkv(torch.float32)])
+    attention(*[t.detach() for t in qkv(torch.bfloat16)], "sdpa")
+    attention(*[t.detach() for t in qkv(torch.float32)], "matmul")
     assert calls == ["matmul", "sdpa", "sdpa", "matmul"]
 
 
+def test_auto_keeps_sdpa_off_the_cpu():
+    # a meta tensor stands in for an accelerator's: only the device and dtype are read
+    assert cpu_kernels.prefers_matmul_attention(torch.empty(1, 1, 4, 8, dtype=torch.bfloat16))
+    assert not cpu_kernels.prefers_matmul_attention(torch.empty(1, 1, 4, 8, dtype=torch.bfloat16, device="meta"))
+    assert not cpu_kernels.prefers_matmul_attention(torch.empty(1, 1, 4, 8))
+
+
+def test_each_model_holds_its_own_backend(monkeypatch):
+    # two models in one process, set differently: each runs its own path, neither moves the other
+    # or a model built afterwards
+    torch.manual_seed(0)
+    pre = build_pretrain_model(name="vit_tiny", num_frames=4, img_size=32, depth=1, decoder_depth=1)
+    clf = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=1)
+    pre.set_attention_backend("matmul")
+    clf.set_attention_backend("sdpa")
+    layers = {name: [m.backend for m in model.modules() if isinstance(m, Attention)]
+              for name, model in (("pre", pre), ("clf", clf))}
+    assert layers == {"pre": ["matmul"] * 3, "clf": ["sdpa"]}  # encoder + both decoders; one block
+    fresh = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=1)
+    assert [m.backend for m in fresh.modules() if isinstance(m, Attention)] == ["auto"]
+
+    calls = spy_on_paths(monkeypatch)
+    videos = torch.randn(2, 3, 4, 32, 32)
+    mask = build_mask_generator("tube", pre.grid, 0.5)(2, generator=torch.Generator().manual_seed(0))
+    pre(videos, mask)
+    assert calls == ["matmul"] * 3
+    calls.clear()
+    clf.to(torch.bfloat16)(videos)  # bf16 on the CPU, where "auto" would take the matmul path
+    assert calls == ["sdpa"]
+    calls.clear()
+    fresh.to(torch.bfloat16)(videos)
+    assert calls == ["matmul"]
+
+
+def test_off_the_cpu_the_model_runs_plain_conv3d_and_sdpa(monkeypatch):
+    # the meta device stands in for an accelerator (no GPU in CI): bf16 there, under "auto", must not
+    # reach the CPU kernels
+    def refuse(*args):
+        raise AssertionError("a CPU kernel ran off the CPU")
+
+    monkeypatch.setattr(cpu_kernels, "matmul_attention", refuse)
+    monkeypatch.setattr(cpu_kernels, "gemm_tubelet_embed", refuse)
+    with torch.device("meta"):
+        clf = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=1)
+        logits = clf.to(torch.bfloat16)(torch.empty(2, 3, 4, 32, 32))
+    assert logits.shape == (2, 5) and logits.device.type == "meta"
+
+
+def test_encoder_alone_sets_its_backend():
+    pre = build_pretrain_model(name="vit_tiny", num_frames=4, img_size=32, depth=2, decoder_depth=1)
+    pre.encoder.set_attention_backend("sdpa")
+    assert [m.backend for m in pre.modules() if isinstance(m, Attention)] == ["sdpa", "sdpa", "auto", "auto"]
+
+
 def test_unknown_backend_rejected():
+    clf = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=1)
     with pytest.raises(ModelConfigError, match="attention backend 'flash3'"):
-        set_attention_backend("flash3")
+        clf.set_attention_backend("flash3")
+    with pytest.raises(ModelConfigError, match="attention backend 'flash3'"):
+        attention(*[t.detach() for t in qkv(torch.float32)], "flash3")
+    assert [m.backend for m in clf.modules() if isinstance(m, Attention)] == ["auto"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from motionmae_ds.models import ModelConfigError, build_classifier, build_pretrain_model
+from motionmae_ds.models import PROBE_NORMS, LinearProbe, ModelConfigError, build_classifier, build_pretrain_model
+from motionmae_ds.models.vit import VisionTransformerEncoder
 
 
 def test_forward_is_mean_pool_fc_norm_head(videos, tiny_clf):
@@ -92,3 +93,31 @@ def test_bad_settings_are_named(tiny_clf):
                               (dict(drop_path_rate=1.0), "drop_path_rate=1.0")]:
         with pytest.raises(ModelConfigError, match=message):
             build_classifier(**{**tiny_clf, **override})
+
+
+@pytest.mark.parametrize("norm", PROBE_NORMS)
+def test_linear_probe_trains_only_the_head_on_a_frozen_eval_encoder(videos, tiny_clf, norm):
+    torch.manual_seed(0)
+    probe = LinearProbe(build_classifier(**tiny_clf, drop_path_rate=0.5, head_dropout=0.5), norm).train()
+    assert sorted(n for n, p in probe.named_parameters() if p.requires_grad) == [
+        "backbone.head.bias", "backbone.head.weight"]
+    # .train() reaches the probe's norm, never the encoder: no drop path, no dropout
+    assert probe.training and probe.probe_norm.training
+    assert not any(m.training for m in probe.backbone.modules())
+    before = {n: p.detach().clone() for n, p in probe.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in probe.parameters() if p.requires_grad], lr=1.0)
+    probe(videos).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert all(p.grad is None for n, p in probe.named_parameters() if not n.startswith("backbone.head."))
+    changed = {n for n, p in probe.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"backbone.head.bias", "backbone.head.weight"}
+    # the features are the encoder's tokens, mean-pooled, as at test time (not the classifier's fc_norm)
+    with torch.no_grad():
+        feats = VisionTransformerEncoder.forward(probe.backbone, videos).mean(dim=1)
+        expected = probe.backbone.head(probe.probe_norm.eval()(feats))
+        torch.testing.assert_close(probe.eval()(videos), expected, rtol=0, atol=0)
+
+
+def test_linear_probe_rejects_an_unknown_norm(tiny_clf):
+    with pytest.raises(ValueError, match="norm='groupnorm'.*batchnorm, layernorm"):
+        LinearProbe(build_classifier(**tiny_clf), "groupnorm")

@@ -45,6 +45,18 @@ def test_patchify_matches_loops_and_inverts():
     assert torch.equal(unpatchify(p, (2, 2, 2), 4, 2), x)
 
 
+def test_patchify_uneven_sides_and_model_methods_match_loops(tiny):
+    # a (2, 2, 3) grid of 3 x 4 x 4 tubelets with two channels: no two axes of the same length
+    x = torch.randn(2, 2, 6, 8, 12)
+    p = patchify(x, 4, 3)
+    assert torch.equal(p, loop_patchify(x, 4, 3))
+    assert torch.equal(unpatchify(p, (2, 2, 3), 4, 3), x)
+    model = build_pretrain_model(**tiny)
+    videos = torch.randn(2, 3, 4, 32, 32)
+    assert torch.equal(model.patchify(videos), loop_patchify(videos, 16, 2))
+    assert torch.equal(model.unpatchify(model.patchify(videos)), videos)
+
+
 @pytest.mark.parametrize("g,signed", [(1, False), (2, False), (1, True), (3, True)])
 def test_temporal_difference_matches_loop(g, signed):
     x = torch.rand(2, 3, 6, 4, 4)

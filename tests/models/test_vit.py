@@ -2,10 +2,11 @@
 import math
 
 import torch
+import torch.nn as nn
 
-from motionmae_ds.models import build_pretrain_model
+from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.models.pos_embed import build_pos_table, sincos_1d_table, sincos_3d_table
-from motionmae_ds.models.vit import Attention, DropPath
+from motionmae_ds.models.vit import Attention, Block, DropPath
 
 
 def test_sincos_1d_by_hand():
@@ -56,6 +57,44 @@ def test_attention_matches_explicit_heads():
     torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
     assert sorted(n for n, _ in attn.named_parameters()) == [
         "proj.bias", "proj.weight", "q_bias", "qkv.weight", "v_bias"]
+
+
+class OldMlp(nn.Module):
+    """The Mlp our blocks had before timm's: the state dicts it wrote must load and compute the same."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_timm_mlp_loads_old_state_dicts_and_computes_the_same():
+    torch.manual_seed(0)
+    old = OldMlp(16, 64)
+    block = Block(16, num_heads=2).train()  # train mode: timm's dropouts (p=0) must stay no-ops
+    assert sorted(block.mlp.state_dict()) == sorted(old.state_dict()) == [
+        "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    block.mlp.load_state_dict(old.state_dict(), strict=True)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        outs = []
+        for mlp in (old.to(dtype), block.mlp.to(dtype)):
+            y = mlp(x.to(dtype))
+            (gx,) = torch.autograd.grad(y.square().sum(), x)
+            outs.append((y, gx))
+        assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_block_state_dict_names_are_unchanged():
+    clf = build_classifier(name="vit_tiny", num_classes=5, num_frames=4, img_size=32, depth=1)
+    assert sorted(k for k in clf.state_dict() if k.startswith("blocks.0.")) == sorted(
+        f"blocks.0.{k}" for k in ("norm1.weight", "norm1.bias", "attn.q_bias", "attn.v_bias", "attn.qkv.weight",
+                                  "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                                  "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"))
 
 
 def test_drop_path_is_per_sample_and_rescaled():

@@ -2,9 +2,6 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tests.engine.conftest import synthetic_cache, tiny_config  # noqa: F401 (fixtures)
 
-from launchers import engine  # noqa: E402
-
-synthetic_cache = engine.synthetic_cache
-tiny_config = engine.tiny_config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests here import launchers.py

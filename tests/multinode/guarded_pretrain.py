@@ -2,10 +2,9 @@
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "launch")]
+from motionmae_ds.engine.failure import guard_peer_failure
 
-from motionmae_ds.engine.failure import guard_peer_failure  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "launch"))  # launch/pretrain.py is a script
 from pretrain import main  # noqa: E402
 
 if __name__ == "__main__":

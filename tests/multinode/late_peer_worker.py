@@ -5,18 +5,14 @@ how long it waited and whether the collective raised."""
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import deepspeed
+import torch
+import torch.distributed as dist
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from motionmae_ds.engine.distributed import init_distributed  # noqa: E402
+from motionmae_ds.engine.distributed import init_distributed
 
 p = argparse.ArgumentParser()
 p.add_argument("--local_rank", type=int, default=0)

@@ -1,29 +1,22 @@
-"""Helpers for multi-"node" runs on one machine: the engine tests' helpers, the SLURM script's dry run,
-and process-tree lookups for killing one rank."""
+"""Helpers for multi-"node" runs on one machine: the SLURM script's dry run, one ``deepspeed --no_ssh`` launcher
+per "node" of a hostfile job, and process-tree lookups for killing one rank. Ports, the environment, starting
+and killing a run and reading its log are in tests/helpers.py."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import shlex
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-_HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("engine_conftest", _HERE.parent / "engine" / "conftest.py")
-engine = importlib.util.module_from_spec(_spec)
-sys.modules["engine_conftest"] = engine
-_spec.loader.exec_module(engine)
+from tests.helpers import REPO, run_env, start
 
-REPO: Path = engine.REPO
+_HERE = Path(__file__).resolve().parent
+PRETRAIN = REPO / "launch" / "pretrain.py"
 SBATCH = REPO / "launch" / "slurm_pretrain.sbatch"
 VITL_JSON = REPO / "ds_configs" / "zero2_vitl_32gpu.json"
 GUARDED = _HERE / "guarded_pretrain.py"
-free_port, run_env, read_log, wait_for = engine.free_port, engine.run_env, engine.read_log, engine.wait_for
 
 
 def render_sbatch(hosts: list[str], gpus: int, extra: list[str] = (), **env: str) -> subprocess.CompletedProcess:
@@ -47,19 +40,12 @@ def srun_task(srun_argv: list[str]) -> list[str]:
     return srun_argv[srun_argv.index("bash"):]
 
 
-def node_launcher(node_rank: int, port: int, hostfile: Path, args: list, script: Path = engine.PRETRAIN,
+def node_launcher(node_rank: int, port: int, hostfile: Path, args: list, script: Path = PRETRAIN,
                   log_path: Path = None, extra_env: dict = None) -> subprocess.Popen:
     """One `deepspeed --no_ssh` launcher for one "node" of a hostfile job, in its own process group."""
     cmd = ["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node_rank),
            "--master_addr", "127.0.0.1", "--master_port", str(port), str(script), *map(str, args)]
     return start(cmd, log_path, extra_env)
-
-
-def start(cmd: list[str], log_path: Path = None, extra_env: dict = None, cwd: Path = REPO) -> subprocess.Popen:
-    env = run_env()
-    env.update(extra_env or {})
-    out = open(log_path, "w") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def rank_workers(launcher: subprocess.Popen) -> list[psutil.Process]:
@@ -75,13 +61,3 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float
         return proc.wait(timeout=timeout), time.time() - t0
     except subprocess.TimeoutExpired:
         return None, time.time() - t0
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Cleanup for a test's own launcher: SIGKILL its process group (stopped processes included)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from launchers import REPO, run_env
+from tests.helpers import REPO, run_env
 
 from motionmae_ds.engine.failure import is_peer_failure, peer_failure_message
 

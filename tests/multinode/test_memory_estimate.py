@@ -6,7 +6,7 @@ import torch
 
 from launchers import REPO
 
-from motionmae_ds.config import config_from_dict, load_config
+from motionmae_ds.config import config_from_dict, load_pretrain_config
 from motionmae_ds.engine import memory_estimate as me
 from motionmae_ds.engine.builders import build_model
 
@@ -50,7 +50,7 @@ def test_model_states_buckets_and_micro_batch_by_hand():
     assert me.bucket_bytes(ds) == int(4e8 * 2 * 4.5)
     ds["zero_optimization"]["overlap_comm"] = False
     assert me.bucket_bytes(ds) == int(4e8 * 2)
-    cfg = load_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
+    cfg = load_pretrain_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
     assert me.micro_candidates(cfg, 32) == [1, 2, 4, 8, 16]
     gib = me.GiB
     assert me.largest_fitting_micro(2 * gib, 10 * gib, 74 * gib, [1, 2, 4, 8, 16, 32]) == 32

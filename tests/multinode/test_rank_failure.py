@@ -5,8 +5,8 @@ from pathlib import Path
 
 from motionmae_ds.engine.failure import PEER_FAILURE_EXIT_CODE
 
-from launchers import (GUARDED, engine, free_port, kill_tree, node_launcher, rank_workers, read_log, start,
-                       wait_exit, wait_for)
+from launchers import GUARDED, node_launcher, rank_workers, wait_exit
+from tests.helpers import free_port, kill9, launch_cmd, read_log, start, wait_for
 
 # launch.py polls its ranks once a second, then gives them up to 30 s to terminate
 EXIT_BOUND_S = 90
@@ -38,7 +38,7 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
         results = [wait_exit(p, EXIT_BOUND_S) for p in nodes]
     finally:
         for p in nodes:
-            kill_tree(p)
+            kill9(p)
     (code0, t0), (code1, t1) = results
     log0 = (tmp_path / "node0.log").read_text()
     # node 1's launcher reports its killed rank; node 0's rank notices the lost peer and exits 5
@@ -58,7 +58,7 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
         codes = [wait_exit(p, 600)[0] for p in nodes]
     finally:
         for p in nodes:
-            kill_tree(p)
+            kill9(p)
     again = (tmp_path / "again0.log").read_text()
     assert codes == [0, 0], again[-3000:]
     assert "resumed from" in again
@@ -68,7 +68,7 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
 def test_killed_rank_on_one_node_launcher_stops_its_sibling(tiny_config, tmp_path):
     cfg = tiny_config(schedule={"epochs": 40, "warmup_epochs": 1, "batch_size": 2})
     out = tmp_path / "run"
-    launcher = start(engine.launch_cmd(["--config", cfg, "--output_dir", out], ranks=2), tmp_path / "one.log")
+    launcher = start(launch_cmd("pretrain.py", ["--config", cfg, "--output_dir", out], ranks=2), tmp_path / "one.log")
     try:
         wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=launcher)
         workers = rank_workers(launcher)
@@ -78,7 +78,7 @@ def test_killed_rank_on_one_node_launcher_stops_its_sibling(tiny_config, tmp_pat
         rank1.send_signal(signal.SIGKILL)
         code, waited = wait_exit(launcher, EXIT_BOUND_S)
     finally:
-        kill_tree(launcher)
+        kill9(launcher)
     assert code not in (None, 0), f"launcher still running after {waited:.0f}s"
     assert not rank0.is_running()
     # the launcher reports whichever child it sees end first: the killed rank (-9) or its sibling, which
@@ -101,7 +101,7 @@ def test_frozen_rank_times_out_instead_of_hanging(tiny_config, tmp_path):
         code0, waited = wait_exit(nodes[0], 60 + EXIT_BOUND_S)
     finally:
         for p in nodes:
-            kill_tree(p)
+            kill9(p)
     log0 = (tmp_path / "node0.log").read_text()
     assert code0 not in (None, 0), f"node 0 still running {waited:.0f}s after its peer froze"
     assert waited >= 50, f"node 0 stopped after {waited:.0f}s, before the 60 s timeout could have fired"
@@ -120,7 +120,7 @@ def test_zero_group_collectives_time_out_like_the_world_group(tmp_path):
         # rank 0's report comes ~60 s (timeout) or ~100 s (none) into the all-reduce; rank 1 is not waited for
         wait_for(out.exists, timeout=300, what="rank 0's report", proc=launcher)
     finally:
-        kill_tree(launcher)
+        kill9(launcher)
     report = json.loads(out.read_text())
     # without the timeout the all-reduce simply completes when rank 1 joins, 100 s later
     assert report["error"] is not None, f"rank 0 waited {report['waited']:.0f}s for its late peer without a timeout"

@@ -3,7 +3,7 @@ import subprocess
 
 from launchers import REPO, SBATCH, render_sbatch, rendered_commands, srun_task
 
-from motionmae_ds.config import batch_layout, load_config
+from motionmae_ds.config import batch_layout, load_pretrain_config
 from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
 
 HOSTS = ["gpu01", "gpu02", "gpu03", "gpu04"]
@@ -38,10 +38,10 @@ def test_renders_srun_for_4_nodes_x_8_gpus(tmp_path):
     assert echoed.stdout.split() == per_node[2][1:]
 
     # the recipe it starts: 512 = 8 x 2 x 32 at the shipped micro batch, 16 x 1 x 32 at the docs' choice
-    cfg = load_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
+    cfg = load_pretrain_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
     assert cfg.model.name == "vit_large" and cfg.model.num_frames == 32 and cfg.model.img_size == 224
     assert cfg.model.grad_checkpointing and batch_layout(cfg, 32) == (8, 2, 512)
-    fast = load_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml", ["schedule.batch_size=16"])
+    fast = load_pretrain_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml", ["schedule.batch_size=16"])
     assert batch_layout(fast, 32) == (16, 1, 512)
     ds = fill_batch(load_ds_config(REPO / "ds_configs" / "zero2_vitl_32gpu.json"), 16, 1, 32)
     assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 2 and ds["train_batch_size"] == 512

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from launchers import (VITL_JSON, engine, free_port, read_log, render_sbatch, rendered_commands, srun_task,
-                       start, wait_exit)
+from launchers import VITL_JSON, render_sbatch, rendered_commands, srun_task, wait_exit
+from tests.helpers import free_port, launch, read_log, start
 
 
 def test_two_launchers_make_one_world_and_resume_on_one_node(tiny_config, tmp_path):
@@ -50,8 +50,8 @@ def test_two_launchers_make_one_world_and_resume_on_one_node(tiny_config, tmp_pa
     assert blob["dp_world_size"] == 2
 
     # the same checkpoint resumes on one node with 2 ranks (same data-parallel size)
-    res = engine.run(["--config", cfg, "--deepspeed_config", VITL_JSON, "--output_dir", out,
-                      "--set", "schedule.epochs=2"], ranks=2, timeout=600)
+    res = launch("pretrain.py", ["--config", cfg, "--deepspeed_config", VITL_JSON, "--output_dir", out,
+                                 "--set", "schedule.epochs=2"], ranks=2, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / 'step00000003'}: epoch 1, step 3" in res.stdout
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4, 5, 6]

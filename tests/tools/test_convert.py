@@ -3,12 +3,12 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
+from motionmae_ds.engine.checkpoint import init_encoder, load_weights
 from motionmae_ds.models import build_classifier, build_pretrain_model
-from motionmae_ds.models.pretrained import load_pretrained
-from motionmae_ds.tools.convert import export, init_encoder
+from motionmae_ds.tools.convert import export
+from tests.engine.checkpoint.zero_runs import TINY_DECODER, TINY_ENCODER
 
-TINY_MODEL = dict(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, embed_dim=48, depth=2,
-                  num_heads=3, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
+TINY_MODEL = dict(TINY_ENCODER, **TINY_DECODER)
 
 
 def reference(ckpt):
@@ -58,7 +58,7 @@ def test_encoder_format_names_and_finetune_loader(zero2_pretrain, tmp_path):
     # the finetuning loader takes it: every encoder tensor lands, only fc_norm/head are new
     clf = build_classifier(name="vit_tiny", num_classes=3, num_frames=4, img_size=32, patch_size=16, tubelet_size=2,
                            embed_dim=48, depth=2, num_heads=3)
-    report = load_pretrained(clf, out)
+    report = load_weights(clf, out)
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert report.dropped == ["norm.weight", "norm.bias"]
     for k, v in clf.state_dict().items():

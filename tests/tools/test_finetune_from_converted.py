@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from transformers import VideoMAEForVideoClassification
 
+from motionmae_ds.engine.checkpoint import fp32_state_dict, read_client_state, resolve
 from motionmae_ds.models import build_classifier
-from motionmae_ds.tools.convert import export, fp32_state_dict, read_client_state, resolve_checkpoint
-from motionmae_ds.tools.hf_interop import videos_to_hf
+from motionmae_ds.tools.convert import export, videos_to_hf
 
 FINETUNE = {
     "model": {"name": "vit_tiny", "num_classes": 4, "num_frames": 4, "img_size": 32, "patch_size": 16,
@@ -39,7 +39,7 @@ def test_two_rank_checkpoint_finetunes_on_one(zero2_pretrain, worker, tmp_path, 
     assert "freshly initialised: fc_norm, head" in proc.stdout
 
     # the finetuned checkpoint (1 rank) -> HF classifier with the same logits
-    ckpt_dir, tag = resolve_checkpoint(run_dir)
+    ckpt_dir, tag = resolve(run_dir)
     assert read_client_state(ckpt_dir, tag)["world_size"] == 1
     hf_dir = export(run_dir, tmp_path / "hf", "hf")
     hf = VideoMAEForVideoClassification.from_pretrained(hf_dir).eval()

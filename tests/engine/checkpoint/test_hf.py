@@ -7,15 +7,12 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
+from motionmae_ds.engine.checkpoint import CheckpointError, init_encoder
+from motionmae_ds.engine.checkpoint.hf import encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae
 from motionmae_ds.models import build_classifier, build_pretrain_model
-from motionmae_ds.tools.convert import CheckpointError, export, init_encoder
-from motionmae_ds.tools.hf_interop import (
-    HFInteropError, encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae, videos_to_hf,
-)
-
-ENC = dict(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, embed_dim=48, depth=2,
-           num_heads=3)
-DEC = dict(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
+from motionmae_ds.tools.convert import export, videos_to_hf
+from tests.engine.checkpoint.zero_runs import TINY_DECODER as DEC
+from tests.engine.checkpoint.zero_runs import TINY_ENCODER as ENC
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,10 +96,10 @@ def test_round_trip_ours_hf_ours_is_exact(tmp_path):
 
 def test_sincos_3d_and_learned_tables_are_refused(tmp_path):
     model = build_pretrain_model(**ENC, **DEC, pos_embed="sincos_3d")
-    with pytest.raises(HFInteropError, match="sincos_3d"):
+    with pytest.raises(CheckpointError, match="sincos_3d"):
         save_hf_videomae(tmp_path / "x", model.encoder.state_dict(), dict(ENC, pos_embed="sincos_3d"))
     state = dict(build_classifier(**ENC, num_classes=3).state_dict(), pos_embed=torch.zeros(1, 8, 48))
-    with pytest.raises(HFInteropError, match="learned pos_embed"):
+    with pytest.raises(CheckpointError, match="learned pos_embed"):
         save_hf_videomae(tmp_path / "x", state, ENC)
     assert list(tmp_path.iterdir()) == []
 
@@ -143,10 +140,10 @@ def test_bad_hf_directories(tmp_path):
     hf.save_pretrained(tmp_path / "ok")
     weights = tmp_path / "ok" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    with pytest.raises(HFInteropError, match="model.safetensors: cannot be read"):
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot be read"):
         load_hf_videomae(tmp_path / "ok")
     (tmp_path / "ok" / "config.json").write_text("{\n  \"model_type\": \"videomae\",\n  oops\n}")
-    with pytest.raises(HFInteropError, match=r"config.json:3: invalid JSON"):
+    with pytest.raises(CheckpointError, match=r"config.json:3: invalid JSON"):
         load_hf_videomae(tmp_path / "ok")
     with pytest.raises(CheckpointError, match="not a DeepSpeed checkpoint directory"):
         export(tmp_path, tmp_path / "out.pth", "plain")  # neither HF nor DeepSpeed

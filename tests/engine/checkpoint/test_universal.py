@@ -6,8 +6,9 @@ import pytest
 import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+from motionmae_ds.engine.checkpoint import (MODEL_STATES, CheckpointError, is_universal, prepare_resume,
+                                           rescale_micro_in_epoch, to_universal)
 from motionmae_ds.tools.convert import export
-from motionmae_ds.tools.universal import is_universal, prepare_resume, rescale_micro_in_epoch
 
 
 def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, convert_cli, tmp_path):
@@ -62,7 +63,7 @@ def test_prepare_resume_follows_latest(zero2_pretrain, tmp_path):
     assert prepare_resume(tmp_path / "fresh_run", {})["checkpoint"] == {"load_universal": False}
     # a universal tag dir (zero/ per-parameter folders + model states) named by latest switches it on
     (ckpt / f"{tag}_universal" / "zero").mkdir(parents=True)
-    shutil.copy(ckpt / tag / "mp_rank_00_model_states.pt", ckpt / f"{tag}_universal")
+    shutil.copy(ckpt / tag / MODEL_STATES, ckpt / f"{tag}_universal")
     (ckpt / "latest").write_text(f"{tag}_universal")
     assert prepare_resume(ckpt, {})["checkpoint"] == {"load_universal": True}
 
@@ -73,3 +74,14 @@ def test_rescale_micro_in_epoch():
     assert rescale_micro_in_epoch(6, saved_world=1, saved_micro=2, world=4, micro=3) == 1
     with pytest.raises(ValueError, match="12 samples"):
         rescale_micro_in_epoch(3, saved_world=2, saved_micro=2, world=1, micro=5)
+
+
+def test_to_universal_refuses_what_it_cannot_convert(zero2_pretrain, tmp_path):
+    ckpt = shutil.copytree(zero2_pretrain, tmp_path / "checkpoints")
+    tag = (ckpt / "latest").read_text().strip()
+    for shard in (ckpt / tag).glob("*optim_states.pt"):
+        shard.unlink()  # a module-only checkpoint has no optimizer state to redistribute
+    before = sorted(p.name for p in ckpt.iterdir())
+    with pytest.raises(CheckpointError, match=f"{tag}: not a ZeRO checkpoint"):
+        to_universal(ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == before and (ckpt / "latest").read_text() == tag

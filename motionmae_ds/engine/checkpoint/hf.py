@@ -1,4 +1,5 @@
-"""Hugging Face transformers VideoMAE <-> our weights, both directions, without importing transformers.
+"""Hugging Face transformers VideoMAE <-> our weights, both directions, without importing transformers:
+the name mapping, ``config.json``, and reading/writing an HF model directory.
 
 Our encoder names are VideoMAE's finetune names (``patch_embed.proj``, ``blocks.{i}``, optional ``norm``;
 a classifier adds ``fc_norm`` and ``head``). HF splits our fused ``qkv`` into ``query``/``key``/``value``
@@ -23,6 +24,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from motionmae_ds.engine.checkpoint.layout import DECODER_PREFIXES, CheckpointError
+from motionmae_ds.models.registry import MODEL_SIZES, resolve_size
+from motionmae_ds.models.vit import LAYER_NORM_EPS
 
 HF_CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -30,29 +37,22 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 HF_PREFIX = "videomae."
-# HF's pretraining model carries its own decoder; it has no counterpart in an encoder or classifier
-HF_DECODER_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
-LAYER_NORM_EPS = 1e-6
 # (ours inside blocks.{i}., HF inside encoder.layer.{i}.), each with .weight and .bias
 _BLOCK_PAIRS = (("norm1", "layernorm_before"), ("attn.proj", "attention.output.dense"),
                 ("norm2", "layernorm_after"), ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense"))
 _ATT = "attention.attention."
 
 
-class HFInteropError(ValueError):
-    """Weights or a directory that cannot be mapped; the message names the file/key and the problem."""
-
-
 def _depth(state: Mapping[str, torch.Tensor], prefix: str, where: str) -> int:
     ids = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
     if not ids or ids != set(range(len(ids))):
-        raise HFInteropError(f"{where}: expected {prefix}0..N-1, found block indices {sorted(ids)}")
+        raise CheckpointError(f"{where}: expected {prefix}0..N-1, found block indices {sorted(ids)}")
     return len(ids)
 
 
 def _take(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
     if key not in state:
-        raise HFInteropError(f"{where}: missing tensor {key!r}")
+        raise CheckpointError(f"{where}: missing tensor {key!r}")
     return state.pop(key)
 
 
@@ -81,7 +81,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict", mod
                 out[f"{hf}{theirs}.{part}"] = _take(src, f"{ours}{mine}.{part}", where)
     if "norm.weight" in src:
         if classifier:
-            raise HFInteropError(f"{where}: a classifier with a final 'norm' has no HF VideoMAE counterpart")
+            raise CheckpointError(f"{where}: a classifier with a final 'norm' has no HF VideoMAE counterpart")
         for part in ("weight", "bias"):
             out[f"layernorm.{part}"] = _take(src, f"norm.{part}", where)
     if classifier:
@@ -89,10 +89,10 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict", mod
             for part in ("weight", "bias"):
                 out[f"{theirs}.{part}"] = _take(src, f"{mine}.{part}", where)
     if "pos_embed" in src:
-        raise HFInteropError(f"{where}: a learned pos_embed cannot be exported; HF VideoMAE always uses the fixed "
-                             f"1-D sinusoid table")
+        raise CheckpointError(f"{where}: a learned pos_embed cannot be exported; HF VideoMAE always uses the fixed "
+                              f"1-D sinusoid table")
     if src:
-        raise HFInteropError(f"{where}: tensors with no HF VideoMAE counterpart: {', '.join(sorted(src))}")
+        raise CheckpointError(f"{where}: tensors with no HF VideoMAE counterpart: {', '.join(sorted(src))}")
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
 
 
@@ -102,7 +102,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
     src, dropped = {}, []
     for k, v in state.items():
         name = k[len(HF_PREFIX):] if k.startswith(HF_PREFIX) else k
-        if name.startswith(HF_DECODER_PREFIXES):
+        if name.startswith(DECODER_PREFIXES):  # HF's pretraining model carries VideoMAE's decoder
             dropped.append(k)
         else:
             src[name] = v
@@ -119,7 +119,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
             # qv_bias=False checkpoints: zero biases compute the same function
             out[ours + "attn." + mine] = bias if bias is not None else q.new_zeros(q.shape[0])
         if (hf + "key.bias") in src:
-            raise HFInteropError(f"{where}: {hf}key.bias exists; our attention has no key bias")
+            raise CheckpointError(f"{where}: {hf}key.bias exists; our attention has no key bias")
         for mine, theirs in _BLOCK_PAIRS:
             for part in ("weight", "bias"):
                 out[f"{ours}{mine}.{part}"] = _take(src, f"encoder.layer.{i}.{theirs}.{part}", where)
@@ -128,7 +128,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
             for part in ("weight", "bias"):
                 out[f"{mine}.{part}"] = _take(src, f"{theirs}.{part}", where)
     if src:
-        raise HFInteropError(f"{where}: tensors with no counterpart in our models: {', '.join(sorted(src))}")
+        raise CheckpointError(f"{where}: tensors with no counterpart in our models: {', '.join(sorted(src))}")
     return out, dropped
 
 
@@ -136,8 +136,6 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
 
 def encoder_kwargs(model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The encoder-defining subset of ``build_pretrain_model``/``build_classifier`` kwargs, sizes resolved."""
-    from motionmae_ds.models.registry import resolve_size
-
     size = resolve_size(model_kwargs.get("name", "vit_base"), model_kwargs.get("embed_dim"),
                         model_kwargs.get("depth"), model_kwargs.get("num_heads"))
     return {"name": model_kwargs.get("name", "vit_base"), "num_frames": model_kwargs.get("num_frames", 16),
@@ -151,13 +149,13 @@ def hf_config(model_kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor]
     """config.json for the weights ``state`` (our names) of a model built with ``model_kwargs``."""
     kw = encoder_kwargs(model_kwargs)
     if kw["pos_embed"] != "sincos_1d":
-        raise HFInteropError(f"pos_embed={kw['pos_embed']!r}: HF VideoMAE only has the 1-D sinusoid table "
-                             f"(sincos_1d); this model cannot be exported")
+        raise CheckpointError(f"pos_embed={kw['pos_embed']!r}: HF VideoMAE only has the 1-D sinusoid table "
+                              f"(sincos_1d); this model cannot be exported")
     classifier = "head.weight" in state
     if tuple(state["patch_embed.proj.weight"].shape[:1]) != (kw["embed_dim"],) or \
             sum(1 for k in state if k.endswith("attn.qkv.weight")) != kw["depth"]:
-        raise HFInteropError(f"model kwargs (embed_dim={kw['embed_dim']}, depth={kw['depth']}) do not match the "
-                             f"weights (patch_embed.proj.weight {tuple(state['patch_embed.proj.weight'].shape)})")
+        raise CheckpointError(f"model kwargs (embed_dim={kw['embed_dim']}, depth={kw['depth']}) do not match the "
+                              f"weights (patch_embed.proj.weight {tuple(state['patch_embed.proj.weight'].shape)})")
     cfg: dict[str, Any] = {
         "architectures": ["VideoMAEForVideoClassification" if classifier else "VideoMAEModel"],
         "model_type": "videomae", "image_size": kw["img_size"], "patch_size": kw["patch_size"],
@@ -181,25 +179,23 @@ def hf_config(model_kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor]
 
 def kwargs_from_hf_config(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Our model kwargs (``build_classifier``/``build_pretrain_model`` subset) for an HF VideoMAE config."""
-    from motionmae_ds.models.registry import MODEL_SIZES
-
     if cfg.get("model_type") != "videomae":
-        raise HFInteropError(f"{where}: model_type={cfg.get('model_type')!r}, expected 'videomae'")
+        raise CheckpointError(f"{where}: model_type={cfg.get('model_type')!r}, expected 'videomae'")
     try:
         img, patch = cfg.get("image_size", 224), cfg.get("patch_size", 16)
         img = img if isinstance(img, int) else (img[0] if len(set(img)) == 1 else None)
         patch = patch if isinstance(patch, int) else (patch[0] if len(set(patch)) == 1 else None)
         if img is None or patch is None:
-            raise HFInteropError(f"{where}: non-square image_size/patch_size are not supported")
+            raise CheckpointError(f"{where}: non-square image_size/patch_size are not supported")
         dim, depth, heads = cfg.get("hidden_size", 768), cfg.get("num_hidden_layers", 12), \
             cfg.get("num_attention_heads", 12)
     except TypeError:
-        raise HFInteropError(f"{where}: image_size/patch_size must be integers or pairs") from None
+        raise CheckpointError(f"{where}: image_size/patch_size must be integers or pairs") from None
     if cfg.get("intermediate_size", 3072) != 4 * dim:
-        raise HFInteropError(f"{where}: intermediate_size={cfg.get('intermediate_size')} is not 4 x hidden_size={dim}; "
-                             f"our blocks use an MLP ratio of 4")
+        raise CheckpointError(f"{where}: intermediate_size={cfg.get('intermediate_size')} is not 4 x "
+                              f"hidden_size={dim}; our blocks use an MLP ratio of 4")
     if cfg.get("hidden_act", "gelu") != "gelu":
-        raise HFInteropError(f"{where}: hidden_act={cfg.get('hidden_act')!r}; our blocks use exact GELU")
+        raise CheckpointError(f"{where}: hidden_act={cfg.get('hidden_act')!r}; our blocks use exact GELU")
     name = cfg.get("motionmae_model_name")
     if name not in MODEL_SIZES:
         name = next((n for n, s in MODEL_SIZES.items() if (s.embed_dim, s.depth, s.num_heads) == (dim, depth, heads)),
@@ -215,11 +211,9 @@ def save_hf_videomae(out_dir: str | Path, state: Mapping[str, torch.Tensor], mod
                      force: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` for ``transformers`` ``from_pretrained``; atomic (a temp
     directory renamed at the end)."""
-    from safetensors.torch import save_file
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
-        raise HFInteropError(f"{out_dir}: exists (pass --force to replace it)")
+        raise CheckpointError(f"{out_dir}: exists (pass --force to replace it)")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     config = hf_config(model_kwargs, state)
     tensors = ours_to_hf(state)
@@ -242,26 +236,23 @@ def is_hf_dir(path: str | Path) -> bool:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     def load_one(file: Path) -> dict[str, torch.Tensor]:
         if not file.is_file():
-            raise HFInteropError(f"{file}: weight file not found")
+            raise CheckpointError(f"{file}: weight file not found")
         try:
             if file.suffix == ".safetensors":
                 return load_file(str(file))
             return torch.load(file, map_location="cpu", weights_only=True)
         except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise HFInteropError(f"{file}: cannot be read ({msg})") from None
+            raise CheckpointError(f"{file}: cannot be read ({msg})") from None
 
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
         if (path / index_name).is_file():
             try:
                 files = sorted(set(json.loads((path / index_name).read_text())["weight_map"].values()))
             except (json.JSONDecodeError, KeyError, AttributeError) as exc:
-                raise HFInteropError(f"{path / index_name}: not a weight index ({type(exc).__name__})") from None
+                raise CheckpointError(f"{path / index_name}: not a weight index ({type(exc).__name__})") from None
             out: dict[str, torch.Tensor] = {}
             for f in files:
                 out.update(load_one(path / f))
@@ -269,7 +260,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     for name in (SAFETENSORS, TORCH_BIN):
         if (path / name).is_file():
             return load_one(path / name)
-    raise HFInteropError(f"{path}: no {SAFETENSORS}, {TORCH_BIN} or weight index")
+    raise CheckpointError(f"{path}: no {SAFETENSORS}, {TORCH_BIN} or weight index")
 
 
 def load_hf_videomae(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -281,30 +272,24 @@ def load_hf_videomae(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     carry ``fc_norm``/``head`` and the kwargs ``num_classes``, ready for ``build_classifier(**kwargs)``."""
     path = Path(path)
     if not path.is_dir() or not is_hf_dir(path):
-        raise HFInteropError(f"{path}: not a Hugging Face model directory (no {HF_CONFIG})")
+        raise CheckpointError(f"{path}: not a Hugging Face model directory (no {HF_CONFIG})")
     try:
         cfg = json.loads((path / HF_CONFIG).read_text())
     except json.JSONDecodeError as exc:
-        raise HFInteropError(f"{path / HF_CONFIG}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        raise CheckpointError(f"{path / HF_CONFIG}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     kwargs = kwargs_from_hf_config(cfg, str(path / HF_CONFIG))
     raw = _read_weights(path)
     state, _ = hf_to_ours(raw, str(path))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if "head.weight" in state:
         if not cfg.get("use_mean_pooling", True):
-            raise HFInteropError(f"{path / HF_CONFIG}: use_mean_pooling=false classifies the first token; our "
-                                 f"classifier mean-pools")
+            raise CheckpointError(f"{path / HF_CONFIG}: use_mean_pooling=false classifies the first token; our "
+                                  f"classifier mean-pools")
         kwargs["num_classes"] = int(state["head.weight"].shape[0])
     elif cfg.get("use_mean_pooling", True) and "norm.weight" in state:
         # HF ignores a layernorm it does not apply; so do we, to keep outputs identical
         state.pop("norm.weight"), state.pop("norm.bias")
     if state["patch_embed.proj.weight"].shape[0] != kwargs["embed_dim"]:
-        raise HFInteropError(f"{path}: hidden_size={kwargs['embed_dim']} in {HF_CONFIG} but the weights have "
-                             f"{state['patch_embed.proj.weight'].shape[0]} channels")
+        raise CheckpointError(f"{path}: hidden_size={kwargs['embed_dim']} in {HF_CONFIG} but the weights have "
+                              f"{state['patch_embed.proj.weight'].shape[0]} channels")
     return state, kwargs
-
-
-def videos_to_hf(videos: torch.Tensor) -> torch.Tensor:
-    """Our (B, C, T, H, W) clips as HF's (B, T, C, H, W) ``pixel_values``."""
-    return videos.permute(0, 2, 1, 3, 4)
-

@@ -1,13 +1,23 @@
-"""Every shipped recipe loads and builds its model on the meta device (no memory, no data needed)."""
+"""Every shipped recipe loads with its job's loader and validates; the pretraining recipes match Table 6 and
+build their model on the meta device (no memory, no data needed)."""
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from motionmae_ds.config import REPO_ROOT, batch_layout, load_config
+from motionmae_ds.config import (REPO_ROOT, FinetuneConfig, PretrainConfig, batch_layout, load_finetune_config,
+                                 load_pretrain_config)
 from motionmae_ds.engine.builders import build_masker, build_model
 from motionmae_ds.engine.schedule import scaled_lr
 
+ALL_RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+# file-name prefix -> (loader, config type, linear probe?)
+LOADERS = {
+    "pretrain_": (load_pretrain_config, PretrainConfig, None),
+    "finetune_": (load_finetune_config, FinetuneConfig, False),
+    "linprobe_": (load_finetune_config, FinetuneConfig, True),
+}
 RECIPES = sorted((REPO_ROOT / "configs").glob("pretrain_*.yaml"))
 # (epochs, total batch, mask kind, ratio, sampling_rate, flip, norm_target) from Table 6
 TABLE6 = {
@@ -20,6 +30,30 @@ TABLE6 = {
 }
 
 
+def _prefix(path: Path) -> str:
+    return next((p for p in LOADERS if path.name.startswith(p)), "")
+
+
+def test_recipe_glob_covers_every_job_kind():
+    assert ALL_RECIPES, "no recipes found under configs/"
+    assert {_prefix(p) for p in ALL_RECIPES} == set(LOADERS)
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)
+def test_recipe_loads_and_validates(path: Path, tmp_path: Path):
+    prefix = _prefix(path)
+    assert prefix, f"{path.name}: a recipe name starts with one of {', '.join(LOADERS)}"
+    load, config_type, linear_probe = LOADERS[prefix]
+    cfg = load(path)
+    assert type(cfg) is config_type and cfg.source == str(path)
+    if linear_probe is not None:
+        assert cfg.finetune.linear_probe is linear_probe
+    # what a run writes to its config.yaml loads back to the same config
+    dumped = tmp_path / path.name
+    dumped.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert load(dumped).to_dict() == cfg.to_dict()
+
+
 def test_all_table6_recipes_exist():
     names = {p.stem.removeprefix("pretrain_") for p in RECIPES}
     assert set(TABLE6) | {"demo"} == names
@@ -27,7 +61,7 @@ def test_all_table6_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_builds_on_meta(path: Path):
-    cfg = load_config(path)
+    cfg = load_pretrain_config(path)
     with torch.device("meta"):
         model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())

@@ -1,19 +1,19 @@
-"""Loading pretrained weights into the classifier: VideoMAE names, prefixes, DeepSpeed checkpoints, pos tables."""
+"""Loading pretrained weights into the classifier (ckpt.load_weights): VideoMAE names, prefixes, DeepSpeed
+checkpoints, pos tables; and into a pretraining model's encoder (ckpt.init_encoder, model.init_encoder)."""
 import argparse
-import os
-import subprocess
-import sys
+import json
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-from motionmae_ds.models import build_classifier
-from motionmae_ds.models.pretrained import (PretrainedLoadError, load_pretrained, read_checkpoint,
-                                            resample_pos_embed)
+from motionmae_ds.config import load_pretrain_config
+from motionmae_ds.engine.builders import build_model
+from motionmae_ds.engine.checkpoint import MODEL_STATES, CheckpointError, init_encoder, load_weights, read_weights
+from motionmae_ds.engine.checkpoint.hf import save_hf_videomae
+from motionmae_ds.models import build_classifier, build_pretrain_model
+from tests.engine.checkpoint.zero_runs import deepspeed_run
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = dict(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, depth=2,
             embed_dim=48, num_heads=3)
 
@@ -47,7 +47,7 @@ def test_videomae_pretrain_checkpoint_loads_encoder_and_reports(tmp_path):
     dst = _clf(seed=2)
     head_before = dst.head.weight.detach().clone()
     logs = []
-    report = load_pretrained(dst, path, log=logs.append)
+    report = load_weights(dst, path, log=logs.append)
     for name, value in src.state_dict().items():
         if name.startswith(("head.", "fc_norm.")) or name == "blocks.1.mlp.fc2.bias":
             continue
@@ -69,7 +69,7 @@ def test_videomae_finetune_names_with_prefixes(tmp_path, wrapper, prefix):
     torch.save({wrapper: state}, path)
 
     dst = _clf(num_classes=5, seed=4)
-    report = load_pretrained(dst, path)
+    report = load_weights(dst, path)
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert {"head.weight", "head.bias"} <= set(report.dropped)
     assert torch.equal(dst.blocks[1].attn.q_bias, src.blocks[1].attn.q_bias)
@@ -77,10 +77,10 @@ def test_videomae_finetune_names_with_prefixes(tmp_path, wrapper, prefix):
 
     # keep_head: same class count loads the head; another class count is reported and left fresh
     same = _clf(num_classes=7, seed=5)
-    assert load_pretrained(same, path, keep_head=True).missing == []
+    assert load_weights(same, path, keep_head=True).missing == []
     assert torch.equal(same.head.weight, src.head.weight)
     other = _clf(num_classes=5, seed=5)
-    report = load_pretrained(other, path, keep_head=True)
+    report = load_weights(other, path, keep_head=True)
     assert "head.weight" in report.dropped and any("does not fit" in n for n in report.notes)
 
 
@@ -91,7 +91,7 @@ def test_shape_mismatch_is_reported_not_loaded(tmp_path):
     torch.save(state, tmp_path / "x.pth")
     dst = _clf(seed=2)
     before = dst.patch_embed.proj.weight.detach().clone()
-    report = load_pretrained(dst, tmp_path / "x.pth")
+    report = load_weights(dst, tmp_path / "x.pth")
     assert report.mismatched == ["patch_embed.proj.weight (48, 3, 4, 16, 16) vs model (48, 3, 2, 16, 16)"]
     assert torch.equal(dst.patch_embed.proj.weight, before)
 
@@ -104,7 +104,7 @@ def test_learned_pos_embed_is_resampled_in_3d(tmp_path):
     state["pos_embed"] = t_vals.expand(2, 4, 4, 48).reshape(1, 32, 48).clone()
     torch.save({"model": state}, tmp_path / "learned.pth")
     dst = _clf(seed=2)  # 32 px / 16 -> (2, 2, 2) grid
-    report = load_pretrained(dst, tmp_path / "learned.pth")
+    report = load_weights(dst, tmp_path / "learned.pth")
     assert "pos_embed" in report.loaded and any("(2, 4, 4) to (2, 2, 2)" in n for n in report.notes)
     table = dst.pos_embed.reshape(2, 2, 2, 48)
     assert torch.allclose(table[0], torch.arange(48.0).expand(2, 2, 48))
@@ -112,32 +112,22 @@ def test_learned_pos_embed_is_resampled_in_3d(tmp_path):
     assert "pos_embed" in dst.state_dict()  # kept with the model's checkpoints from now on
 
 
-def test_resample_identity_and_linear_in_time():
-    table = torch.randn(1, 2 * 3 * 3, 8)
-    assert resample_pos_embed(table, (2, 3, 3), (2, 3, 3)) is table
-    lin = torch.arange(4.0)[:, None, None, None].expand(4, 2, 2, 1).reshape(1, 16, 1)
-    out = resample_pos_embed(lin, (4, 2, 2), (2, 2, 2)).reshape(2, 2, 2)
-    # align_corners=False halving: output t samples source t = 0.5 and 2.5
-    assert torch.allclose(out[0], torch.full((2, 2), 0.5)) and torch.allclose(out[1], torch.full((2, 2), 2.5))
-
-
 def test_bad_sources_name_the_path(tmp_path):
-    with pytest.raises(PretrainedLoadError, match="no such file"):
-        load_pretrained(_clf(), tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_weights(_clf(), tmp_path / "missing.pth")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(PretrainedLoadError, match="not a run directory"):
-        load_pretrained(_clf(), tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_weights(_clf(), tmp_path / "empty")
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    with pytest.raises(PretrainedLoadError, match="junk.pth"):
-        load_pretrained(_clf(), tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_weights(_clf(), tmp_path / "junk.pth")
     torch.save({"epoch": 3}, tmp_path / "nostate.pth")
-    with pytest.raises(PretrainedLoadError, match="no state dict"):
-        load_pretrained(_clf(), tmp_path / "nostate.pth")
+    with pytest.raises(CheckpointError, match="no state dict"):
+        load_weights(_clf(), tmp_path / "nostate.pth")
 
 
 _SAVE_SCRIPT = textwrap.dedent("""
-    import sys, torch, deepspeed
-    sys.path.insert(0, {repo!r})
+    import torch, deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     from motionmae_ds.engine import distributed as dist_utils
     from motionmae_ds.models import build_mask_generator, build_pretrain_model
@@ -165,17 +155,14 @@ _SAVE_SCRIPT = textwrap.dedent("""
 def test_deepspeed_checkpoint_of_two_ranks_gives_exact_fp32_encoder(tmp_path):
     ckpt, ref = tmp_path / "run" / "checkpoints", tmp_path / "ref.pt"
     script = tmp_path / "save.py"
-    script.write_text(_SAVE_SCRIPT.format(repo=str(REPO), ref=str(ref), ckpt=str(ckpt)))
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", "29631", str(script)], env=env,
-                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    script.write_text(_SAVE_SCRIPT.format(ref=str(ref), ckpt=str(ckpt)))
+    deepspeed_run([], ranks=2, script=script)
     shards = sorted(p.name for p in (ckpt / "step00000001").glob("*optim_states.pt"))
     assert len(shards) == 2, shards  # written by 2 ZeRO ranks
     reference = torch.load(ref)
 
     dst = build_classifier(num_classes=3, **TINY)
-    report = load_pretrained(dst, tmp_path / "run")  # the run dir (latest -> tag)
+    report = load_weights(dst, tmp_path / "run")  # the run dir (latest -> tag)
     assert report.missing == [] and report.unexpected == [] and "fp32 master" in report.summary()
     for name, value in dst.state_dict().items():
         if not name.startswith(("head.", "fc_norm.")):
@@ -186,7 +173,7 @@ def test_deepspeed_checkpoint_of_two_ranks_gives_exact_fp32_encoder(tmp_path):
     # the bf16 module copy of a tag directory without ZeRO shards still loads (rounded to bf16)
     for shard in (ckpt / "step00000001").glob("*optim_states.pt"):
         shard.unlink()
-    state, info = read_checkpoint(ckpt / "step00000001")
+    state, info = read_weights(ckpt / "step00000001")
     assert "mp_rank_00" in info["weights"]
     w = reference["encoder.blocks.0.mlp.fc1.weight"]
     assert not torch.equal(w, w.bfloat16().float())  # the step left fp32 detail below bf16 precision
@@ -202,13 +189,55 @@ def test_pos_embed_kind_of_the_pretraining_run_must_match(tmp_path):
     tag = tmp_path / "run" / "checkpoints" / "step00000008"
     tag.mkdir(parents=True)
     torch.save({"module": {f"encoder.{k}": v for k, v in src.state_dict().items()}},
-               tag / "mp_rank_00_model_states.pt")
+               tag / MODEL_STATES)
     (tag.parent / "latest").write_text("step00000008")
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"pos_embed": "sincos_3d"}}))
-    with pytest.raises(PretrainedLoadError, match=r"pretrained with model.pos_embed=sincos_3d, this model uses "
+    with pytest.raises(CheckpointError, match=r"pretrained with model.pos_embed=sincos_3d, this model uses "
                                                   r"sincos_1d; set model.pos_embed=sincos_3d"):
-        load_pretrained(_clf(seed=2), tmp_path / "run")
+        load_weights(_clf(seed=2), tmp_path / "run")
     dst = _clf(seed=2, pos_embed="sincos_3d")
-    report = load_pretrained(dst, tmp_path / "run")
+    report = load_weights(dst, tmp_path / "run")
     assert "blocks.0.attn.qkv.weight" in report.loaded
     assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+
+
+def test_hf_directory_initialises_the_classifier(tmp_path):
+    torch.manual_seed(0)
+    source = build_classifier(num_classes=5, **TINY)
+    save_hf_videomae(tmp_path / "hf", source.state_dict(), dict(TINY, num_classes=5))
+    torch.manual_seed(1)
+    target = build_classifier(num_classes=5, **TINY)
+    report = load_weights(target, tmp_path / "hf", keep_head=True)
+    assert not report.missing, report.summary()
+    for name, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], value), name
+
+
+def test_model_init_encoder_starts_pretraining_from_a_pth(tmp_path):
+    torch.manual_seed(0)
+    donor = build_pretrain_model(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3, **TINY)
+    weights = tmp_path / "donor.pth"
+    torch.save({"model": donor.state_dict()}, weights)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(json.dumps({
+        "model": dict(TINY, decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3,
+                      init_encoder=str(weights)),
+        "data": {"synthetic": True}}))
+    torch.manual_seed(1)
+    model = build_model(load_pretrain_config(cfg_file))
+    for name, value in donor.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], value), name
+    # the decoders are not taken from the source
+    assert not torch.equal(model.space_head.head.weight, donor.space_head.head.weight)
+
+
+def test_init_encoder_refuses_another_pos_embed_kind(tmp_path):
+    """The HF directory records its 1-D table; a pretraining model built with the 3-D one would pair the
+    weights with the wrong positions."""
+    torch.manual_seed(0)
+    donor = build_pretrain_model(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3, **TINY)
+    save_hf_videomae(tmp_path / "hf", donor.encoder.state_dict(), TINY)
+    model = build_pretrain_model(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3, pos_embed="sincos_3d",
+                                 **TINY)
+    with pytest.raises(CheckpointError, match="pos_embed=sincos_1d, this model uses sincos_3d"):
+        init_encoder(model, tmp_path / "hf")

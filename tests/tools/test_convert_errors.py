@@ -4,6 +4,8 @@ import shutil
 
 import pytest
 
+from motionmae_ds.engine.checkpoint import MODEL_STATES
+
 
 def snapshot(root):
     return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
@@ -77,7 +79,7 @@ def test_corrupt_model_states_and_existing_output(convert_cli, ckpt, tmp_path):
     out = tmp_path / "x.pth"
     out.write_bytes(b"keep me")
     assert_fails(convert_cli("--input", ckpt, "--output", out, "--format", "plain"), f"{out}: exists")
-    truncate(ckpt / tag / "mp_rank_00_model_states.pt")
+    truncate(ckpt / tag / MODEL_STATES)
     assert_fails(convert_cli("--input", ckpt, "--output", out, "--format", "plain", "--force"),
-                 "mp_rank_00_model_states.pt: corrupt or unreadable checkpoint file")
+                 f"{MODEL_STATES}: corrupt or unreadable checkpoint file")
     assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.pth"]

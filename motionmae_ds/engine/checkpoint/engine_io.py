@@ -1,4 +1,4 @@
-"""DeepSpeed checkpoints that survive a crash while saving.
+"""Saving and resuming a training run through its DeepSpeed engine, safe against a crash while saving.
 
 DeepSpeed writes the tag directory and then ``latest``; a crash in between (or inside the tag directory)
 could leave ``latest`` pointing at half a checkpoint. We save under a hidden temporary tag, let rank 0
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -18,59 +17,7 @@ import numpy as np
 import torch
 
 from motionmae_ds.engine import distributed as dist_utils
-
-TAG_RE = re.compile(r"^step(\d+)$")
-TMP_PREFIX = ".tmp-"
-OLD_PREFIX = ".old-"
-
-
-def tag_for(step: int) -> str:
-    return f"step{step:08d}"
-
-
-def read_latest(ckpt_dir: str | Path) -> Optional[str]:
-    """The tag ``latest`` names, if it exists and its directory is complete."""
-    latest = Path(ckpt_dir) / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text().strip()
-    old = Path(ckpt_dir) / (OLD_PREFIX + tag)
-    if not (Path(ckpt_dir) / tag).exists() and old.is_dir():
-        # a crash while replacing a tag by a newer save of the same tag: the old one is still whole
-        os.replace(old, Path(ckpt_dir) / tag)
-    if not (Path(ckpt_dir) / tag / "mp_rank_00_model_states.pt").is_file():
-        raise FileNotFoundError(f"{latest} names tag '{tag}' but {Path(ckpt_dir) / tag} is incomplete")
-    return tag
-
-
-def _write_latest(ckpt_dir: Path, tag: str) -> None:
-    tmp = ckpt_dir / ".latest.tmp"
-    with open(tmp, "w") as f:
-        f.write(tag)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / "latest")
-
-
-def remove_stale(ckpt_dir: str | Path) -> None:
-    """Drop leftovers of a save that crashed (rank 0 only; never touches ``latest``'s tag)."""
-    if not dist_utils.is_main():
-        return
-    path = Path(ckpt_dir)
-    if path.is_dir():
-        for child in path.iterdir():
-            if child.name.startswith((TMP_PREFIX, OLD_PREFIX)) and child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-
-
-def _prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:
-    if keep_last <= 0:
-        return
-    tags = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir()
-                  if p.is_dir() and (m := TAG_RE.match(p.name)))
-    for _, path in tags[:-keep_last]:
-        if path.name != keep:
-            shutil.rmtree(path, ignore_errors=True)
+from motionmae_ds.engine.checkpoint.layout import OLD_PREFIX, TMP_PREFIX, prune, read_latest, write_latest
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,6 +32,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
     """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole.
+    ``keep_last > 0`` then deletes all but that many newest step tags.
 
     Returns True (kept for callers written against the earlier skip-if-latest behaviour).
     """
@@ -107,23 +55,17 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
                 shutil.rmtree(old)
             os.replace(final, old)
         os.replace(ckpt_dir / tmp_tag, final)
-        _write_latest(ckpt_dir, tag)
+        write_latest(ckpt_dir, tag)
         if old.exists():
             shutil.rmtree(old)
-        _prune(ckpt_dir, keep_last, keep=tag)
+        prune(ckpt_dir, keep_last, keep=tag)
     dist_utils.barrier()
     return True
 
 
-def saved_world_size(ckpt_dir: str | Path, tag: str) -> Optional[int]:
-    """Data-parallel size that wrote ``ckpt_dir/tag``: one ZeRO optimizer shard per rank (None if unknown).
-    Read before loading, because DeepSpeed's own refusal of another world size is a traceback."""
-    shards = list((Path(ckpt_dir) / tag).glob("*zero_pp_rank_*_optim_states.pt"))
-    return len(shards) or None
-
-
 def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:
-    """Load model, optimizer and client state from ``latest``; None when there is nothing to resume."""
+    """Load model, optimizer and client state from ``latest``; None when there is nothing to resume.
+    The returned client state also holds the loaded ``tag``."""
     tag = read_latest(ckpt_dir)
     if tag is None:
         return None

@@ -3,19 +3,19 @@ own pieces (model, param groups, AdamW, ds_config batch filling, atomic checkpoi
 checkpoint; or load the latest checkpoint (universal or not) and dump every parameter's fp32 master and Adam
 moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
 
-    deepspeed --num_gpus 2 tests/tools/ds_worker.py save --config C --ckpt_dir D --steps 3 [--classifier]
-    deepspeed --num_gpus 1 tests/tools/ds_worker.py dump --config C --ckpt_dir D --out state.pt
+    deepspeed --num_gpus 2 tests/engine/checkpoint/ds_worker.py save --config C --ckpt_dir D --steps 3 [--classifier]
+    deepspeed --num_gpus 1 tests/engine/checkpoint/ds_worker.py dump --config C --ckpt_dir D --out state.pt
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
+from motionmae_ds.engine import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 CLASSIFIER_CLASSES = 5
@@ -34,21 +34,19 @@ def build(args: argparse.Namespace, prepare_resume: bool):
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from motionmae_ds.config import batch_layout, load_config
+    from motionmae_ds.config import batch_layout, load_pretrain_config
     from motionmae_ds.engine import distributed as dist_utils
     from motionmae_ds.engine.builders import build_masker, build_model
     from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
     from motionmae_ds.engine.optim import build_adamw, param_groups
 
-    cfg = load_config(args.config)
+    cfg = load_pretrain_config(args.config)
     dist_utils.init_distributed()
     world = dist_utils.world_size()
     micro, accum, _ = batch_layout(cfg, world)
     ds_config = fill_batch(load_ds_config(args.deepspeed_config), micro, accum, world)
     if prepare_resume:
-        from motionmae_ds.tools.universal import prepare_resume as prep
-
-        ds_config = prep(args.ckpt_dir, ds_config)
+        ds_config = ckpt.prepare_resume(args.ckpt_dir, ds_config)
     torch.manual_seed(cfg.run.seed)
     if getattr(args, "classifier", False):
         from motionmae_ds.models import build_classifier
@@ -64,7 +62,6 @@ def build(args: argparse.Namespace, prepare_resume: bool):
 
 
 def save(args: argparse.Namespace) -> None:
-    from motionmae_ds.engine import checkpoint as ckpt
     from motionmae_ds.engine import distributed as dist_utils
 
     cfg, engine, masker, micro, _ = build(args, prepare_resume=False)
@@ -92,7 +89,6 @@ def save(args: argparse.Namespace) -> None:
 def dump(args: argparse.Namespace) -> None:
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    from motionmae_ds.engine import checkpoint as ckpt
     from motionmae_ds.engine import distributed as dist_utils
 
     _, engine, _, _, _ = build(args, prepare_resume=True)

@@ -1,0 +1,109 @@
+"""The pretraining job config: model, targets, masking, data, optimiser, schedule, run.
+
+Every setting of a pretraining experiment lives here; the DeepSpeed JSON holds engine settings only (ZeRO,
+bf16, clipping). The batch has one source of truth: the YAML's ``schedule.batch_size`` (per-device micro
+batch) with either ``schedule.accum_steps`` or ``schedule.total_batch_size`` (see ``checks.batch_layout``
+and ``motionmae_ds.engine.ds_config`` for how the JSON is filled in and checked against it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from motionmae_ds.config.checks import check_choices, check_ranges, check_shared
+from motionmae_ds.config.loader import REPO_ROOT, ConfigError, SectionedConfig, apply_sections, load_sections
+from motionmae_ds.config.sections import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection
+from motionmae_ds.models.masking import MASK_KINDS
+from motionmae_ds.models.motionmae import DECODER_MODES, LOSSES, TARGETS
+
+DEFAULT_PRETRAIN_CONFIG = REPO_ROOT / "configs" / "pretrain_demo.yaml"
+
+
+@dataclass
+class PretrainModelSection(ModelSection):
+    # decoder sizes; None = the registry's defaults for model.name
+    decoder_embed_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_num_heads: Optional[int] = None
+    decoder_mode: str = "divide"
+    # continued pretraining: initialise the encoder from a run dir / checkpoint / VideoMAE .pth / HF VideoMAE
+    # directory (decoders start fresh); empty = random init. Ignored when the run resumes from its own checkpoint.
+    init_encoder: str = ""
+
+
+@dataclass
+class TargetSection:
+    target: str = "frame_motion"
+    norm_target: bool = False
+    motion_granularity: int = 1
+    motion_signed: bool = False
+    loss_type: str = "mse"
+    loss_weight_frame: float = 1.0
+    loss_weight_motion: float = 1.0
+
+
+@dataclass
+class MaskingSection:
+    kind: str = "random"
+    ratio: float = 0.9
+
+
+@dataclass
+class PretrainDataSection(DataSection):
+    list_file: str = ""
+    # clip used for the reconstruction figures; empty = the first entry of list_file
+    vis_video: str = ""
+
+
+@dataclass
+class PretrainRunSection(RunSection):
+    # a reconstruction figure (vis/<tag>.png) at every checkpoint
+    visualize: bool = True
+
+
+@dataclass
+class PretrainConfig(SectionedConfig):
+    model: PretrainModelSection = field(default_factory=PretrainModelSection)
+    targets: TargetSection = field(default_factory=TargetSection)
+    masking: MaskingSection = field(default_factory=MaskingSection)
+    data: PretrainDataSection = field(default_factory=PretrainDataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    run: PretrainRunSection = field(default_factory=PretrainRunSection)
+    # where it came from, for messages and the default output dir (not a YAML key)
+    source: str = field(default="<defaults>", repr=False, compare=False)
+
+
+def load_pretrain_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None
+                         ) -> PretrainConfig:
+    """Load ``path`` (default: configs/pretrain_demo.yaml), apply ``--set`` overrides, validate."""
+    cfg = load_sections(PretrainConfig, Path(path) if path is not None else DEFAULT_PRETRAIN_CONFIG, overrides)
+    validate_pretrain(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> PretrainConfig:
+    """Rebuild a pretraining config from ``to_dict()`` output (a run's config.yaml or checkpoint client
+    state), so a checkpoint rebuilds its model without the recipe file."""
+    cfg = PretrainConfig(source=origin)
+    apply_sections(cfg, data, origin, {})
+    validate_pretrain(cfg)
+    return cfg
+
+
+def validate_pretrain(cfg: PretrainConfig) -> None:
+    """Value checks that do not touch the file system (recipes must load on any machine)."""
+    src = cfg.source
+    check_choices(src, {
+        "model.decoder_mode": (cfg.model.decoder_mode, DECODER_MODES),
+        "targets.target": (cfg.targets.target, TARGETS),
+        "targets.loss_type": (cfg.targets.loss_type, tuple(LOSSES)),
+        "masking.kind": (cfg.masking.kind, MASK_KINDS),
+    })
+    check_ranges(src, positive={"targets.motion_granularity": cfg.targets.motion_granularity}, nonneg={})
+    if not 0.0 < cfg.masking.ratio < 1.0:
+        raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
+    check_shared(cfg)
+    if not cfg.data.synthetic and not cfg.data.list_file:
+        raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")

@@ -1,0 +1,101 @@
+"""What every test suite shares to start real runs and watch them: the repo's paths, a free port, the environment
+of the processes tests start, launcher command lines, waiting on and killing a run, reading its log.
+
+    from tests.helpers import REPO, ZERO2, free_port, kill9, launch, launch_cmd, read_log, run_env, start, wait_for
+
+pytest.ini puts the repo root on sys.path, so test modules and conftest files import this as ``tests.helpers``
+(as they import ``tests.engine.checkpoint.zero_runs``). The processes the tests start, launchers and worker
+scripts alike, get no such path: they import ``motionmae_ds`` from the install, which is what the launcher tests
+check, and take what they need from the tests on their command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+ZERO2 = REPO / "ds_configs" / "zero2.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a test starts: the CPU accelerator, one thread per rank, unbuffered output."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def launch_cmd(script: str | Path, args: Sequence = (), ranks: int = 0) -> list[str]:
+    """``script`` (a file name in launch/, or an absolute path) with ``args``: ``ranks`` 0 runs plain ``python``
+    (one process, no launcher), more runs the real ``deepspeed`` launcher with that many ranks on a free port."""
+    path = str(script if Path(script).is_absolute() else REPO / "launch" / script)
+    if ranks:
+        return ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), path, *map(str, args)]
+    return [sys.executable, path, *map(str, args)]
+
+
+def launch(script: str | Path, args: Sequence = (), ranks: int = 0, timeout: float = 300, cwd: Path = REPO
+           ) -> subprocess.CompletedProcess:
+    """``launch_cmd(script, args, ranks)`` run to its end, output captured."""
+    return subprocess.run(launch_cmd(script, args, ranks), cwd=cwd, env=run_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start(cmd: list[str], log_path: Optional[Path] = None, extra_env: Optional[dict[str, str]] = None,
+          cwd: Path = REPO) -> subprocess.Popen:
+    """``cmd`` in the background, stdout and stderr to ``log_path``, in its own process group (so ``kill9``
+    reaches a launcher and every rank below it)."""
+    env = run_env(**(extra_env or {}))
+    if log_path is None:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    with open(log_path, "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a run from ``start`` (stopped processes included) and reap it; ranks that
+    outlived their launcher go too."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, proc: Optional[subprocess.Popen] = None) -> None:
+    """Poll ``pred`` until it holds; fail the test on timeout, or at once if ``proc`` exits first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"run exited ({proc.returncode}) before {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """The training-step records (those with a loss) of ``run_dir/log.jsonl``; a half-written last line is skipped."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in record:
+            records.append(record)
+    return records
