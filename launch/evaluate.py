@@ -7,13 +7,17 @@
 
 --checkpoint: a finetune run dir, its checkpoints dir or a tag dir, or a .pth (ours or VideoMAE's finetuned
 classifier). Writes metrics.json (top1, top5, num_videos, views_per_video) and predictions.jsonl to
---output_dir (default: <run dir>/eval, or eval/ next to a .pth). Exit code 2 on bad input.
+--output_dir (default: <run dir>/eval, or eval/ next to a .pth). Exit codes as launch/pretrain.py (2: bad input).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from motionmae_ds.config import ConfigError, load_finetune_config
+from motionmae_ds.engine.cli import run_entry
+from motionmae_ds.engine.evaluate import evaluate_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,11 +41,9 @@ def _run_dir(checkpoint: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from motionmae_ds.config import ConfigError, load_finetune_config
-    from motionmae_ds.engine.evaluate import evaluate_checkpoint
 
-    checkpoint = Path(args.checkpoint)
-    try:
+    def body() -> int:
+        checkpoint = Path(args.checkpoint)
         if not checkpoint.exists():
             raise ConfigError(f"--checkpoint {checkpoint}: no such file or directory")
         run_dir = _run_dir(checkpoint)
@@ -52,15 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_finetune_config(config, args.set)
         out = Path(args.output_dir) if args.output_dir else run_dir / "eval"
         metrics = evaluate_checkpoint(cfg, checkpoint, out, split=args.split)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    print(f"{args.split} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  ({metrics['num_videos']} videos x "
-          f"{metrics['views_per_video']} views) -> {out}", flush=True)
-    return 0
+        print(f"{args.split} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  ({metrics['num_videos']} "
+              f"videos x {metrics['views_per_video']} views) -> {out}", flush=True)
+        return 0
+
+    return run_entry(body)
 
 
 if __name__ == "__main__":
-    from motionmae_ds.engine.failure import guard_peer_failure
-
-    sys.exit(guard_peer_failure(main))
+    sys.exit(main())

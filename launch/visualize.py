@@ -22,12 +22,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from motionmae_ds.config import ConfigError
     from motionmae_ds.data.decode import VideoDecodeError
-    from motionmae_ds.tools.visualize import load_clip, load_pretrained, render_reconstruction
+    from motionmae_ds.tools.visualize import load_clip, load_pretraining_checkpoint, render_reconstruction
 
     try:
         if not Path(args.video).is_file():
             raise ConfigError(f"--video {args.video}: file not found")
-        model, cfg = load_pretrained(args.checkpoint, args.tag)
+        model, cfg = load_pretraining_checkpoint(args.checkpoint, args.tag)
         video = load_clip(cfg, args.video)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,13 @@ def read_log(run_dir: Path) -> list[dict]:
         if "loss" in record:
             records.append(record)
     return records
+
+
+def assert_same_steps(reference: dict[int, dict], resumed: dict[int, dict], first: int, last: int,
+                      keys: Sequence[str], rel: float = 1e-5) -> None:
+    """Steps ``first..last`` of a resumed run's log equal the uninterrupted run's: ``keys`` to ``rel``, lr exactly."""
+    for step in range(first, last + 1):
+        for key in keys:
+            a, b = reference[step][key], resumed[step][key]
+            assert abs(a - b) <= rel * max(abs(a), 1e-8), (step, key, a, b)
+        assert reference[step]["lr"] == resumed[step]["lr"], step

@@ -9,7 +9,14 @@ from typing import Any
 from torch import nn
 
 from motionmae_ds.config import ConfigError, PretrainConfig
+from motionmae_ds.data.datasets import VideoClipDataset
+from motionmae_ds.data.lists import ListFormatError, read_list
+from motionmae_ds.data.synthetic import ensure_synthetic_dataset
+from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.checkpoint import init_encoder
+from motionmae_ds.engine.optim import param_groups, timm_layer_decay_groups
+from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
+from motionmae_ds.models.classifier import LinearProbe
 
 
 def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -38,7 +45,6 @@ def classifier_kwargs(cfg: Any) -> dict[str, Any]:
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
-    from motionmae_ds.models import build_pretrain_model
 
     try:
         model = build_pretrain_model(**model_kwargs(cfg))
@@ -53,7 +59,6 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 
 
 def build_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
-    from motionmae_ds.models import build_mask_generator
 
     try:
         return build_mask_generator(kind=cfg.masking.kind, grid=grid, ratio=cfg.masking.ratio)
@@ -74,27 +79,28 @@ def resolve_list_file(cfg: PretrainConfig) -> str:
     """
     if not cfg.data.synthetic:
         return cfg.data.list_file
-    from motionmae_ds.data.synthetic import ensure_synthetic_dataset
-    from motionmae_ds.engine import distributed as dist_utils
+    return str(synthetic_set(cfg, "pretrain"))
 
+
+def synthetic_set(cfg: Any, kind: str) -> Any:
+    """The embedded synthetic set of ``kind`` (``pretrain`` list file, or ``motion_classes`` split -> list),
+    generated once and cached. Call on every rank: rank 0 generates first while the others wait."""
     d = cfg.data
     sizes = dict(num_videos=d.synthetic_videos, num_frames=d.synthetic_frames, size=d.synthetic_size)
     custom = [f"{k}{v}" for k, v in sizes.items() if v is not None]
     # non-default sets get their own directory so a test's tiny set never replaces the demo's cache
     root = cache_dir(cfg) / ("synthetic_" + "_".join(custom) if custom else "synthetic")
     if dist_utils.is_main():
-        list_file = ensure_synthetic_dataset(root, kind="pretrain", seed=0, **sizes)
+        made = ensure_synthetic_dataset(root, kind=kind, seed=0, **sizes)
     dist_utils.barrier()
     if not dist_utils.is_main():
-        list_file = ensure_synthetic_dataset(root, kind="pretrain", seed=0, **sizes)
-    return str(list_file)
+        made = ensure_synthetic_dataset(root, kind=kind, seed=0, **sizes)
+    return made
 
 
 def read_records(data: Any, list_file: str, where: str) -> list:
     """The entries of ``list_file`` read with a config's ``data`` section (format, root, frame-folder
     naming); a bad or empty list is a ConfigError whose message starts with ``where``."""
-    from motionmae_ds.data.lists import ListFormatError, read_list
-
     try:
         records = read_list(list_file, fmt=data.list_format, root=data.root,
                             frame_template=data.frame_template, frame_start=data.frame_start)
@@ -106,7 +112,6 @@ def read_records(data: Any, list_file: str, where: str) -> list:
 
 
 def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
-    from motionmae_ds.data.datasets import VideoClipDataset
 
     records = read_records(cfg.data, list_file, f"data.list_file={list_file}")
     d = cfg.data
@@ -124,9 +129,6 @@ def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -
 
 def build_finetune_model(cfg: Any) -> nn.Module:
     """The classifier of a ``FinetuneConfig`` (wrapped in a ``LinearProbe`` in probe mode), without weights."""
-    from motionmae_ds.models import build_classifier
-    from motionmae_ds.models.classifier import LinearProbe
-
     try:
         clf = build_classifier(**classifier_kwargs(cfg))
     except ValueError as exc:
@@ -136,16 +138,11 @@ def build_finetune_model(cfg: Any) -> nn.Module:
 
 def classifier_of(model: nn.Module) -> nn.Module:
     """The ``VideoClassifier`` inside a model built by ``build_finetune_model``."""
-    from motionmae_ds.models.classifier import LinearProbe
-
     return model.backbone if isinstance(model, LinearProbe) else model
 
 
 def finetune_param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Layer-decay groups over the trainable parameters (only the head in probe mode)."""
-    from motionmae_ds.engine.optim import param_groups, timm_layer_decay_groups
-    from motionmae_ds.models.classifier import LinearProbe
-
     if isinstance(model, LinearProbe):
         return param_groups(model, cfg.optim.weight_decay)
     # timm reads the layer ids from the classifier's group_matcher (embedding 0, block i -> i + 1, rest last)
@@ -158,26 +155,11 @@ def resolve_lists(cfg: Any) -> dict[str, str]:
     if not cfg.data.synthetic:
         return {k: v for k, v in (("train", cfg.data.train_list), ("val", cfg.data.val_list),
                                   ("test", cfg.data.test_list)) if v}
-    from motionmae_ds.data.synthetic import ensure_synthetic_dataset
-    from motionmae_ds.engine import distributed as dist_utils
-
-    d = cfg.data
-    sizes = dict(num_videos=d.synthetic_videos, num_frames=d.synthetic_frames, size=d.synthetic_size)
-    custom = [f"{k}{v}" for k, v in sizes.items() if v is not None]
-    root = cache_dir(cfg) / ("synthetic_" + "_".join(custom) if custom else "synthetic")
-    lists: Any = None
-    if dist_utils.is_main():
-        lists = ensure_synthetic_dataset(root, kind="motion_classes", seed=0, **sizes)
-    dist_utils.barrier()
-    if not dist_utils.is_main():
-        lists = ensure_synthetic_dataset(root, kind="motion_classes", seed=0, **sizes)
-    return dict(lists)
+    return dict(synthetic_set(cfg, "motion_classes"))
 
 
 def build_split(cfg: Any, list_file: str, mode: str) -> Any:
     """The finetuning dataset of one split (``train`` | ``val`` | ``test``) of a ``FinetuneConfig``."""
-    from motionmae_ds.data.datasets import VideoClipDataset
-
     records = read_records(cfg.data, list_file, list_file)
     bad = [r for r in records if not 0 <= int(r.label) < cfg.model.num_classes]
     if bad:

@@ -16,6 +16,9 @@ import ctypes.util
 import os
 
 import torch
+from deepspeed.accelerator import get_accelerator
+
+from motionmae_ds.engine import distributed as dist_utils
 
 # glibc <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -47,10 +50,6 @@ def keep_freed_memory(threshold: int = KEEP_FREED_BYTES) -> bool:
 def tune_cpu_process() -> None:
     """On the CPU accelerator: one share of the cores per local rank (ranks on one machine would each
     start a thread per core and thrash) unless OMP_NUM_THREADS is set, and `keep_freed_memory`."""
-    from deepspeed.accelerator import get_accelerator
-
-    from motionmae_ds.engine import distributed as dist_utils
-
     if get_accelerator().device_name() != "cpu":
         return
     if "OMP_NUM_THREADS" not in os.environ:

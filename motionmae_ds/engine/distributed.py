@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 import socket
 
+import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
+from deepspeed.constants import default_pg_timeout
+from deepspeed.utils import groups
+
+from motionmae_ds.engine.launcher_env import started_by_mpi
 
 
 def _free_port() -> int:
@@ -20,10 +26,6 @@ def init_distributed() -> None:
     Without the launcher, RANK/WORLD_SIZE/... are absent and DeepSpeed would try MPI discovery; a
     single-process world is what ``python launch/pretrain.py`` means, so we say so explicitly.
     """
-    import deepspeed
-
-    from motionmae_ds.engine.launcher_env import started_by_mpi
-
     if "RANK" not in os.environ and not started_by_mpi():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -45,9 +47,6 @@ def _bound_data_parallel_group() -> None:
     """
     if dist.get_world_size() == 1:
         return
-    from deepspeed.constants import default_pg_timeout
-    from deepspeed.utils import groups
-
     dist.set_timeout(default_pg_timeout, group=groups._clone_world_group())
 
 
@@ -90,8 +89,6 @@ def barrier() -> None:
 
 
 def device() -> torch.device:
-    from deepspeed.accelerator import get_accelerator
-
     acc = get_accelerator()
     if acc.device_name() == "cpu":
         return torch.device("cpu")

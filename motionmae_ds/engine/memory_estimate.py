@@ -22,6 +22,10 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from motionmae_ds.config import PretrainConfig, batch_layout
+from motionmae_ds.engine.builders import build_masker, model_kwargs
+from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
+from motionmae_ds.models import build_pretrain_model
+from motionmae_ds.models.flops import pretrain_macs
 
 GiB = 1024 ** 3
 # 2 bytes (bf16) per bucket element; DeepSpeed documents 4.5x the bucket sizes with overlap_comm
@@ -59,16 +63,11 @@ def _drop_grad(param: torch.Tensor) -> None:
 
 
 def _model_kwargs(cfg: PretrainConfig, num_frames: int) -> dict[str, Any]:
-    from motionmae_ds.engine.builders import model_kwargs
-
     return dict(model_kwargs(cfg), num_frames=num_frames)
 
 
 def peak_step_bytes(cfg: PretrainConfig, num_frames: int, batch_size: int, seed: int = 0) -> int:
     """Peak bytes of one bf16 forward + backward beyond the weights (gradients are dropped when ready)."""
-    from motionmae_ds.engine.builders import build_masker
-    from motionmae_ds.models import build_pretrain_model
-
     torch.manual_seed(seed)
     model = build_pretrain_model(**_model_kwargs(cfg, num_frames)).to(torch.bfloat16)
     for p in model.parameters():
@@ -130,8 +129,6 @@ def bucket_bytes(ds_config: dict[str, Any]) -> int:
 
 
 def count_params(cfg: PretrainConfig) -> int:
-    from motionmae_ds.models import build_pretrain_model
-
     with torch.device("meta"):
         model = build_pretrain_model(**_model_kwargs(cfg, cfg.model.num_frames))
     return sum(p.numel() for p in model.parameters())
@@ -139,9 +136,6 @@ def count_params(cfg: PretrainConfig) -> int:
 
 def step_flops(cfg: PretrainConfig, world_size: int) -> dict[str, float]:
     """Training FLOPs per sample and per optimizer step (6 x forward MACs: fwd + 2x bwd, 2 FLOPs/MAC)."""
-    from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
-    from motionmae_ds.models.flops import pretrain_macs
-
     macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind,
                          **_model_kwargs(cfg, cfg.model.num_frames))
     # activation checkpointing reruns every forward once more in the backward

@@ -4,7 +4,7 @@ fc_norm, head)."""
 from __future__ import annotations
 
 import inspect
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -65,17 +65,6 @@ class VideoClassifier(VisionTransformerEncoder):
         if param_name.startswith("blocks."):
             return int(param_name.split(".")[1]) + 1
         return len(self.blocks) + 1
-
-    def load_pretrained_encoder(self, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-        """Load `encoder.*` weights of a MotionMAE state dict (or bare encoder names). The
-        pretraining `encoder.norm` has no place here (fc_norm is new) and is left out.
-        Returns (missing, unexpected) like `load_state_dict(strict=False)`."""
-        prefix = "encoder."
-        if any(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("norm.")}
-        result = self.load_state_dict(state_dict, strict=False)
-        return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def build_classifier(

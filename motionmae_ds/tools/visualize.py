@@ -11,8 +11,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from motionmae_ds.config import PretrainConfig, config_from_dict, load_pretrain_config
+from motionmae_ds.data.decode import count_frames, read_frames
+from motionmae_ds.data.sampling import uniform_clip_indices
+from motionmae_ds.data.transforms import EvalTransform
 from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine.builders import build_masker, build_model
+from motionmae_ds.models.targets import temporal_difference
 
 CELL_MIN = 96      # pixels per frame cell: tiny demo clips would be unreadable at their own size
 LABEL_WIDTH = 110
@@ -22,10 +26,6 @@ NORM_EPS = 1e-6    # the model's per-token target normalisation uses (std + 1e-6
 
 def load_clip(cfg: PretrainConfig, path: str | Path) -> torch.Tensor:
     """The centre clip of a video as the eval pipeline sees it: normalised (3, T, S, S)."""
-    from motionmae_ds.data.decode import count_frames, read_frames
-    from motionmae_ds.data.sampling import uniform_clip_indices
-    from motionmae_ds.data.transforms import EvalTransform
-
     n = count_frames(str(path), backend=cfg.data.decode_backend)
     indices = uniform_clip_indices(n, cfg.model.num_frames, cfg.data.sampling_rate, num_clips=1)[0]
     frames = read_frames(str(path), indices, backend=cfg.data.decode_backend)
@@ -79,7 +79,6 @@ def reconstruct(model: Any, video: torch.Tensor, mask: torch.Tensor) -> dict[str
     rows["mask"] = model.unpatchify(masked_view)[0]
     if "pred_frame" in out:
         rows["predicted"] = model.unpatchify(_fill_masked(frame_raw, out["pred_frame"].float(), token_mask, norm, c))[0]
-    from motionmae_ds.models.targets import temporal_difference
 
     motion = temporal_difference(pixels, model.motion_granularity, model.motion_signed)
     motion_raw = model.patchify(motion)
@@ -132,7 +131,7 @@ def render_reconstruction(model: Any, video: torch.Tensor, cfg: PretrainConfig, 
 
 
 # -- loading a trained model without a DeepSpeed engine ---------------------------------------------------
-def load_pretrained(checkpoint: str | Path, tag: Optional[str] = None) -> tuple[Any, PretrainConfig]:
+def load_pretraining_checkpoint(checkpoint: str | Path, tag: Optional[str] = None) -> tuple[Any, PretrainConfig]:
     """The pretraining model and its config from a run, checkpoint or tag directory (default tag: the one
     ``latest`` names); the config comes from the checkpoint itself, else from the run's config.yaml."""
     ckpt_dir, tag = ckpt.resolve(checkpoint, tag)

@@ -7,16 +7,15 @@ from pathlib import Path
 import torch
 
 from tests.engine.conftest import run
-from tests.helpers import REPO, ZERO2, free_port, read_log, run_env
+from tests.helpers import REPO, ZERO2, launch_cmd, read_log, run_env
 
 NAN_PRETRAIN = Path(__file__).resolve().parent / "nonfinite_pretrain.py"
 
 
 def _run_with_nan(args: list, at: int) -> subprocess.CompletedProcess:
     """launch/pretrain.py under the deepspeed launcher, the loss of micro-step ``at`` made NaN (test-only hook)."""
-    cmd = ["deepspeed", "--num_gpus", "1", "--master_port", str(free_port()), str(NAN_PRETRAIN), *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, env={**run_env(), "MOTIONMAE_TEST_NAN_AT": str(at)}, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(launch_cmd(NAN_PRETRAIN, args, ranks=1), cwd=REPO, env=run_env(MOTIONMAE_TEST_NAN_AT=str(at)),
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):

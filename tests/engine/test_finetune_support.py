@@ -5,8 +5,7 @@ from pathlib import Path
 import torch
 
 # the finetuning tests import these from here
-from tests.helpers import REPO, ZERO2, free_port, launch  # noqa: F401
-from tests.helpers import run_env as env  # noqa: F401
+from tests.helpers import REPO, ZERO2, launch  # noqa: F401
 
 TINY_MODEL = {"name": "vit_tiny", "num_classes": 4, "num_frames": 4, "img_size": 32, "patch_size": 16,
               "tubelet_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 3}
