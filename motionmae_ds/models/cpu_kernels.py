@@ -98,7 +98,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 def prefers_matmul_attention(q: torch.Tensor) -> bool:
     """The "auto" rule: bf16 on the CPU only. There the fused SDPA kernel ran forward + backward at
     1568 tokens about 1.4x slower than bf16 matmuls + softmax (bench/model_step.py,
-    docs/BENCHMARKS.md), while in fp32, and on accelerators, the fused kernel wins."""
+    docs/notes/model-step-speed.md), while in fp32, and on accelerators, the fused kernel wins."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
