@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from motionmae_ds.config import ConfigError, load_finetune_config
-from motionmae_ds.engine.cli import run_entry
+from motionmae_ds.engine.cli import metrics_line, run_entry
 from motionmae_ds.engine.evaluate import evaluate_checkpoint
 
 
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_finetune_config(config, args.set)
         out = Path(args.output_dir) if args.output_dir else run_dir / "eval"
         metrics = evaluate_checkpoint(cfg, checkpoint, out, split=args.split)
-        print(f"{args.split} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  ({metrics['num_videos']} "
-              f"videos x {metrics['views_per_video']} views) -> {out}", flush=True)
+        print(metrics_line(args.split, metrics, out), flush=True)
         return 0
 
     return run_entry(body)

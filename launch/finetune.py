@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from motionmae_ds.config import load_finetune_config
-from motionmae_ds.engine.cli import output_dir_of, run_entry, training_parser
+from motionmae_ds.engine.cli import metrics_line, output_dir_of, run_entry, training_parser
 from motionmae_ds.engine.evaluate import evaluate_checkpoint
 from motionmae_ds.engine.finetune import run_finetuning
 
@@ -34,14 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval:
             out = output_dir_of(cfg, args.output_dir, "finetune")
             metrics = evaluate_checkpoint(cfg, args.checkpoint or out / "checkpoints", out / "eval")
-            print(f"test top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  ({metrics['num_videos']} videos "
-                  f"x {metrics['views_per_video']} views) -> {out / 'eval'}", flush=True)
+            print(metrics_line("test", metrics, out / "eval"), flush=True)
             return 0
         summary = run_finetuning(cfg, args.deepspeed_config, args.output_dir, resume=not args.no_resume)
         if "test" in summary:
-            t = summary["test"]
-            print(f"done: test top-1 {t['top1']:.2f}  top-5 {t['top5']:.2f}  ({t['num_videos']} videos x "
-                  f"{t['views_per_video']} views)", flush=True)
+            print(metrics_line("done: test", summary["test"]), flush=True)
         return 0
 
     return run_entry(body)

@@ -77,3 +77,10 @@ def output_dir_of(cfg: object, given: str | None, default_stem: str) -> Path:
     source = getattr(cfg, "source", "")
     stem = Path(source).stem if source.endswith((".yaml", ".yml")) else default_stem
     return Path(given or getattr(cfg, "run").output_dir or Path("runs") / stem)
+
+
+def metrics_line(what: str, metrics: dict, where: object = None) -> str:
+    """``what top-1 .. top-5 .. (N videos x V views)`` and, when given, ``-> where``."""
+    line = (f"{what} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}  ({metrics['num_videos']} videos x "
+            f"{metrics['views_per_video']} views)")
+    return f"{line} -> {where}" if where is not None else line

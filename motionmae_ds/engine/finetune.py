@@ -28,7 +28,8 @@ from motionmae_ds.engine.builders import (build_finetune_model, build_split, cla
 from motionmae_ds.engine.evaluate import evaluate, record_paths, write_results
 from motionmae_ds.engine.mixup import VideoMixup
 from motionmae_ds.engine.throughput import FlopCounter
-from motionmae_ds.engine.trainer import Position, StepContext, Task, Trainer
+from motionmae_ds.engine.task import Position, StepContext, Task
+from motionmae_ds.engine.trainer import Trainer
 
 
 class FinetuneTask(Task):

@@ -20,7 +20,8 @@ from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.builders import build_dataset, build_masker, build_model, resolve_list_file
 from motionmae_ds.engine.optim import param_groups
 from motionmae_ds.engine.throughput import FlopCounter
-from motionmae_ds.engine.trainer import StepContext, Task, Trainer
+from motionmae_ds.engine.task import StepContext, Task
+from motionmae_ds.engine.trainer import Trainer
 
 # figure(model, cfg, video path, png path): draws one reconstruction figure
 FigureFn = Callable[[nn.Module, PretrainConfig, str, Path], None]
