@@ -4,10 +4,13 @@ Variants, built once and timed interleaved in one process (median over repeats, 
 ratios also round by round, each from two variants measured back to back):
   a  ours, MotionMAE with both heads           c  transformers.VideoMAEForPreTraining (its SDPA)
   b  ours, frame target only (VideoMAE's work)  d  ours (both heads) with activation checkpointing
+  e  ours, both heads, decoder masking (--decoder_ratio, 0.5) with the heads sharing the kept tokens
+  f  as (e) with complementary heads (each masked token decoded by one head)
 Each step is forward + backward + torch AdamW step with the module cast to the dtype (what DeepSpeed's
 bf16 engine does), the same tube masks and thread count for every variant.
 
     python bench/model_step.py --model vit_small --num_frames 16 --img_size 224 --batch 2 --dtype bf16
+    python bench/model_step.py --model vit_base --batch 2 --variants a,b,c,e,f --dtype bf16
     python bench/model_step.py --finetune --model vit_large --batch 1 --dtype bf16
 
 `--finetune`: the classifier on all tokens, activation checkpointing off vs on.
@@ -39,7 +42,8 @@ FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 import torch  # noqa: E402
 
 from motionmae_ds.models import (  # noqa: E402
-    MODEL_SIZES, build_classifier, build_mask_generator, build_pretrain_model, classifier_macs, pretrain_macs,
+    MODEL_SIZES, build_classifier, build_decoder_mask, build_mask_generator, build_pretrain_model, classifier_macs,
+    pretrain_macs,
 )
 from motionmae_ds.engine.cpu_process import keep_freed_memory  # noqa: E402
 from motionmae_ds.models.vit import ATTENTION_BACKENDS  # noqa: E402
@@ -47,7 +51,10 @@ from motionmae_ds.models.vit import ATTENTION_BACKENDS  # noqa: E402
 TRAIN_FLOPS_PER_MAC = 6  # forward + backward (2x forward) = 3 passes, 2 FLOPs per multiply-add
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 VARIANTS = {"a": "ours, both heads", "b": "ours, frame only", "c": "HF VideoMAEForPreTraining (sdpa)",
-            "d": "ours, both heads, act. ckpt"}
+            "d": "ours, both heads, act. ckpt", "e": "ours, both heads, decoder masking, shared",
+            "f": "ours, both heads, decoder masking, complementary"}
+# decoder masking of the variants that have it: masking.decoder_heads
+DECODER_HEADS_OF = {"e": "shared", "f": "complementary"}
 
 
 # -- device and memory probes -----------------------------------------------------------------
@@ -131,26 +138,36 @@ class Variant:
     """A model, its AdamW and a `step(videos, mask)` doing forward + backward + optimizer step."""
 
     def __init__(self, key: str, model: torch.nn.Module, flops_per_step: float,
-                 loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+                 loss_fn: Callable[..., torch.Tensor], decoder_mask=None) -> None:
         self.key, self.model, self.flops_per_step, self.loss_fn = key, model, flops_per_step, loss_fn
+        self.decoder_mask = decoder_mask
         self.optimizer = adamw(model.parameters())
         self.times: list[float] = []
 
-    def step(self, videos: torch.Tensor, mask: torch.Tensor) -> None:
+    def draw_keep(self, batch: int, device: torch.device, round_index: int) -> Optional[dict]:
+        """The decoder's kept tokens of round `round_index` (None without decoder masking)."""
+        if self.decoder_mask is None:
+            return None
+        return self.decoder_mask(batch, device=device, generator=torch.Generator(device).manual_seed(round_index))
+
+    def step(self, videos: torch.Tensor, mask: torch.Tensor, keep: Optional[dict] = None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.model, videos, mask).backward()
+        self.loss_fn(self.model, videos, mask, keep).backward()
         self.optimizer.step()
 
 
 def build_variants(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> list[Variant]:
     macs = {t: pretrain_macs(args.mask_ratio, args.mask_kind, **ours_kwargs(args, t))
             for t in ("frame", "frame_motion")}
+    macs.update({key: pretrain_macs(args.mask_ratio, args.mask_kind, decoder_ratio=args.decoder_ratio,
+                                    decoder_heads=heads, **ours_kwargs(args, "frame_motion"))
+                 for key, heads in DECODER_HEADS_OF.items()})
     flops = {t: TRAIN_FLOPS_PER_MAC * m * args.batch for t, m in macs.items()}
 
-    def ours(model, videos, mask):
-        return model(videos, mask)["loss"]
+    def ours(model, videos, mask, keep):
+        return model(videos, mask, decoder_keep=keep)["loss"]
 
-    def hf(model, videos, mask):
+    def hf(model, videos, mask, keep):
         # HF takes (B, T, C, H, W) in the module's dtype; the permuted copy is made outside the timer.
         return model(pixel_values=videos, bool_masked_pos=mask).loss
 
@@ -162,8 +179,11 @@ def build_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
             target = "frame" if key == "b" else "frame_motion"
             model = build_pretrain_model(**ours_kwargs(args, target), grad_checkpointing=key == "d")
             model.set_attention_backend(args.attention)
-            fn, f = ours, flops[target]
-        variants.append(Variant(key, model.to(device=device, dtype=dtype).train(), f, fn))
+            fn, f = ours, flops[key if key in DECODER_HEADS_OF else target]
+        decoder_mask = None
+        if key in DECODER_HEADS_OF:
+            decoder_mask = build_decoder_mask(grid=model.grid, ratio=args.decoder_ratio, heads=DECODER_HEADS_OF[key])
+        variants.append(Variant(key, model.to(device=device, dtype=dtype).train(), f, fn, decoder_mask))
     return variants
 
 
@@ -177,13 +197,14 @@ def pretrain_inputs(args: argparse.Namespace, rounds: int) -> tuple[list[torch.T
     return clips, [gen(args.batch, generator=rng) for _ in range(rounds)]
 
 
-def run_step(v: Variant, videos: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> float:
+def run_step(v: Variant, videos: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, round_index: int) -> float:
     """One step of ``v``; returns its wall time in seconds."""
     # HF takes (B, T, C, H, W) in the module's dtype: the permuted copy is made here, outside the timer.
     if v.key == "c":
         videos = videos.permute(0, 2, 1, 3, 4).to(dtype).contiguous()
+    keep = v.draw_keep(videos.shape[0], videos.device, round_index)  # outside the timer, as the masks
     t0 = time.perf_counter()
-    v.step(videos, mask)
+    v.step(videos, mask, keep)
     sync(videos.device)
     return time.perf_counter() - t0
 
@@ -194,10 +215,10 @@ def pretrain_memory_child(args: argparse.Namespace) -> None:
     dtype = DTYPES[args.dtype]
     (v,) = build_variants(args, device, dtype)
     clips, masks = pretrain_inputs(args, 2)
-    run_step(v, clips[0].to(device), masks[0].to(device), dtype)  # AdamW's moments exist from here on
+    run_step(v, clips[0].to(device), masks[0].to(device), dtype, 0)  # AdamW's moments exist from here on
     probe = MemoryProbe(device)
     probe.start()
-    run_step(v, clips[1].to(device), masks[1].to(device), dtype)
+    run_step(v, clips[1].to(device), masks[1].to(device), dtype, 1)
     print(json.dumps({"variant": v.key, "mem_gib": probe.peak_delta() / 2 ** 30}))
 
 
@@ -205,7 +226,7 @@ def child_command(args: argparse.Namespace, *extra: str) -> list[str]:
     return [sys.executable, __file__, "--model", args.model, "--num_frames", str(args.num_frames),
             "--img_size", str(args.img_size), "--batch", str(args.batch), "--dtype", args.dtype,
             "--threads", str(args.threads), "--attention", args.attention, "--mask_ratio", str(args.mask_ratio),
-            "--mask_kind", args.mask_kind, *extra]
+            "--mask_kind", args.mask_kind, "--decoder_ratio", str(args.decoder_ratio), *extra]
 
 
 def run_child(cmd: list[str]) -> dict:
@@ -223,7 +244,7 @@ def run_pretrain(args: argparse.Namespace) -> list[dict]:
         videos, mask = clips[r].to(device), masks[r].to(device)
         # Rotating the start spreads slow phases of a shared machine over all variants.
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-            seconds = run_step(v, videos, mask, dtype)
+            seconds = run_step(v, videos, mask, dtype, r)
             if r >= args.warmup:
                 v.times.append(seconds)
             print(f"round {r} variant {v.key}: {seconds:.2f} s", file=sys.stderr, flush=True)
@@ -263,6 +284,17 @@ def pretrain_table(rows: list[dict]) -> str:
         lines.append(f"(a)/(b) step time: {by['a']['step_s'] / by['b']['step_s']:.2f} (of the medians; "
                      f"FLOP ratio {by['a']['gflop_per_step'] / by['b']['gflop_per_step']:.2f}); "
                      + ratio_summary(paired_ratios(by["a"], by["b"], per_flop=False)))
+    for key in DECODER_HEADS_OF:
+        if key not in by:
+            continue
+        for other in ("b", "a"):
+            if other in by:
+                lines.append(f"({key})/({other}) step time: {by[key]['step_s'] / by[other]['step_s']:.2f} (of the "
+                             f"medians; FLOP ratio {by[key]['gflop_per_step'] / by[other]['gflop_per_step']:.2f}); "
+                             + ratio_summary(paired_ratios(by[key], by[other], per_flop=False)))
+    if "e" in by and "f" in by:
+        lines.append(f"(f)/(e) step time: {by['f']['step_s'] / by['e']['step_s']:.2f}; "
+                     + ratio_summary(paired_ratios(by["f"], by["e"], per_flop=False)))
     if "a" in by and "d" in by:
         lines.append(f"(d)/(a) step time: {by['d']['step_s'] / by['a']['step_s']:.2f}, memory "
                      f"{by['d']['mem_gib'] / max(by['a']['mem_gib'], 1e-9):.2f}")
@@ -349,7 +381,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--variants", default="a,b,c,d", help="comma list of a, b, c, d")
+    p.add_argument("--variants", default="a,b,c,d", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--decoder_ratio", type=float, default=0.5, choices=(0.25, 0.5, 0.75),
+                   help="decoder masking ratio of variants e and f")
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--mask_kind", default="tube", choices=("random", "tube", "frame"))
     p.add_argument("--threads", type=int, default=2)
@@ -402,7 +436,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(header + finetune_table(res))
     else:
         res = run_pretrain(args)
-        print(header + f"dtype {args.dtype}, module cast to it; {args.mask_kind} masks, ratio {args.mask_ratio}\n"
+        dual = any(k in DECODER_HEADS_OF for k in args.variants)
+        print(header + f"dtype {args.dtype}, module cast to it; {args.mask_kind} masks, ratio {args.mask_ratio}"
+              + (f"; decoder masking (e, f) running cell, ratio {args.decoder_ratio}" if dual else "") + "\n"
               + pretrain_table(res))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "results": res}, indent=1))

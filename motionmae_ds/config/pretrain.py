@@ -14,7 +14,7 @@ from typing import Any, Optional
 from motionmae_ds.config.checks import check_choices, check_ranges, check_shared
 from motionmae_ds.config.loader import REPO_ROOT, ConfigError, SectionedConfig, apply_sections, load_sections
 from motionmae_ds.config.sections import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection
-from motionmae_ds.models.masking import MASK_KINDS
+from motionmae_ds.models.masking import DECODER_HEADS, DECODER_MASK_KINDS, DECODER_RATIOS, MASK_KINDS
 from motionmae_ds.models.motionmae import DECODER_MODES, LOSSES, TARGETS
 
 DEFAULT_PRETRAIN_CONFIG = REPO_ROOT / "configs" / "pretrain_demo.yaml"
@@ -47,6 +47,13 @@ class TargetSection:
 class MaskingSection:
     kind: str = "random"
     ratio: float = 0.9
+    # decoder masking (VideoMAE V2's running cell; not in the paper): the share of masked tokens each decoder
+    # skips, 0 = every masked token is decoded (the paper), or 0.25 / 0.5 / 0.75
+    decoder_ratio: float = 0.0
+    decoder_kind: str = "running_cell"
+    # shared: both heads decode the same tokens; complementary: the time head takes the next places of the
+    # cell, so at 0.5 each masked token is supervised by one head per step
+    decoder_heads: str = "shared"
 
 
 @dataclass
@@ -100,10 +107,36 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         "targets.target": (cfg.targets.target, TARGETS),
         "targets.loss_type": (cfg.targets.loss_type, tuple(LOSSES)),
         "masking.kind": (cfg.masking.kind, MASK_KINDS),
+        "masking.decoder_kind": (cfg.masking.decoder_kind, DECODER_MASK_KINDS),
+        "masking.decoder_heads": (cfg.masking.decoder_heads, DECODER_HEADS),
     })
     check_ranges(src, positive={"targets.motion_granularity": cfg.targets.motion_granularity}, nonneg={})
     if not 0.0 < cfg.masking.ratio < 1.0:
         raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
+    check_decoder_masking(cfg)
     check_shared(cfg)
     if not cfg.data.synthetic and not cfg.data.list_file:
         raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")
+
+
+def check_decoder_masking(cfg: PretrainConfig) -> None:
+    m, src = cfg.masking, cfg.source
+    ratio = m.decoder_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or (
+            ratio != 0 and not any(ratio == r for r in DECODER_RATIOS)):
+        raise ConfigError(f"{src}: masking.decoder_ratio={ratio!r} must be 0 (off) or one of "
+                          f"{', '.join(str(r) for r in DECODER_RATIOS)}")
+    if ratio == 0:
+        return
+    side = cfg.model.img_size // cfg.model.patch_size
+    if side % 2:
+        raise ConfigError(f"{src}: masking.decoder_ratio={ratio} tiles the token grid by 2x2 cells, but "
+                          f"model.img_size / model.patch_size = {cfg.model.img_size} / {cfg.model.patch_size} "
+                          f"= {side} tokens per side is odd")
+    if m.decoder_heads == "complementary":
+        if cfg.model.decoder_mode == "shared":
+            raise ConfigError(f"{src}: masking.decoder_heads=complementary needs model.decoder_mode=divide "
+                              f"(one shared decoder decodes one token set)")
+        if cfg.targets.target != "frame_motion":
+            raise ConfigError(f"{src}: masking.decoder_heads=complementary splits the masked tokens between two "
+                              f"heads; targets.target={cfg.targets.target} has one")

@@ -17,6 +17,7 @@ from motionmae_ds.engine.checkpoint import init_encoder
 from motionmae_ds.engine.optim import param_groups, timm_layer_decay_groups
 from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
 from motionmae_ds.models.classifier import LinearProbe
+from motionmae_ds.models.masking import build_decoder_mask
 
 
 def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -64,6 +65,20 @@ def build_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
         return build_mask_generator(kind=cfg.masking.kind, grid=grid, ratio=cfg.masking.ratio)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: masking: {exc}") from None
+
+
+def build_decoder_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
+    """The decoder-mask generator of ``masking.decoder_*``, or None when decoder masking is off."""
+    m = cfg.masking
+    try:
+        return build_decoder_mask(kind=m.decoder_kind, grid=grid, ratio=m.decoder_ratio, heads=m.decoder_heads)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: masking: {exc}") from None
+
+
+def decoder_mask_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    """The decoder-masking arguments of ``pretrain_macs`` for this config."""
+    return dict(decoder_ratio=cfg.masking.decoder_ratio, decoder_heads=cfg.masking.decoder_heads)
 
 
 def cache_dir(cfg: PretrainConfig) -> Path:

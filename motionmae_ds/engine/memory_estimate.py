@@ -6,7 +6,8 @@ checkpointing as configured) runs on the CPU at a few small frame counts under a
 the bytes of every live tensor storage. The peak minus weights and gradients, per sample (slope over two
 batch sizes), is fitted as a + b * frames and evaluated at the recipe's frame count. Linear is exact in
 shape here: with SDPA no tokens x tokens matrix is kept, so every tensor is tokens x width, and tokens
-(encoder: visible ones, decoders: all) grow linearly with frames.
+(encoder: visible ones, decoders: all, or with decoder masking the visible and the kept masked ones) grow
+linearly with frames.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from motionmae_ds.config import PretrainConfig, batch_layout
-from motionmae_ds.engine.builders import build_masker, model_kwargs
+from motionmae_ds.engine.builders import build_decoder_masker, build_masker, decoder_mask_kwargs, model_kwargs
 from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
 from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.flops import pretrain_macs
@@ -74,12 +75,14 @@ def peak_step_bytes(cfg: PretrainConfig, num_frames: int, batch_size: int, seed:
         # ZeRO-2's hooks copy each gradient into its bucket as soon as it is ready and drop it; so do we
         p.register_post_accumulate_grad_hook(_drop_grad)
     masker = build_masker(cfg, tuple(model.grid))
+    decoder_masker = build_decoder_masker(cfg, tuple(model.grid))
     model.set_attention_backend("sdpa")  # what a GPU runs; the CPU-bf16 default keeps tokens x tokens scores
     with LiveBytes() as meter:
         size = cfg.model.img_size
         videos = torch.randn(batch_size, 3, num_frames, size, size, dtype=torch.bfloat16)
         mask = masker(batch_size)
-        model(videos, mask)["loss"].backward()
+        keep = None if decoder_masker is None else decoder_masker(batch_size)
+        model(videos, mask, decoder_keep=keep)["loss"].backward()
         del videos, mask
     return meter.peak
 
@@ -136,7 +139,7 @@ def count_params(cfg: PretrainConfig) -> int:
 
 def step_flops(cfg: PretrainConfig, world_size: int) -> dict[str, float]:
     """Training FLOPs per sample and per optimizer step (6 x forward MACs: fwd + 2x bwd, 2 FLOPs/MAC)."""
-    macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind,
+    macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, **decoder_mask_kwargs(cfg),
                          **_model_kwargs(cfg, cfg.model.num_frames))
     # activation checkpointing reruns every forward once more in the backward
     recompute = 1.0 + (2.0 / TRAIN_FLOPS_PER_MAC if cfg.model.grad_checkpointing else 0.0)

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 from motionmae_ds.config import PretrainConfig
 from motionmae_ds.data.lists import read_list
 from motionmae_ds.engine import distributed as dist_utils
-from motionmae_ds.engine.builders import build_dataset, build_masker, build_model, resolve_list_file
+from motionmae_ds.engine.builders import (
+    build_dataset, build_decoder_masker, build_masker, build_model, resolve_list_file,
+)
 from motionmae_ds.engine.optim import param_groups
 from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.engine.task import StepContext, Task
@@ -50,6 +52,7 @@ class PretrainTask(Task):
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg)
         self.masker = build_masker(self.cfg, tuple(model.grid))
+        self.decoder_masker = build_decoder_masker(self.cfg, tuple(model.grid))
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -61,7 +64,11 @@ class PretrainTask(Task):
     def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
         videos = batch["video"].to(ctx.device, non_blocking=True)
         mask = self.masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
-        out = engine(videos, mask)
+        if self.decoder_masker is None:
+            out = engine(videos, mask)
+        else:  # drawn after the encoder mask from the same generator: a resumed step draws the same
+            keep = self.decoder_masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
+            out = engine(videos, mask, decoder_keep=keep)
         return out["loss"], [out["loss"], out["loss_frame"], out["loss_motion"]], videos.shape[0]
 
     def run_info(self) -> dict[str, Any]:

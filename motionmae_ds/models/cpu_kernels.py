@@ -44,7 +44,8 @@ class _MatmulAttention(torch.autograd.Function):
     CPU only, so other devices take the out-of-place ops (same results)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_bias: Optional[torch.Tensor]) -> torch.Tensor:
         shape, k_shape, v_shape = q.shape, k.shape, v.shape
         scale = shape[-1] ** -0.5
         in_place = q.device.type == "cpu"
@@ -56,6 +57,8 @@ class _MatmulAttention(torch.autograd.Function):
         probs = []
         for h, i in attention_tiles(q_scaled.shape[0], shape[-2], k_shape[-2]):
             scores = torch.bmm(q_scaled[h, i], k[h].transpose(1, 2))
+            if key_bias is not None:  # -inf at padding keys: their probabilities, and so their gradients, are 0
+                scores = scores.add_(key_bias[h]) if in_place else scores + key_bias[h]
             if in_place:
                 p = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
             else:
@@ -87,12 +90,20 @@ class _MatmulAttention(torch.autograd.Function):
             torch.bmm(grad_s, k[h], out=grad_q[h, i])
             grad_k[h].baddbmm_(grad_s.transpose(1, 2), q_scaled[h, i])
         grad_q.mul_(ctx.scale)
-        return grad_q.view(shape), grad_k.view(k_shape), grad_v.view(v_shape)
+        return grad_q.view(shape), grad_k.view(k_shape), grad_v.view(v_shape), None
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v as plain matmuls; (B, H, N, d) in and out."""
-    return _MatmulAttention.apply(q, k, v)
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v as plain matmuls; (B, H, N, d) in and out. `key_mask` (B, N_keys) bool,
+    False = a key no query attends to (SDPA's boolean attn_mask broadcast over heads and queries)."""
+    key_bias = None
+    if key_mask is not None:
+        b, heads = q.shape[0], q.shape[1]
+        zero = torch.zeros((), dtype=q.dtype, device=q.device)
+        bias = torch.where(key_mask, zero, torch.tensor(float("-inf"), dtype=q.dtype, device=q.device))
+        key_bias = bias[:, None, None, :].expand(b, heads, 1, key_mask.shape[-1]).reshape(b * heads, 1, -1)
+    return _MatmulAttention.apply(q, k, v, key_bias)
 
 
 def prefers_matmul_attention(q: torch.Tensor) -> bool:

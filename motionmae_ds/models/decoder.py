@@ -2,7 +2,7 @@
 with a learned mask token, adds its own position table and predicts pixels for masked tokens only."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,14 +30,17 @@ class Decoder(BlockStack):
             self.add_module(name, nn.Linear(dim, out_dim))
         self.grad_checkpointing = grad_checkpointing
 
-    def forward(self, x_vis: torch.Tensor, token_order: torch.Tensor) -> torch.Tensor:
-        """token_order: (B, N), visible token ids (ascending) then masked ones (ascending);
-        x_vis holds the encoder outputs for the first N_visible of them."""
+    def forward(self, x_vis: torch.Tensor, token_order: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """token_order: (B, N_visible + M), visible token ids (ascending) then the M masked ones to decode
+        (every masked token, or with decoder masking the kept ones); x_vis holds the encoder outputs for the
+        first N_visible. key_mask (B, N_visible + M) bool: False marks padding places that no token attends
+        to (decoder masking keeps different counts per sample); None = every place is a real token."""
         x_vis = self.encoder_to_decoder(x_vis)
         b, n_vis, d = x_vis.shape
         n_masked = token_order.shape[1] - n_vis
         pos = self.pos_embed.to(x_vis.dtype).expand(b, -1, -1)
         pos = torch.gather(pos, 1, token_order[..., None].expand(-1, -1, d))
         x = torch.cat([x_vis, self.mask_token.to(x_vis.dtype).expand(b, n_masked, d)], dim=1) + pos
-        x = self.run_blocks(x)
+        x = self.run_blocks(x, key_mask)
         return self.norm(x[:, n_vis:])

@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from motionmae_ds.models.classifier import CLASSIFIER_KWARGS, build_classifier
-from motionmae_ds.models.masking import build_mask_generator
+from motionmae_ds.models.masking import CELL_PLACES, build_decoder_mask, build_mask_generator
 from motionmae_ds.models.motionmae import PRETRAIN_KWARGS, build_pretrain_model
 from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.validation import check_divides, reject_unknown
@@ -49,11 +49,17 @@ def classifier_macs(**model_kwargs: Any) -> int:
     return embed + size.depth * block_macs(tokens, size.embed_dim) + size.embed_dim * args["num_classes"]
 
 
-def pretrain_macs(mask_ratio: float, mask_kind: str = "random", **model_kwargs: Any) -> int:
+def pretrain_macs(mask_ratio: float, mask_kind: str = "random", decoder_ratio: float = 0.0,
+                  decoder_heads: str = "shared", **model_kwargs: Any) -> int:
     """Forward MACs of one clip through `build_pretrain_model(**model_kwargs)` with the masks of
     `build_mask_generator(mask_kind, grid, mask_ratio)`: embedding of all tokens, encoder on the
-    visible ones, per decoder the visible-token projection and blocks over all tokens, and the
-    prediction layers on the masked tokens."""
+    visible ones, per decoder the visible-token projection and blocks over the tokens it runs on, and the
+    prediction layers on the masked tokens it reconstructs.
+
+    A decoder runs on every token, or with decoder masking (`decoder_ratio` > 0, build_decoder_mask) on the
+    visible tokens and the masked tokens its running cell keeps: (1 - decoder_ratio) of them, exact for tube
+    masks over a multiple of four slices and the expectation otherwise. The padding a batch adds when its
+    samples keep different counts is overhead, not counted (as activation recompute is not)."""
     args = _bound(build_pretrain_model, PRETRAIN_KWARGS, "pretrain_macs", model_kwargs)
     size = resolve_size(args["name"], args["embed_dim"], args["depth"], args["num_heads"],
                         args["decoder_embed_dim"], args["decoder_depth"], args["decoder_num_heads"])
@@ -62,10 +68,13 @@ def pretrain_macs(mask_ratio: float, mask_kind: str = "random", **model_kwargs: 
             args["img_size"] // args["patch_size"])
     gen = build_mask_generator(mask_kind, grid, mask_ratio)
     visible, masked = gen.num_visible, gen.num_masked
+    decoder_mask = build_decoder_mask(grid=grid, ratio=decoder_ratio, heads=decoder_heads)
+    if decoder_mask is not None:
+        masked = masked * decoder_mask.keep / CELL_PLACES  # decoded (and supervised) masked tokens per head
     patch_dim = args["in_chans"] * args["tubelet_size"] * args["patch_size"] ** 2
     num_targets = 1 if args["target"] in ("frame", "motion") else 2
     num_decoders = num_targets if args["decoder_mode"] == "divide" else 1
     dec = size.decoder_embed_dim
-    one_decoder = visible * size.embed_dim * dec + size.decoder_depth * block_macs(tokens, dec)
-    return (embed + size.depth * block_macs(visible, size.embed_dim) + num_decoders * one_decoder
-            + num_targets * masked * dec * patch_dim)
+    one_decoder = visible * size.embed_dim * dec + size.decoder_depth * block_macs(visible + masked, dec)
+    return round(embed + size.depth * block_macs(visible, size.embed_dim) + num_decoders * one_decoder
+                 + num_targets * masked * dec * patch_dim)

@@ -115,3 +115,84 @@ def build_mask_generator(kind: str = "random", grid: Optional[Sequence[int]] = N
     if grid is None:
         raise ModelConfigError("build_mask_generator needs grid=(t, h, w), e.g. model.grid")
     return _GENERATORS[kind](grid, ratio)
+
+
+# -- decoder masking --------------------------------------------------------------------------
+DECODER_MASK_KINDS = ("running_cell",)
+DECODER_HEADS = ("shared", "complementary")
+# decoder_ratio -> places of each 2x2 cell the decoder keeps: (1 - ratio) * 4
+DECODER_RATIOS = {0.25: 3, 0.5: 2, 0.75: 1}
+CELL_PLACES = 4
+
+
+class RunningCellDecoderMask:
+    """Which tokens the decoders run on, VideoMAE V2's running-cell pattern (its "dual masking").
+
+    The (h, w) grid is tiled by 2x2 cells whose places are numbered in raster order (0 top-left, 1 top-right,
+    2 bottom-left, 3 bottom-right). At temporal slice t a sample with phase p keeps the places
+    (p + t + j) mod 4 for j < keep, keep = (1 - ratio) * 4: the pattern moves on by one place per slice, so
+    over four slices every place is kept `keep` times. Each sample draws its phase from the generator.
+
+    `gen(batch_size, device=None, generator=None)` -> {"frame": keep, "motion": keep}, bool (B, t*h*w) with
+    True = the decoder runs on that token (token order (t h w), as the encoder mask). The masked tokens a head
+    reconstructs are mask & keep; encoder-visible tokens always enter the decoder whatever their place.
+    With heads="shared" both heads get the same tensor; with "complementary" the time head's window starts
+    where the space head's ends (phase + keep): at ratio 0.5 the two kept sets are complements, so every
+    masked token is supervised by exactly one head per step; at 0.75 they are disjoint, at 0.25 they overlap
+    on two places and cover all four."""
+
+    kind = "running_cell"
+
+    def __init__(self, grid: Sequence[int], ratio: float, heads: str = "shared") -> None:
+        if len(grid) != 3:
+            raise ModelConfigError(f"decoder mask grid {tuple(grid)!r} must be (t, h, w)")
+        self.grid = tuple(check_positive_int(f"grid[{i}]", g) for i, g in enumerate(grid))
+        keep = next((k for r, k in DECODER_RATIOS.items() if math.isclose(ratio, r)), None)
+        if keep is None:
+            raise ModelConfigError(f"decoder mask ratio {ratio} is not one of "
+                                   f"{', '.join(str(r) for r in DECODER_RATIOS)} (0 turns decoder masking off)")
+        t, h, w = self.grid
+        if h % 2 or w % 2:
+            raise ModelConfigError(f"the running-cell decoder mask tiles the token grid by 2x2 cells; the grid "
+                                   f"(t, h, w) = {self.grid} has an odd side")
+        self.heads = check_choice("decoder heads", heads, DECODER_HEADS)
+        self.ratio, self.keep = float(ratio), keep
+        self.num_tokens = t * h * w
+        self.num_kept = t * h * w * keep // CELL_PLACES
+        rows, cols = torch.arange(h), torch.arange(w)
+        place = (rows[:, None] % 2) * 2 + cols[None, :] % 2  # (h, w), 0..3
+        # (t, h*w): the place each token occupies, moved back by its slice; kept iff (place - t - p) mod 4 < keep
+        self._offset = (place.reshape(1, h * w) - torch.arange(t)[:, None]) % CELL_PLACES
+
+    def keep_for(self, phase: torch.Tensor) -> torch.Tensor:
+        """(B,) phases in 0..3 -> bool (B, t*h*w) kept tokens."""
+        offset = self._offset.to(phase.device)
+        return ((offset[None] - phase[:, None, None]) % CELL_PLACES < self.keep).reshape(phase.shape[0], -1)
+
+    def __call__(self, batch_size: int, device: Union[str, torch.device, None] = None,
+                 generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        check_positive_int("batch_size", batch_size)
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        phase = torch.randint(0, CELL_PLACES, (batch_size,), device=torch.device(device), generator=generator)
+        frame = self.keep_for(phase)
+        motion = frame if self.heads == "shared" else self.keep_for((phase + self.keep) % CELL_PLACES)
+        return {"frame": frame, "motion": motion}
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(grid={self.grid}, ratio={self.ratio}, heads={self.heads!r}, "
+                f"num_kept={self.num_kept})")
+
+
+def build_decoder_mask(kind: str = "running_cell", grid: Optional[Sequence[int]] = None, ratio: float = 0.0,
+                       heads: str = "shared") -> Optional[RunningCellDecoderMask]:
+    """The decoder-mask generator for `model.grid`, or None when `ratio` is 0 (every token decoded)."""
+    check_choice("decoder mask kind", kind, DECODER_MASK_KINDS)
+    check_choice("decoder heads", heads, DECODER_HEADS)
+    if grid is None:
+        raise ModelConfigError("build_decoder_mask needs grid=(t, h, w), e.g. model.grid")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise ModelConfigError(f"decoder mask ratio {ratio!r} must be a number")
+    if ratio == 0:
+        return None
+    return RunningCellDecoderMask(grid, ratio, heads)

@@ -3,7 +3,7 @@ head (masked frame pixels) and the time head (masked temporal differences), each
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -27,11 +27,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class MotionMAE(nn.Module):
     """Build through `build_pretrain_model`, which resolves the registry and checks every value.
 
-    forward(videos, mask, return_pred=False): videos (B, C, T, H, W) normalised by mean/std, mask
-    bool (B, N) with True = masked and the same count in every row. Returns fp32 "loss",
+    forward(videos, mask, return_pred=False, decoder_keep=None): videos (B, C, T, H, W) normalised by
+    mean/std, mask bool (B, N) with True = masked and the same count in every row. Returns fp32 "loss",
     "loss_frame", "loss_motion" (0 for a target not trained) and, with return_pred, "pred_frame" /
     "pred_motion" (B, N_masked, P) in ascending token order and "target_frame" / "target_motion"
-    (B, N, P) for every token."""
+    (B, N, P) for every token.
+
+    decoder_keep (decoder masking, masking.RunningCellDecoderMask): bool (B, N), or {"frame": ..., "motion":
+    ...} per head, True = the decoder runs on that token. Each decoder then runs on the visible tokens and
+    the masked tokens its set keeps, and its loss averages over masked & kept tokens only. Samples may keep
+    different counts: the shorter ones are padded with masked-not-kept places that attention ignores and
+    the loss skips. None (the default) decodes every masked token, exactly the paper's model."""
 
     def __init__(self, *, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
                  embed_dim: int, depth: int, num_heads: int, decoder_embed_dim: int, decoder_depth: int,
@@ -142,7 +148,13 @@ class MotionMAE(nn.Module):
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LOSSES[self.loss_type](pred.float(), target).float()
 
-    def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False,
+                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None
+                ) -> dict[str, torch.Tensor]:
+        if decoder_keep is not None:
+            if return_pred:
+                raise ModelConfigError("return_pred shows every masked token: call it without decoder_keep")
+            return self._forward_decoder_masked(videos, mask, decoder_keep)
         order, n_vis = self._token_order(mask)
         x_vis = self.encoder(videos, order[:, :n_vis])
 
@@ -185,22 +197,111 @@ class MotionMAE(nn.Module):
 
     @torch.no_grad()
     def _pixel_targets(self, videos: torch.Tensor, frame: bool, motion: bool,
-                       token_ids: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                       token_ids: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None
+                       ) -> dict[str, torch.Tensor]:
         """Un-normalised patches of the frames and of their differences from one [0, 1] copy of the clip:
-        every token (B, N, P), or only ``token_ids`` (B, M) -> (B, M, P), read straight from the clip
-        without patchifying every token first. Each target is materialised once per step."""
-        def patches(x: torch.Tensor) -> torch.Tensor:
+        every token (B, N, P), or only ``token_ids`` (B, M) -> (B, M, P) (one tensor for both, or one per
+        kind), read straight from the clip without patchifying every token first. Each target is
+        materialised once per step."""
+        def patches(x: torch.Tensor, kind: str) -> torch.Tensor:
             if token_ids is None:
                 return self.patchify(x)
-            return tg.patches_at(x, token_ids, self.patch_size, self.tubelet_size)
+            ids = token_ids[kind] if isinstance(token_ids, Mapping) else token_ids
+            return tg.patches_at(x, ids, self.patch_size, self.tubelet_size)
 
         pixels = self.unnormalize(videos)
         targets = {}
         if frame:
-            targets["frame"] = patches(pixels)
+            targets["frame"] = patches(pixels, "frame")
         if motion:
-            targets["motion"] = patches(tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed))
+            diff = tg.temporal_difference(pixels, self.motion_granularity, self.motion_signed)
+            targets["motion"] = patches(diff, "motion")
         return targets
+
+    # -- decoder masking -----------------------------------------------------------------------
+    def _head_keeps(self, mask: torch.Tensor, decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]]
+                    ) -> dict[str, torch.Tensor]:
+        kinds = [k for k, on in (("frame", self.train_frame), ("motion", self.train_motion)) if on]
+        if isinstance(decoder_keep, Mapping):
+            missing = [k for k in kinds if k not in decoder_keep]
+            if missing:
+                raise ModelConfigError(f"decoder_keep has no entry for the {', '.join(missing)} head")
+            keeps = {k: decoder_keep[k] for k in kinds}
+        else:
+            keeps = {k: decoder_keep for k in kinds}
+        for kind, keep in keeps.items():
+            if keep.dtype != torch.bool or tuple(keep.shape) != tuple(mask.shape):
+                raise ModelConfigError(f"decoder_keep[{kind!r}] must be bool {tuple(mask.shape)} like the mask, "
+                                       f"got {keep.dtype} {tuple(keep.shape)}")
+        if self.decoder_mode == "shared" and len({id(k) for k in keeps.values()}) > 1:
+            raise ModelConfigError("decoder_mode=shared runs one decoder for both heads, so both need the same "
+                                   "decoder_keep (masking.decoder_heads: shared)")
+        return keeps
+
+    def _forward_decoder_masked(self, videos: torch.Tensor, mask: torch.Tensor,
+                                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]]
+                                ) -> dict[str, torch.Tensor]:
+        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
+            raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
+                                   f"{tuple(mask.shape)}")
+        keeps = self._head_keeps(mask, decoder_keep)
+        # one token set per distinct keep tensor (shared heads: one)
+        sets: dict[int, torch.Tensor] = {}
+        for keep in keeps.values():
+            sets.setdefault(id(keep), mask & keep)
+        counts = {key: sup.sum(dim=1) for key, sup in sets.items()}
+        stats = [*mask.sum(dim=1).aminmax()] + [v for c in counts.values() for v in c.aminmax()]
+        lo, hi, *kept_stats = torch.stack(stats).tolist()  # the step's one host sync
+        if lo != hi or not 0 < lo < self.num_tokens:
+            raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
+                                   f"got counts from {lo} to {hi}")
+        n_vis = self.num_tokens - lo
+        b = mask.shape[0]
+        plans = {}
+        for (key, sup), (k_lo, k_hi) in zip(sets.items(), zip(kept_stats[::2], kept_stats[1::2])):
+            # visible (ascending), then masked & kept (ascending), then the other masked tokens, which pad
+            # samples that keep fewer than the batch's most
+            rank = mask.to(torch.int8) * 2 - sup.to(torch.int8)
+            order = torch.argsort(rank, dim=1, stable=True)[:, :n_vis + k_hi]
+            valid = key_mask = None
+            if k_lo != k_hi or k_hi == 0:
+                valid = torch.arange(k_hi, device=mask.device)[None] < counts[key][:, None]
+                key_mask = torch.cat([torch.ones(b, n_vis, dtype=torch.bool, device=mask.device), valid], dim=1)
+            plans[key] = (order, key_mask, valid, counts[key])
+        visible_ids = next(iter(plans.values()))[0][:, :n_vis]
+        x_vis = self.encoder(videos, visible_ids)
+
+        plan_of = {kind: plans[id(keep)] for kind, keep in keeps.items()}
+        preds = {}
+        if self.decoder_mode == "divide":
+            heads = {"frame": getattr(self, "space_head", None), "motion": getattr(self, "time_head", None)}
+            for kind, (order, key_mask, _, _) in plan_of.items():
+                preds[kind] = heads[kind].head(heads[kind](x_vis, order, key_mask))
+        else:
+            order, key_mask, _, _ = next(iter(plan_of.values()))
+            features = self.decoder(x_vis, order, key_mask)
+            for kind in plan_of:
+                preds[kind] = getattr(self.decoder, f"head_{kind}")(features)
+
+        targets = self._pixel_targets(videos, frame=self.train_frame, motion=self.train_motion,
+                                      token_ids={kind: plan[0][:, n_vis:] for kind, plan in plan_of.items()})
+        zero = torch.zeros((), dtype=torch.float32, device=videos.device)
+        out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
+        weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
+        for kind, pred in preds.items():
+            pred, target = pred.float(), targets[kind]
+            if self.norm_target:
+                target = tg.normalize_per_token(target, self.in_chans)
+            _, _, valid, count = plan_of[kind]
+            if valid is None:  # every sample keeps the same count: a plain mean over them
+                loss = self._loss(pred, target)
+            else:  # mean over the real (sample, token) pairs only
+                per_token = LOSSES[self.loss_type](pred, target, reduction="none").sum(dim=-1)
+                total = count.sum().clamp_min(1).to(torch.float32) * pred.shape[-1]
+                loss = (per_token * valid).sum() / total
+            out[f"loss_{kind}"] = loss
+            out["loss"] = out["loss"] + weights[kind] * loss
+        return out
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay beyond the usual 1-D ones (mask tokens are 3-D)."""

@@ -26,14 +26,19 @@ def check_attention_backend(name: str) -> str:
     return name
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Non-causal attention over (B, H, N, d) by the path `backend` (one of ATTENTION_BACKENDS)."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto",
+              key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Non-causal attention over (B, H, N, d) by the path `backend` (one of ATTENTION_BACKENDS).
+    `key_mask`: bool (B, N_keys), False = a padding token no query attends to (every row needs a True)."""
     if backend == "auto":
         backend = "matmul" if cpu_kernels.prefers_matmul_attention(q) else "sdpa"
     if backend == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
+        if key_mask is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None])
     if backend == "matmul":
-        return cpu_kernels.matmul_attention(q, k, v)
+        return cpu_kernels.matmul_attention(q, k, v) if key_mask is None else cpu_kernels.matmul_attention(
+            q, k, v, key_mask)
     raise ModelConfigError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
 
 
@@ -81,14 +86,14 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, d = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = attention(q, k, v, self.backend)
+        x = attention(q, k, v, self.backend, key_mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
 
 
@@ -105,8 +110,8 @@ class Block(nn.Module):
         # the state-dict names mlp.fc1 / mlp.fc2 of VideoMAE checkpoints.
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), key_mask))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -133,12 +138,13 @@ class BlockStack(nn.Module):
             if isinstance(module, Attention):
                 module.backend = name
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`key_mask` (B, N) bool, False = padding that no token attends to; None = every token counts."""
         # Non-reentrant: works with shared weights, kwargs-free blocks and ZeRO's grad hooks;
         # the default preserve_rng_state keeps DropPath's draw identical in the recompute.
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
+            x = checkpoint(blk, x, key_mask, use_reentrant=False) if use_ckpt else blk(x, key_mask)
         return x
 
 

@@ -57,12 +57,19 @@ def run_cli(*extra, tmp_path):
 
 
 def test_pretrain_cli_measures_all_variants(tmp_path):
-    stdout, res = run_cli("--dtype", "bf16", "--repeats", "2", "--warmup", "1", tmp_path=tmp_path)
+    # (d) runs (a)'s bookkeeping with checkpointing on; (e) and (f) add decoder masking
+    stdout, res = run_cli("--dtype", "bf16", "--repeats", "2", "--warmup", "1", "--variants", "a,b,c,e,f",
+                          tmp_path=tmp_path)
     rows = {r["variant"]: r for r in res["results"]}
-    assert set(rows) == {"a", "b", "c", "d"}
+    assert set(rows) == {"a", "b", "c", "e", "f"}
     kwargs = dict(name="vit_tiny", num_frames=4, img_size=32)
     per_clip = {t: 6 * pretrain_macs(0.9, "tube", **kwargs, target=t) / 1e9 for t in ("frame", "frame_motion")}
-    for key, target in (("a", "frame_motion"), ("b", "frame"), ("c", "frame"), ("d", "frame_motion")):
+    per_clip.update({key: 6 * pretrain_macs(0.9, "tube", decoder_ratio=0.5, decoder_heads=heads, **kwargs) / 1e9
+                     for key, heads in (("e", "shared"), ("f", "complementary"))})
+    assert per_clip["e"] < per_clip["frame_motion"]
+    for line in ("(e)/(b) step time", "(e)/(a) step time", "(f)/(e) step time", "decoder masking (e, f)"):
+        assert line in stdout
+    for key, target in (("a", "frame_motion"), ("b", "frame"), ("c", "frame"), ("e", "e"), ("f", "f")):
         r = rows[key]
         assert r["gflop_per_step"] == pytest.approx(2 * per_clip[target])
         assert len(r["times"]) == 2 and r["step_s"] > 0 and r["mem_gib"] >= 0

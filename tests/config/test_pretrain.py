@@ -3,7 +3,7 @@ import pytest
 
 from motionmae_ds.config import (DEFAULT_PRETRAIN_CONFIG, ConfigError, PretrainConfig, config_from_dict,
                                  load_pretrain_config)
-from motionmae_ds.models.masking import MASK_KINDS
+from motionmae_ds.models.masking import DECODER_HEADS, DECODER_MASK_KINDS, MASK_KINDS
 from motionmae_ds.models.motionmae import DECODER_MODES, LOSSES, TARGETS
 
 
@@ -46,6 +46,13 @@ def test_dict_round_trip(write_yaml):
     ("run: {save_every_steps: -1}", r"run.save_every_steps=-1 must be >= 0"),
     ("data: {list_file: a.csv, max_bad_fraction: 2}", r"data.max_bad_fraction=2.0 must be in \[0, 1\]"),
     ("data: {list_file: a.csv, scale: [0.9, 0.5]}", r"data.scale=\[0.9, 0.5\] must satisfy"),
+    ("masking: {decoder_ratio: 0.3}", r"masking.decoder_ratio=0.3 must be 0 \(off\) or one of 0.25, 0.5, 0.75"),
+    ("masking: {decoder_ratio: 0.5}\nmodel: {img_size: 48}",
+     r"masking.decoder_ratio=0.5 tiles the token grid by 2x2 cells, but .* = 3 tokens per side is odd"),
+    ("masking: {decoder_ratio: 0.5, decoder_heads: complementary}\nmodel: {decoder_mode: shared}",
+     r"masking.decoder_heads=complementary needs model.decoder_mode=divide"),
+    ("masking: {decoder_ratio: 0.5, decoder_heads: complementary}\ntargets: {target: motion}",
+     r"targets.target=motion has one"),
 ])
 def test_bad_values(write_yaml, line, match):
     text = line + "\n" if line.startswith("data") else "data: {list_file: a.csv}\n" + line + "\n"
@@ -62,6 +69,7 @@ def test_list_file_needed_unless_synthetic(write_yaml):
 @pytest.mark.parametrize("key,choices", [
     ("model.decoder_mode", DECODER_MODES), ("targets.target", TARGETS),
     ("targets.loss_type", tuple(LOSSES)), ("masking.kind", MASK_KINDS),
+    ("masking.decoder_kind", DECODER_MASK_KINDS), ("masking.decoder_heads", DECODER_HEADS),
 ])
 def test_choices_are_the_model_constants(key, choices):
     """Every value the model accepts loads, and the error lists exactly the model's choices."""
@@ -71,3 +79,12 @@ def test_choices_are_the_model_constants(key, choices):
     with pytest.raises(ConfigError) as exc:
         load_pretrain_config(None, [f"{key}=bogus"])
     assert str(exc.value).endswith(f"{key}='bogus' is not one of {', '.join(choices)}")
+
+
+def test_decoder_masking_is_off_by_default_and_loads_every_ratio():
+    assert load_pretrain_config(None).masking.decoder_ratio == 0.0
+    for ratio in (0, 0.25, 0.5, 0.75):
+        cfg = load_pretrain_config(None, [f"masking.decoder_ratio={ratio}", "masking.decoder_heads=complementary"])
+        assert cfg.masking.decoder_ratio == ratio
+    # an odd grid is fine while decoder masking is off
+    assert load_pretrain_config(None, ["model.img_size=48"]).model.img_size == 48

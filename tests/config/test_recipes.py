@@ -8,7 +8,8 @@ import yaml
 
 from motionmae_ds.config import (REPO_ROOT, FinetuneConfig, PretrainConfig, batch_layout, load_finetune_config,
                                  load_pretrain_config)
-from motionmae_ds.engine.builders import build_masker, build_model
+from motionmae_ds.engine.builders import build_decoder_masker, build_masker, build_model
+from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.engine.schedule import scaled_lr
 
 ALL_RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -71,6 +72,8 @@ def test_recipe_builds_on_meta(path: Path):
     key = path.stem.removeprefix("pretrain_")
     if key == "demo":
         return
+    # the paper's setting: every masked token decoded
+    assert build_decoder_masker(cfg, tuple(model.grid)) is None
     epochs, total, kind, ratio, stride, flip, norm = TABLE6[key]
     assert (cfg.schedule.epochs, cfg.schedule.total_batch_size) == (epochs, total)
     assert (cfg.masking.kind, cfg.masking.ratio, cfg.data.sampling_rate) == (kind, ratio, stride)
@@ -86,3 +89,17 @@ def test_recipe_builds_on_meta(path: Path):
         assert 95e6 < n_params < 115e6
     else:
         assert 315e6 < n_params < 345e6
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "vit_" in p.stem and "ucf101" not in p.stem],
+                         ids=lambda p: p.stem)
+@pytest.mark.parametrize("heads", ["shared", "complementary"])
+def test_recipe_with_decoder_masking(path: Path, heads: str):
+    # the README's "Faster pretraining" overrides on the SSv2 / K400 ViT-B/L recipes
+    cfg = load_pretrain_config(path, ["masking.decoder_ratio=0.5", f"masking.decoder_heads={heads}"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    gen = build_decoder_masker(cfg, tuple(model.grid))
+    assert (gen.ratio, gen.heads, gen.num_kept) == (0.5, heads, model.num_tokens // 2)
+    ratio = FlopCounter(cfg).flops_per_sample / FlopCounter(load_pretrain_config(path)).flops_per_sample
+    assert 0.5 < ratio < 0.75  # ViT-B 0.62, ViT-L 0.71 (its encoder weighs more)

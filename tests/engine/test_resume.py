@@ -1,12 +1,15 @@
-"""kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's."""
+"""kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's (with decoder
+masking on: its draws resume too)."""
 from tests.engine.conftest import run, start
 from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, wait_for
 
 
 def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
     # 12 videos / batch 2 = 6 steps per epoch, 4 epochs; mid-epoch checkpoints every 4 steps; a loader
-    # worker so that worker timing would show if it leaked into the data
+    # worker so that worker timing would show if it leaked into the data; decoder masking on, so its draws
+    # (after the encoder mask, from the same generator) must resume exactly too
     cfg = tiny_config(schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 2},
+                      masking={"kind": "random", "ratio": 0.5, "decoder_ratio": 0.5, "decoder_heads": "complementary"},
                       data={"num_workers": 1}, model={"drop_path_rate": 0.1},
                       run={"save_every_steps": 4, "save_every_epochs": 2, "log_every": 1})
     args = ["--config", cfg, "--deepspeed_config", ZERO2]

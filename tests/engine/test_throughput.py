@@ -29,3 +29,12 @@ def test_finetune_counter_is_six_flops_per_classifier_mac_and_two_for_a_probe():
     probe = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7",
                                         "finetune.linear_probe=true"])
     assert FlopCounter.finetuning(probe).flops_per_sample == 2 * macs
+
+
+def test_decoder_masking_counts_the_decoded_tokens_only():
+    cfg = load_pretrain_config(None, ["masking.decoder_ratio=0.5", "masking.decoder_heads=complementary"])
+    macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, decoder_ratio=0.5,
+                         decoder_heads="complementary", **model_kwargs(cfg))
+    assert FlopCounter(cfg).flops_per_sample == 6 * macs
+    full = load_pretrain_config(None)
+    assert FlopCounter(cfg).flops_per_sample < FlopCounter(full).flops_per_sample

@@ -188,3 +188,22 @@ def test_gemm_patch_embedding_equals_conv3d(dtype):
         scale = r.abs().max().float().item()
         rel = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(g.float(), r.float(), rtol=rel, atol=rel * scale)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "matmul"])
+def test_key_mask_equals_attention_without_the_padding(monkeypatch, backend):
+    # sample 0 has 9 real tokens, sample 1 all 13: padding keys (and the padded queries' outputs, which
+    # the model discards) must not change any real token's output or gradient
+    monkeypatch.setattr(cpu_kernels, "ATTENTION_TILE_ELEMENTS", 2 * 13 * 13)  # several tiles
+    q, k, v = (t.detach().double().requires_grad_() for t in qkv(torch.float32, b=2, h=3, n=13, d=8))
+    key_mask = torch.ones(2, 13, dtype=torch.bool)
+    key_mask[0, 9:] = False
+    out = attention(q, k, v, backend, key_mask)
+    real = attention(q[:1, :, :9], k[:1, :, :9], v[:1, :, :9], backend)
+    torch.testing.assert_close(out[:1, :, :9], real)
+    torch.testing.assert_close(out[1:], attention(q[1:], k[1:], v[1:], backend))
+    grads = torch.autograd.grad(out[:1, :, :9].sum(), (q, k, v))
+    ref = torch.autograd.grad(real.sum(), (q, k, v))
+    for got, want in zip(grads, ref):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda a, b, c: matmul_attention(a, b, c, key_mask), (q, k, v))

@@ -6,7 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from motionmae_ds.models import (
-    MODEL_SIZES, build_classifier, build_mask_generator, build_pretrain_model, classifier_macs, pretrain_macs,
+    MODEL_SIZES, build_classifier, build_decoder_mask, build_mask_generator, build_pretrain_model, classifier_macs,
+    pretrain_macs,
 )
 from motionmae_ds.models.flops import block_macs
 
@@ -36,6 +37,29 @@ def test_pretrain_macs_match_flop_counter(tiny, mode, target, kind, ratio):
     mask = build_mask_generator(kind, model.grid, ratio)(1, generator=torch.Generator().manual_seed(0))
     assert pretrain_macs(mask_ratio=ratio, mask_kind=kind, **kwargs) == counted_macs(
         model, torch.randn(1, 3, 8, 64, 64), mask)
+
+
+@pytest.mark.parametrize("mode,heads,ratio", [
+    ("divide", "shared", 0.5), ("divide", "complementary", 0.5), ("divide", "complementary", 0.25),
+    ("shared", "shared", 0.75)])
+def test_decoder_masked_macs_match_flop_counter(tiny, mode, heads, ratio):
+    # tube masks over four slices: every sample keeps exactly (1 - ratio) of its masked tokens, no padding
+    kwargs = {**tiny, "num_frames": 8, "img_size": 64, "decoder_mode": mode}
+    model = build_pretrain_model(**kwargs)
+    gen = torch.Generator().manual_seed(0)
+    mask = build_mask_generator("tube", model.grid, 0.75)(1, generator=gen)
+    keep = build_decoder_mask(grid=model.grid, ratio=ratio, heads=heads)(1, generator=gen)
+    macs = pretrain_macs(mask_ratio=0.75, mask_kind="tube", decoder_ratio=ratio, decoder_heads=heads, **kwargs)
+    assert macs == counted_macs(model, torch.randn(1, 3, 8, 64, 64), mask, False, keep)
+    assert macs < pretrain_macs(mask_ratio=0.75, mask_kind="tube", **kwargs)
+
+
+def test_vit_base_decoder_masking_by_hand():
+    # 16 x 224: 160 visible tokens, 1408 masked, half of them decoded by each of the two decoders
+    vis, kept, d, dec, p = 160, 704, 768, 384, 1536
+    encoder = 1568 * p * d + 12 * block_macs(vis, d)
+    decoder = vis * d * dec + 4 * block_macs(vis + kept, dec) + kept * dec * p
+    assert pretrain_macs(0.9, "tube", decoder_ratio=0.5, name="vit_base") == encoder + 2 * decoder
 
 
 def test_vit_base_by_hand():

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from motionmae_ds.models import pretrain_macs
+
 SCRIPT = Path(__file__).resolve().parents[2] / "launch" / "model_stats.py"
 
 
@@ -43,6 +45,11 @@ def test_pretrain(model_stats, capsys):
     assert 40 < stats["gflops"] < 70 and 100 < stats["params_m"] < 105
     shared = model_stats.main(["--model", "vit_base", "--pretrain", "--decoder_mode", "shared"])
     assert shared["params_m"] < stats["params_m"] and shared["gflops"] < stats["gflops"]
+    dual = model_stats.main(["--model", "vit_base", "--pretrain", "--decoder_ratio", "0.5"])
+    assert dual["decoder_ratio"] == 0.5 and dual["params_m"] == stats["params_m"]
+    assert dual["gflops"] == pytest.approx(pretrain_macs(0.9, decoder_ratio=0.5, name="vit_base") / 1e9, abs=1e-3)
+    # the decoders' share falls from 2 x 1568 tokens to 2 x (160 + 704)
+    assert 0.55 * stats["gflops"] < dual["gflops"] < 0.7 * stats["gflops"]
 
 
 def test_bad_name_is_one_line():

@@ -11,11 +11,11 @@ from motionmae_ds.engine import memory_estimate as me
 from motionmae_ds.engine.builders import build_model
 
 
-def _tiny(**model):
+def _tiny(masking=None, **model):
     base = {"model": {"name": "vit_tiny", "num_frames": 4, "img_size": 32, "patch_size": 16, "tubelet_size": 2,
                       "embed_dim": 48, "depth": 1, "num_heads": 3, "decoder_embed_dim": 24, "decoder_depth": 1,
                       "decoder_num_heads": 3, **model},
-            "masking": {"kind": "random", "ratio": 0.5}, "data": {"synthetic": True},
+            "masking": {"kind": "random", "ratio": 0.5, **(masking or {})}, "data": {"synthetic": True},
             "schedule": {"epochs": 1, "warmup_epochs": 0, "batch_size": 2}}
     return config_from_dict(base)
 
@@ -72,3 +72,9 @@ def test_step_flops_by_hand():
     assert flops["train_flops_per_step"] == 6 * macs * 4  # batch 2 x 2 ranks
     assert flops["executed_flops_per_step"] == pytest.approx(8 * macs * 4)  # one more forward to recompute
     assert me.count_params(_tiny()) == sum(p.numel() for p in build_model(_tiny()).parameters())
+
+
+def test_decoder_masking_lowers_the_measured_activations_and_the_step_flops():
+    full, dual = _tiny(), _tiny(masking={"decoder_ratio": 0.75})
+    assert me.peak_step_bytes(dual, 8, 2) < me.peak_step_bytes(full, 8, 2)
+    assert me.step_flops(dual, 1)["forward_macs_per_sample"] < me.step_flops(full, 1)["forward_macs_per_sample"]

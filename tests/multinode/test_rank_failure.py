@@ -47,8 +47,9 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
     assert code0 not in (None, 0), f"node 0 launcher still running after {t0:.0f}s:\n{log0[-2000:]}"
     lines = [line for line in log0.splitlines() if "lost contact with another rank" in line]
     assert len(lines) == 1 and lines[0].startswith("error: rank 0/2 on "), log0[-2000:]
-    # gloo says "reset" or "closed", with or without the peer's address, depending on where it noticed
-    assert re.search(r"\(Connection (reset|closed) by peer( \[[^\]]+\]:\d+)?\)", lines[0]), lines[0]
+    # gloo's own words, which vary with where it noticed: "Connection closed by peer [addr]:port",
+    # "Read error [addr]:port: Connection reset by peer", ...
+    assert re.search(r"\([^()]*Connection (reset|closed) by peer[^()]*\)", lines[0]), lines[0]
     assert "exits with return code = 5" in log0
     done = read_log(out)[-1]["step"]
     assert 2 <= done < 18
