@@ -51,6 +51,28 @@ def launch(script: str | Path, args: Sequence = (), ranks: int = 0, timeout: flo
                           timeout=timeout)
 
 
+def call_main(script: str, args: Sequence = ()) -> subprocess.CompletedProcess:
+    """``launch/<script>``'s ``main(args)`` in this process, stdout and stderr captured, as a CompletedProcess.
+    For failures that happen before any process group or engine exists (bad arguments, configs, files): the
+    same code a user's command runs, without the 5-10 s of interpreter and import start-up a subprocess costs
+    here. Each test file that uses it keeps at least one real subprocess of the same entry point."""
+    import contextlib
+    import importlib.util
+    import io
+
+    path = REPO / "launch" / script
+    spec = importlib.util.spec_from_file_location(f"_launch_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = module.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess([str(path), *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 def start(cmd: list[str], log_path: Optional[Path] = None, extra_env: Optional[dict[str, str]] = None,
           cwd: Path = REPO) -> subprocess.Popen:
     """``cmd`` in the background, stdout and stderr to ``log_path``, in its own process group (so ``kill9``

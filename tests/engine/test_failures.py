@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tests.engine.conftest import run
-from tests.helpers import REPO, ZERO2, launch_cmd, read_log, run_env
+from tests.helpers import REPO, ZERO2, call_main, launch_cmd, read_log, run_env
 
 NAN_PRETRAIN = Path(__file__).resolve().parent / "nonfinite_pretrain.py"
 
@@ -63,20 +63,26 @@ def _python(args):
 
 
 def test_bad_configs_exit_2_with_one_line(tiny_config, tmp_path):
+    # the real process once; then main() in this process (the same code, no interpreter start-up per case:
+    # every one of these fails before a process group or engine exists)
     bad_key = tmp_path / "bad_key.yaml"
     bad_key.write_text("model:\n  name: vit_tiny\n  depht: 2\ndata:\n  synthetic: true\n")
     assert f"{bad_key}:3: model.depht: unknown key" in _one_error_line(_python(["--config", bad_key]))
 
+    def main(args):
+        return call_main("pretrain.py", args)
+
     bad_type = tmp_path / "bad_type.yaml"
     bad_type.write_text("data:\n  synthetic: true\nschedule:\n  epochs: many\n")
-    assert "schedule.epochs: expected an integer, got 'many'" in _one_error_line(_python(["--config", bad_type]))
+    assert "schedule.epochs: expected an integer, got 'many'" in _one_error_line(main(["--config", bad_type]))
 
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"data:\n  list_file: {tmp_path}/no_such_list.csv\n")
-    assert "data.list_file=" in _one_error_line(_python(["--config", missing])) 
+    assert "data.list_file=" in _one_error_line(main(["--config", missing]))
 
-    assert "--config" in _one_error_line(_python(["--config", tmp_path / "nope.yaml"]))
-    assert "optim.lr: unknown key" in _one_error_line(_python(["--set", "optim.lr=1"]))
+    assert "--config" in _one_error_line(main(["--config", tmp_path / "nope.yaml"]))
+    assert "optim.lr: unknown key" in _one_error_line(main(["--set", "optim.lr=1"]))
+    assert "masking.decoder_ratio=0.4" in _one_error_line(main(["--set", "masking.decoder_ratio=0.4"]))
 
 
 def test_batch_mismatch_in_json_is_an_error(tiny_config, tmp_path):

@@ -90,41 +90,41 @@ def test_killed_rank_on_one_node_launcher_stops_its_sibling(tiny_config, tmp_pat
     assert "exits with return code = -9" in log or f"exits with return code = {PEER_FAILURE_EXIT_CODE}" in log, log[-2000:]
 
 
-def test_frozen_rank_times_out_instead_of_hanging(tiny_config, tmp_path):
-    # SIGSTOP keeps the peer's sockets open: only the collective timeout (DEEPSPEED_TIMEOUT minutes) helps
+def test_frozen_rank_and_zero_group_time_out_instead_of_hanging(tiny_config, tmp_path):
+    """Two cases that each wait out the 60 s collective timeout, run side by side (both mostly sleep):
+    (1) SIGSTOP keeps a peer's sockets open, so only the collective timeout (DEEPSPEED_TIMEOUT minutes) frees
+    the other node; (2) ZeRO reduces and gathers on a group DeepSpeed clones from the world group, and torch
+    gives a new group its backend's default timeout (30 min for gloo) unless init_distributed passes
+    DEEPSPEED_TIMEOUT on to it."""
+    env = {"DEEPSPEED_TIMEOUT": "1"}
+    report_path = tmp_path / "rank0.json"
+    late_cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+                str(Path(__file__).with_name("late_peer_worker.py")), "--late", "100", "--out", str(report_path)]
+    late = start(late_cmd, tmp_path / "late.log", extra_env=env)
+
     cfg = tiny_config(schedule={"epochs": 40, "warmup_epochs": 1, "batch_size": 2})
     out, hostfile, port = tmp_path / "run", _hostfile(tmp_path), free_port()
     args = ["--config", cfg, "--output_dir", out]
-    env = {"DEEPSPEED_TIMEOUT": "1"}
-    nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log",
-                           extra_env=env) for n in (0, 1)]
+    nodes = []
     try:
+        nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log",
+                               extra_env=env) for n in (0, 1)]
         wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=nodes[0])
         rank_workers(nodes[1])[0].send_signal(signal.SIGSTOP)
         code0, waited = wait_exit(nodes[0], 60 + EXIT_BOUND_S)
+        # rank 0's report comes ~60 s (timeout) or ~100 s (none) into the all-reduce; rank 1 is not waited for
+        wait_for(report_path.exists, timeout=300, what="the late-peer rank 0's report", proc=late)
     finally:
-        for p in nodes:
+        for p in [*nodes, late]:
             kill9(p)
+
     log0 = (tmp_path / "node0.log").read_text()
     assert code0 not in (None, 0), f"node 0 still running {waited:.0f}s after its peer froze"
     assert waited >= 50, f"node 0 stopped after {waited:.0f}s, before the 60 s timeout could have fired"
     line = next(line for line in log0.splitlines() if "lost contact with another rank" in line)
     assert "Timed out" in line, line
 
-
-def test_zero_group_collectives_time_out_like_the_world_group(tmp_path):
-    # ZeRO reduces and gathers on a group DeepSpeed clones from the world group; torch gives a new group its
-    # backend's default timeout (30 min for gloo) unless init_distributed passes DEEPSPEED_TIMEOUT on to it
-    out = tmp_path / "rank0.json"
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-           str(Path(__file__).with_name("late_peer_worker.py")), "--late", "100", "--out", str(out)]
-    launcher = start(cmd, tmp_path / "late.log", extra_env={"DEEPSPEED_TIMEOUT": "1"})
-    try:
-        # rank 0's report comes ~60 s (timeout) or ~100 s (none) into the all-reduce; rank 1 is not waited for
-        wait_for(out.exists, timeout=300, what="rank 0's report", proc=launcher)
-    finally:
-        kill9(launcher)
-    report = json.loads(out.read_text())
+    report = json.loads(report_path.read_text())
     # without the timeout the all-reduce simply completes when rank 1 joins, 100 s later
     assert report["error"] is not None, f"rank 0 waited {report['waited']:.0f}s for its late peer without a timeout"
     assert "Timed out" in report["error"], report["error"]
