@@ -28,9 +28,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_config, tmp_path):
     assert f"resumed from {ckpts / 'step00000003_universal'}" in resumed.stdout
     # epoch 0 was complete (12 samples), so the 1-rank run trains epoch 1: 6 steps after step 3
     assert [r["step"] for r in read_log(out)] == [1, 2, 3] + list(range(4, 10))
+    # latest now names the ordinary checkpoint the 1-rank run wrote, which the next launch reads the ordinary
+    # way (prepare_resume follows latest: tests/engine/checkpoint/test_universal.py)
     assert (ckpts / "latest").read_text().strip() == "step00000009"
-
-    # the next auto-resume reads the ordinary checkpoint the 1-rank run wrote
-    again = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=1)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resumed from {ckpts / 'step00000009'}" in again.stdout
+    assert not (ckpts / "step00000009" / "zero").exists()
