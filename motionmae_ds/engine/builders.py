@@ -76,9 +76,10 @@ def build_decoder_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any
         raise ConfigError(f"{cfg.source}: masking: {exc}") from None
 
 
-def decoder_mask_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    """The decoder-masking arguments of ``pretrain_macs`` for this config."""
-    return dict(decoder_ratio=cfg.masking.decoder_ratio, decoder_heads=cfg.masking.decoder_heads)
+def mask_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    """The masking arguments of ``pretrain_macs`` for this config (encoder and decoder masks)."""
+    m = cfg.masking
+    return dict(mask_ratio=m.ratio, mask_kind=m.kind, decoder_ratio=m.decoder_ratio, decoder_heads=m.decoder_heads)
 
 
 def cache_dir(cfg: PretrainConfig) -> Path:

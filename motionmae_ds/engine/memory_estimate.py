@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from motionmae_ds.config import PretrainConfig, batch_layout
-from motionmae_ds.engine.builders import build_decoder_masker, build_masker, decoder_mask_kwargs, model_kwargs
+from motionmae_ds.engine.builders import build_decoder_masker, build_masker, mask_kwargs, model_kwargs
 from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
 from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.flops import pretrain_macs
@@ -139,8 +139,7 @@ def count_params(cfg: PretrainConfig) -> int:
 
 def step_flops(cfg: PretrainConfig, world_size: int) -> dict[str, float]:
     """Training FLOPs per sample and per optimizer step (6 x forward MACs: fwd + 2x bwd, 2 FLOPs/MAC)."""
-    macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind, **decoder_mask_kwargs(cfg),
-                         **_model_kwargs(cfg, cfg.model.num_frames))
+    macs = pretrain_macs(**mask_kwargs(cfg), **_model_kwargs(cfg, cfg.model.num_frames))
     # activation checkpointing reruns every forward once more in the backward
     recompute = 1.0 + (2.0 / TRAIN_FLOPS_PER_MAC if cfg.model.grad_checkpointing else 0.0)
     per_sample = TRAIN_FLOPS_PER_MAC * float(macs)

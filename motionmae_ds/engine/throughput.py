@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from motionmae_ds.config import PretrainConfig
-from motionmae_ds.engine.builders import classifier_kwargs, decoder_mask_kwargs, model_kwargs
+from motionmae_ds.engine.builders import classifier_kwargs, mask_kwargs, model_kwargs
 from motionmae_ds.engine.mfu import accelerator_device_name, mfu
 from motionmae_ds.models.flops import classifier_macs, pretrain_macs
 
@@ -29,8 +29,7 @@ class FlopCounter:
 
     def __init__(self, cfg: Optional[PretrainConfig], flops_per_sample: Optional[float] = None) -> None:
         if flops_per_sample is None:
-            macs = pretrain_macs(mask_ratio=cfg.masking.ratio, mask_kind=cfg.masking.kind,
-                                 **decoder_mask_kwargs(cfg), **model_kwargs(cfg))
+            macs = pretrain_macs(**mask_kwargs(cfg), **model_kwargs(cfg))
             flops_per_sample = TRAIN_FLOPS_PER_MAC * float(macs)
         self.flops_per_sample = float(flops_per_sample)
         self.device_name = accelerator_device_name()

@@ -135,18 +135,36 @@ class MotionMAE(nn.Module):
     def _token_order(self, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Visible token ids then masked ones, each ascending, and the visible count; both heads
         share this bookkeeping."""
+        n_masked, _ = self._masked_count(mask)
+        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+        return order, self.num_tokens - n_masked
+
+    def _masked_count(self, mask: torch.Tensor, counts: Sequence[torch.Tensor] = ()) -> tuple[int, list[int]]:
+        """Check the mask and return its per-row masked count, with (min, max) of each of ``counts`` (B,)
+        fetched in the same transfer: the step's one host sync."""
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
             raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
                                    f"{tuple(mask.shape)}")
-        lo, hi = torch.stack(mask.sum(dim=1).aminmax()).tolist()  # the step's one host sync
+        lo, hi, *extra = torch.stack([v for c in (mask.sum(dim=1), *counts) for v in c.aminmax()]).tolist()
         if lo != hi or not 0 < lo < self.num_tokens:
             raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
                                    f"got counts from {lo} to {hi}")
-        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
-        return order, self.num_tokens - lo
+        return lo, extra
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LOSSES[self.loss_type](pred.float(), target).float()
+
+    def _head_loss(self, pred: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                   count: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One head's loss on fp32 predictions: the mean over every (token, value), or with ``valid`` (B, M)
+        only over the real tokens (``count`` (B,) of them per sample) of a padded batch."""
+        # Per-token normalisation commutes with the gather, so only the decoded tokens pay for it.
+        if self.norm_target:
+            target = tg.normalize_per_token(target, self.in_chans)
+        if valid is None:
+            return self._loss(pred, target)
+        per_token = LOSSES[self.loss_type](pred, target, reduction="none").sum(dim=-1)
+        return (per_token * valid).sum() / (count.sum().clamp_min(1).to(torch.float32) * pred.shape[-1])
 
     def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False,
                 decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None
@@ -182,11 +200,7 @@ class MotionMAE(nn.Module):
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
             pred = pred.float()
-            # Per-token normalisation commutes with the gather, so only masked tokens pay for it.
-            target = targets[kind]
-            if self.norm_target:
-                target = tg.normalize_per_token(target, self.in_chans)
-            out[f"loss_{kind}"] = self._loss(pred, target)
+            out[f"loss_{kind}"] = self._head_loss(pred, targets[kind])
             out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
             if return_pred:
                 out[f"pred_{kind}"] = pred
@@ -241,21 +255,14 @@ class MotionMAE(nn.Module):
     def _forward_decoder_masked(self, videos: torch.Tensor, mask: torch.Tensor,
                                 decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]]
                                 ) -> dict[str, torch.Tensor]:
-        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
-            raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
-                                   f"{tuple(mask.shape)}")
         keeps = self._head_keeps(mask, decoder_keep)
         # one token set per distinct keep tensor (shared heads: one)
         sets: dict[int, torch.Tensor] = {}
         for keep in keeps.values():
             sets.setdefault(id(keep), mask & keep)
         counts = {key: sup.sum(dim=1) for key, sup in sets.items()}
-        stats = [*mask.sum(dim=1).aminmax()] + [v for c in counts.values() for v in c.aminmax()]
-        lo, hi, *kept_stats = torch.stack(stats).tolist()  # the step's one host sync
-        if lo != hi or not 0 < lo < self.num_tokens:
-            raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
-                                   f"got counts from {lo} to {hi}")
-        n_vis = self.num_tokens - lo
+        n_masked, kept_stats = self._masked_count(mask, list(counts.values()))
+        n_vis = self.num_tokens - n_masked
         b = mask.shape[0]
         plans = {}
         for (key, sup), (k_lo, k_hi) in zip(sets.items(), zip(kept_stats[::2], kept_stats[1::2])):
@@ -289,18 +296,9 @@ class MotionMAE(nn.Module):
         out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
-            pred, target = pred.float(), targets[kind]
-            if self.norm_target:
-                target = tg.normalize_per_token(target, self.in_chans)
-            _, _, valid, count = plan_of[kind]
-            if valid is None:  # every sample keeps the same count: a plain mean over them
-                loss = self._loss(pred, target)
-            else:  # mean over the real (sample, token) pairs only
-                per_token = LOSSES[self.loss_type](pred, target, reduction="none").sum(dim=-1)
-                total = count.sum().clamp_min(1).to(torch.float32) * pred.shape[-1]
-                loss = (per_token * valid).sum() / total
-            out[f"loss_{kind}"] = loss
-            out["loss"] = out["loss"] + weights[kind] * loss
+            _, _, valid, count = plan_of[kind]  # valid None: every sample keeps the same count
+            out[f"loss_{kind}"] = self._head_loss(pred.float(), targets[kind], valid, count)
+            out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
         return out
 
     def no_weight_decay(self) -> set[str]:

@@ -37,8 +37,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = 
             return F.scaled_dot_product_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None])
     if backend == "matmul":
-        return cpu_kernels.matmul_attention(q, k, v) if key_mask is None else cpu_kernels.matmul_attention(
-            q, k, v, key_mask)
+        return cpu_kernels.matmul_attention(q, k, v, key_mask)
     raise ModelConfigError(f"attention backend {backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
 
 
