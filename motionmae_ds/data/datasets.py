@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import VideoDecodeError, VideoReader, read_frame_folder
-from .sampling import make_generator, spatial_crop_offsets, train_clip_indices, uniform_clip_indices
+from .sampling import SAMPLINGS, eval_indices, make_generator, spatial_crop_offsets, train_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize, resize_short_side
 
 MODES = ("pretrain", "train", "val", "test")
@@ -81,6 +81,7 @@ class VideoClipDataset(Dataset):
         max_retries: int = 10,
         frame_template: str | None = None,
         frame_start: int | None = None,
+        sampling: str = "dense",
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -97,6 +98,9 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"mean and std need 3 values with std > 0, got mean={mean} std={std}")
         if len(records) == 0:
             raise ValueError("records is empty: no videos to load")
+        if sampling not in SAMPLINGS or (sampling != "dense" and mode == "pretrain"):
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)} (pretraining: dense), got {sampling!r}")
+        self.sampling = sampling
         self.records = list(records)
         self.mode, self.num_frames, self.sampling_rate = mode, int(num_frames), int(sampling_rate)
         self.input_size = int(input_size)
@@ -156,15 +160,15 @@ class VideoClipDataset(Dataset):
     def _load_from(self, record: Any, reader: VideoReader | None, generator: torch.Generator) -> torch.Tensor:
         n = self._num_frames(record, reader)
         if self.mode in ("pretrain", "train"):
-            clip = train_clip_indices(n, self.num_frames, self.sampling_rate, generator)
+            clip = train_indices(self.sampling, n, self.num_frames, self.sampling_rate, generator)
             frames, _ = self._read(record, reader, [clip])
             views = [self.transform(frames, generator) for _ in range(self.num_repeats)]
             return views[0] if self.num_repeats == 1 else torch.stack(views)
         if self.mode == "val":
-            clip = uniform_clip_indices(n, self.num_frames, self.sampling_rate, 1)[0]
+            clip = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, 1)[0]
             frames, _ = self._read(record, reader, [clip])
             return self.transform(frames)
-        clips = uniform_clip_indices(n, self.num_frames, self.sampling_rate, self.test_clips)
+        clips = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, self.test_clips)
         frames, positions = self._read(record, reader, clips)
         resized = resize_short_side(frames, self.short_side_size)
         s = self.input_size

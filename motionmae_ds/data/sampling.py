@@ -10,6 +10,20 @@ Conventions
 - A video too short for the configured stride gets the largest stride that fits; a video shorter than
   ``clip_len`` gets stride 1 and its last frame repeated until the clip is full.
 - ``start_idx`` shifts all indices, for list formats (VideoMAEv2) whose clip starts inside a longer file.
+
+Two samplings (``data.sampling``, finetuning and evaluation; pretraining is always dense):
+- ``dense``: ``clip_len`` consecutive frames at ``stride`` (K400, UCF101).
+- ``segment`` (TSN-style, VideoMAE's SSv2 protocol): the video's ``n`` frames, read as the time interval
+  ``[0, n)`` where frame ``f`` occupies ``[f, f + 1)``, are cut into ``clip_len`` equal segments
+  ``[k n / T, (k + 1) n / T)``; a clip takes the frame under one point of each segment, so every clip spans the
+  whole video. Training draws the point uniformly inside the segment (frame ``f`` is chosen with probability
+  proportional to its overlap with the segment); evaluation view ``j`` of ``K`` takes the point at offset
+  ``(1/2 + j/K) mod 1`` of every segment: one view is the segments' centres, and with ``K = 2`` the other is
+  their starts, exactly VideoMAE's two SSv2 test views (``int(tick / 2 + tick * k)`` and ``int(tick * k)``,
+  ``tick = n / T``). A video shorter than ``clip_len`` has segments shorter than a frame: the clip is still
+  sorted, and frames repeat (about ``T / n`` times each) instead of VideoMAE's all-zero index list there.
+  VideoMAE's training draw uses ``n // T``-frame segments from frame 0, so it never samples the last
+  ``n mod T`` frames; ours cuts the whole video.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import math
 import torch
 
 _MASK64 = (1 << 64) - 1
+SAMPLINGS = ("dense", "segment")
 
 
 def derive_seed(*parts: int) -> int:
@@ -98,6 +113,62 @@ def uniform_clip_indices(
         start = min(max(math.floor(centre - span / 2 + 0.5), 0), max_start)
         clips.append(_clip_from_start(start, num_frames, clip_len, s, start_idx))
     return clips
+
+
+def _segment_frames(num_frames: int, clip_len: int, offsets: "torch.Tensor", start_idx: int) -> list[int]:
+    # frame under the point (k + offset_k) * n / T of segment k, in exact integer arithmetic where the offsets
+    # are multiples of 1 / (2 K) (evaluation) and float64 otherwise; min() guards offsets rounding up to 1
+    n, t = num_frames, clip_len
+    points = (torch.arange(t, dtype=torch.float64) + offsets.to(torch.float64)) * n / t
+    return [start_idx + min(int(math.floor(p)), n - 1) for p in points.tolist()]
+
+
+def segment_train_indices(
+    num_frames: int, clip_len: int, generator: torch.Generator | None = None, start_idx: int = 0
+) -> list[int]:
+    """Frame indices of one training clip under segment sampling: one uniformly drawn point per segment."""
+    _check(num_frames, clip_len, 1)
+    return _segment_frames(num_frames, clip_len, torch.rand(clip_len, generator=generator, dtype=torch.float64),
+                           start_idx)
+
+
+def segment_eval_indices(num_frames: int, clip_len: int, num_clips: int, start_idx: int = 0) -> list[list[int]]:
+    """``num_clips`` evaluation views under segment sampling; view ``j`` takes every segment's point at offset
+    ``(1/2 + j / num_clips) mod 1``: view 0 the centres, view 1 of 2 the starts (VideoMAE's SSv2 views)."""
+    _check(num_frames, clip_len, 1)
+    if num_clips < 1:
+        raise ValueError(f"num_clips (test_clips) must be >= 1, got {num_clips}")
+    n, t, views = num_frames, clip_len, []
+    for j in range(num_clips):
+        # offset o = (K + 2 j) / (2 K) mod 1; the point (k + o) n / T = ((2 K k + 2 K o) n) / (2 K T) exactly
+        num = (num_clips + 2 * j) % (2 * num_clips)
+        views.append([start_idx + min(((2 * num_clips * k + num) * n) // (2 * num_clips * t), n - 1)
+                      for k in range(t)])
+    return views
+
+
+def train_indices(sampling: str, num_frames: int, clip_len: int, stride: int,
+                  generator: torch.Generator | None = None, start_idx: int = 0) -> list[int]:
+    """One training clip under ``sampling`` (``dense``: ``stride`` applies; ``segment``: it does not)."""
+    if sampling == "segment":
+        return segment_train_indices(num_frames, clip_len, generator, start_idx)
+    _check_sampling(sampling)
+    return train_clip_indices(num_frames, clip_len, stride, generator, start_idx)
+
+
+def eval_indices(sampling: str, num_frames: int, clip_len: int, stride: int, num_clips: int,
+                 start_idx: int = 0) -> list[list[int]]:
+    """``num_clips`` evaluation clips under ``sampling`` (``num_clips=1``: the validation view, the centre
+    clip or the segments' centres)."""
+    if sampling == "segment":
+        return segment_eval_indices(num_frames, clip_len, num_clips, start_idx)
+    _check_sampling(sampling)
+    return uniform_clip_indices(num_frames, clip_len, stride, num_clips, start_idx)
+
+
+def _check_sampling(sampling: str) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
 
 
 def spatial_crop_offsets(height: int, width: int, crop_size: int, num_crops: int = 3) -> list[tuple[int, int]]:
