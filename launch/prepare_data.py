@@ -1,17 +1,22 @@
 """Scan a dataset list with the chosen decoder; write a cleaned list with true frame counts and a report.
 
     python launch/prepare_data.py LIST --root DIR --out CLEAN_LIST [--backend auto|decord|pyav] [--fmt ...]
-Exit 0 when the scan ran (bad entries are in CLEAN_LIST.report.txt), 2 with one line for bad arguments.
+    python launch/prepare_data.py LIST --root DIR --reencode OUT_DIR [--short-side 320] [--keyint 16]
+The second form re-encodes every video (short side, short GOP; see motionmae_ds/data/reencode.py) and writes
+OUT_DIR/list.txt with true frame counts; a rerun skips the files already done.
+Exit 0 when the scan ran (bad entries are in the .report.txt beside the list), 2 with one line for bad arguments.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
+
+from tqdm import tqdm
 
 from motionmae_ds.data.decode import BACKENDS
 from motionmae_ds.data.lists import FORMATS, ListFormatError, clean_list
+from motionmae_ds.data.reencode import reencode_list
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -22,7 +27,11 @@ class _OneLineParser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("list", help="list file to scan")
-    parser.add_argument("--out", required=True, help="cleaned list to write (report beside it)")
+    parser.add_argument("--out", help="cleaned list to write (report beside it)")
+    parser.add_argument("--reencode", metavar="OUT_DIR", help="re-encode into OUT_DIR instead (list.txt there)")
+    parser.add_argument("--short-side", type=int, default=320)
+    parser.add_argument("--keyint", type=int, default=16, help="frames per GOP of the re-encoded files")
+    parser.add_argument("--crf", type=int, default=23)
     parser.add_argument("--root", default="", help="data root prefixed to the list's paths")
     parser.add_argument("--fmt", default="auto", choices=FORMATS)
     parser.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -38,27 +47,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"list file not found: {args.list}")
     if args.root and not os.path.isdir(args.root):
         parser.error(f"--root is not a directory: {args.root}")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+    if (args.out is None) == (args.reencode is None):
+        parser.error("give one of --out CLEAN_LIST and --reencode OUT_DIR")
+    if args.reencode is None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         parser.error(f"--out directory does not exist: {os.path.dirname(os.path.abspath(args.out))}")
-    if args.workers < 1 or args.min_frames < 1 or args.timeout <= 0:
-        parser.error("--workers, --min-frames and --timeout must be positive")
+    if min(args.workers, args.min_frames, args.short_side, args.keyint) < 1 or args.timeout <= 0:
+        parser.error("--workers, --min-frames, --short-side, --keyint and --timeout must be positive")
     try:
         args.frame_template.format(1)
     except (IndexError, KeyError, ValueError):
         parser.error(f"--frame-template must hold one integer field like img_{{:05d}}.jpg, got {args.frame_template!r}")
-    last_print = [time.monotonic()]
+    bars: list[tqdm] = []  # made at the first file, so that an unusable list prints only its one line
 
     def progress(done: int, total: int) -> None:
-        if done == total or time.monotonic() - last_print[0] > 10:
-            last_print[0] = time.monotonic()
-            print(f"scanned {done}/{total}", file=sys.stderr, flush=True)
+        if not bars:
+            bars.append(tqdm(total=total, desc="re-encoded" if args.reencode else "scanned", unit="file",
+                             file=sys.stderr, mininterval=2))
+        bars[0].update(done - bars[0].n)
 
     try:
+        if args.reencode:
+            summary, out, report = reencode_list(args.list, args.reencode, args.root, args.fmt, args.short_side,
+                                                 args.keyint, args.crf, workers=args.workers,
+                                                 timeout=args.timeout, progress=progress)
+            print(f"{summary}\nlist:   {out}\nreport: {report}")
+            return 0
         summary, report = clean_list(args.list, args.out, args.root, args.fmt, args.backend, args.frame_template,
                                      args.frame_start, args.min_frames, args.workers, args.timeout,
                                      args.drop_truncated, progress)
     except ListFormatError as exc:  # the list as a whole is unusable (unreadable, no recognisable format)
         parser.error(str(exc))
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"{summary}\nclean list: {args.out}\nreport:     {report}")
     return 0
 

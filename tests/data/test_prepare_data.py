@@ -118,7 +118,9 @@ def test_a_file_that_hangs_the_decoder_times_out_and_the_scan_goes_on(good_video
     (["{lst}", "--out", "x.txt", "--root", "/no/such/dir"], "--root is not a directory"),
     (["{lst}", "--out", "/no/such/dir/x.txt"], "--out directory does not exist"),
     (["{lst}", "--out", "x.txt", "--workers", "0"], "must be positive"),
-    (["{lst}"], "the following arguments are required: --out"),
+    (["{lst}"], "give one of --out CLEAN_LIST and --reencode OUT_DIR"),
+    (["{lst}", "--out", "x.txt", "--reencode", "{out}"], "give one of --out CLEAN_LIST and --reencode OUT_DIR"),
+    (["{lst}", "--reencode", "{out}", "--keyint", "0"], "must be positive"),
     (["{lst}", "--out", "{out}"], "cannot tell the list format"),
 ])
 def test_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, message):
