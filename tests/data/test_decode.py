@@ -1,6 +1,7 @@
 """Decoding against a forward reference decode of the same real files, and every kind of broken file."""
 from __future__ import annotations
 
+import io
 import pickle
 import random
 
@@ -12,12 +13,14 @@ import torch
 from motionmae_ds.data.decode import (
     VideoDecodeError,
     VideoReader,
+    VideoSource,
     count_folder_frames,
     count_frames,
     probe_video,
     read_frame_folder,
     read_frames,
 )
+from motionmae_ds.data.decode.pyav import PyAVReader
 from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_frames
 
 # decord is only trusted in containers with timestamps and keyframe indexes
@@ -76,10 +79,8 @@ def test_decord_seeks_are_wrong_where_auto_avoids_it(good_videos, reference, nam
 @pytest.mark.parametrize("name", ["h264", "vp9", "vfr", "h264_faststart", "mp4_mpeg4_bframes"])
 def test_pyav_seeks_without_falling_back_in_seekable_containers(good_videos, reference, name):
     # The forward fallback would hide a broken seek path (same frames, much slower): check it directly.
-    from motionmae_ds.data.decode import _PyAVReader
-
     ref = reference(good_videos[name])
-    reader = _PyAVReader(str(good_videos[name]))
+    reader = PyAVReader(VideoSource(good_videos[name]))
     try:
         assert reader._seekable
         for indices in _index_sets(len(ref), seed=2):
@@ -310,3 +311,58 @@ def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
     # another size is not affected
     other = VideoReader(make_video(tmp_path / "r64.mp4", codec="h264", num_frames=12, size=(64, 48)))
     assert other.backend == "decord"
+
+
+def _in_memory(path, kind: str):
+    data = path.read_bytes()
+    return {"bytes": data, "memoryview": memoryview(data), "file": io.BytesIO(data)}[kind]
+
+
+@pytest.mark.parametrize("name,backend", [(n, b) for n in ALL_GOOD for b in ("auto", "pyav")]
+                         + [(n, "decord") for n in DECORD_TRUSTED])
+def test_in_memory_sources_equal_reference(good_videos, reference, name, backend):
+    ref = reference(good_videos[name])
+    sets = _index_sets(len(ref), seed=3)[:6]
+    for kind in ("bytes", "memoryview", "file"):
+        with VideoReader(_in_memory(good_videos[name], kind), backend, name=f"shard/{name}") as reader:
+            assert reader.path == f"shard/{name}" and reader.num_frames == len(ref)
+            for indices in sets:
+                _assert_frames(reader.get(indices), ref, indices)
+    # auto picks the same backend for the bytes as for the file
+    assert VideoReader(_in_memory(good_videos[name], "bytes")).backend == VideoReader(good_videos[name]).backend
+    info = probe_video(_in_memory(good_videos[name], "file"), backend)
+    assert info.num_frames == len(ref) and not info.truncated
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_bad_in_memory_videos_raise_errors_naming_the_member(bad_videos, backend):
+    cases = {"zero_bytes": "empty (0 bytes)", "text_as_mp4": "cannot open", "audio_only": "no video stream"}
+    for case, reason in cases.items():
+        data = bad_videos[case].read_bytes()
+        for call in (lambda: read_frames(data, [0], backend, name="s-000001.tar:k1.mp4"),
+                     lambda: probe_video(data, backend, name="s-000001.tar:k1.mp4")):
+            with pytest.raises(VideoDecodeError) as info:
+                call()
+            assert str(info.value).startswith("s-000001.tar:k1.mp4: ") and "\n" not in str(info.value)
+            if backend != "decord":
+                assert info.value.reason.startswith(reason), (case, info.value.reason)
+    # unnamed bytes are named by their size
+    with pytest.raises(VideoDecodeError, match=r"^<600 bytes>: cannot open"):
+        read_frames(b"<html>" * 100, [0], backend)
+
+
+def test_truncated_bytes_deliver_real_frames_then_raise(bad_videos, good_videos, reference):
+    data = bad_videos["truncated_avi"].read_bytes()
+    info = probe_video(data)
+    assert 0 < info.num_frames < 48 and info.truncated
+    ref = reference(good_videos["avi_bframes"])
+    _assert_frames(read_frames(data, [0, info.num_frames - 1]), ref, [0, info.num_frames - 1])
+    with pytest.raises(VideoDecodeError, match="requested but"):
+        read_frames(data, [info.num_frames], name="member.avi")
+
+
+def test_non_binary_sources_are_type_errors(good_videos):
+    with pytest.raises(TypeError, match="binary mode"):
+        VideoReader(io.StringIO("abc"))
+    with pytest.raises(TypeError, match="path, bytes or a binary file object"):
+        VideoReader(12)

@@ -1,0 +1,108 @@
+"""What every backend shares: the error type, the video source (a path or bytes in memory), index checks."""
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, BinaryIO, Sequence, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# A path, the encoded bytes (e.g. a WebDataset member), or a binary file object (read once, to its end).
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot deliver the requested frames. ``str(e)`` is one line: ``path: reason``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        # DataLoader workers re-raise exceptions as ``type(e)(message)``: accept a single argument too.
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split()) if reason is not None else ""
+        super().__init__(f"{self.path}: {self.reason}" if reason is not None else self.path)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class VideoSource:
+    """Where the encoded video comes from: ``path`` on disk, or ``data`` in memory; ``name`` for messages.
+
+    In-memory sources are held as one ``bytes`` object, so every (re)open reads from the start without
+    touching the caller's file object again.
+    """
+
+    def __init__(self, source: Source, name: str | None = None) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            self.path: str | None = str(source)
+            self.data: bytes | None = None
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            self.path, self.data = None, bytes(source)
+        elif hasattr(source, "read"):
+            data = source.read()
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError(f"video file object must be opened in binary mode, read() gave {type(data).__name__}")
+            self.path, self.data = None, bytes(data)
+        else:
+            raise TypeError(f"video source must be a path, bytes or a binary file object, got {type(source).__name__}")
+        self.name = name if name is not None else (self.path if self.path is not None else f"<{len(self.data)} bytes>")
+
+    def check(self) -> None:
+        """Missing and empty inputs get their own reasons, before any decoder sees them."""
+        if self.path is None:
+            if not self.data:
+                raise VideoDecodeError(self.name, "empty (0 bytes)")
+            return
+        if not os.path.exists(self.path):
+            raise VideoDecodeError(self.name, "file not found")
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise VideoDecodeError(self.name, "file is empty (0 bytes)")
+
+    def open(self) -> str | io.BytesIO:
+        """What a decoder library opens: the path, or a fresh stream positioned at the first byte."""
+        return self.path if self.path is not None else io.BytesIO(self.data)
+
+
+class DecodeCounter:
+    """How often each frame index went through the decoder and how many frames were converted to RGB.
+
+    Only the PyAV backend can count (decord and torchcodec decode inside C++); tests use it to check
+    that reading the union of several clips decodes every frame once.
+    """
+
+    def __init__(self) -> None:
+        self.decoded: Counter[int] = Counter()
+        self.converted = 0
+
+    @property
+    def total_decoded(self) -> int:
+        return sum(self.decoded.values())
+
+
+def check_indices(indices: Sequence[int]) -> list[int]:
+    out = [int(i) for i in indices]
+    if not out:
+        raise ValueError("indices must not be empty")
+    if min(out) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(out)}")
+    return out
+
+
+def pick(frames: dict[int, np.ndarray], indices: list[int]) -> "torch.Tensor":
+    # torch is imported on first use so that scanning tools (prepare_data) start without it.
+    import torch
+
+    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def check_range(name: str, indices: list[int], num_frames: int) -> None:
+    if max(indices) >= num_frames:
+        raise VideoDecodeError(name, f"frame {max(indices)} requested but the video has {num_frames} frames")

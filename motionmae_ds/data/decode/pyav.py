@@ -1,0 +1,200 @@
+"""PyAV: seeks by presentation timestamps in seekable containers, decodes forward elsewhere."""
+from __future__ import annotations
+
+import bisect
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .common import DecodeCounter, VideoDecodeError, VideoSource, check_indices, check_range, one_line, pick
+
+if TYPE_CHECKING:
+    import torch
+
+# Containers with per-frame timestamps and a keyframe index: PyAV seeks there (verified by pts);
+# elsewhere (AVI, MPEG-PS/TS, ...) it decodes forward from the start.
+SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
+
+
+def open_av(source: VideoSource):
+    import av
+
+    # Process-wide: in a data worker, failures must surface as exceptions, not as stderr noise.
+    av.logging.set_level(av.logging.PANIC)
+    try:
+        return av.open(source.open())
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a property of the file
+        raise VideoDecodeError(source.name, f"cannot open: {one_line(exc)}") from None
+
+
+def is_seekable_format(container) -> bool:
+    return any(name in SEEKABLE_FORMATS for name in container.format.name.split(","))
+
+
+class PyAVReader:
+    """``counter`` records every frame the decoder produced (by index) and every RGB conversion."""
+
+    def __init__(self, source: VideoSource, seek: bool | None = None, container=None) -> None:
+        self.source, self.path = source, source.name
+        self.counter = DecodeCounter()
+        self._next_index: int | None = None  # index of the frame the forward decode yields next
+        self._container = container if container is not None else open_av(source)
+        try:
+            if not self._container.streams.video:
+                raise VideoDecodeError(self.path, "no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_count = 1
+            self.header_frames = max(0, self._stream.frames or 0)
+            rate = self._stream.average_rate or self._stream.guessed_rate
+            self.fps = float(rate) if rate else 0.0
+            if seek is None:
+                seek = is_seekable_format(self._container)
+            self._build_index(seek)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _build_index(self, seek: bool) -> None:
+        """Demux every packet once (no decoding): frame count, presentation timestamps and keyframes."""
+        pts, keys = [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0 or packet.is_discard:
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append((packet.pts, packet.dts))
+        except Exception as exc:  # noqa: BLE001 - a demux error after some packets is a truncated file
+            if not pts:
+                raise VideoDecodeError(self.path, f"cannot read packets: {one_line(exc)}") from None
+        if not pts:
+            raise VideoDecodeError(self.path, "video stream has no frames")
+        self.num_frames = len(pts)
+        # Frames are matched to indices by pts: missing or repeated timestamps make that ambiguous.
+        self._seekable = (seek and None not in pts and len(set(pts)) == len(pts) and bool(keys)
+                          and all(k[1] is not None for k in keys))
+        if self._seekable:
+            self._pts = sorted(pts)
+            self._keys = sorted(keys)
+
+    def rewind(self) -> None:
+        # Reopen rather than seek to 0: in program streams and AVI a seek to 0 is not guaranteed to land
+        # on the first frame, and the forward decode is what defines the frame order.
+        self._container.close()
+        self._container = open_av(self.source)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_count = 1
+        self._frames = self._container.decode(self._stream)
+        self._next_index = 0
+
+    def forward_frames(self):
+        """Every frame from the first, in presentation order (after ``rewind``)."""
+        return self._frames
+
+    def _rgb(self, frame) -> np.ndarray:
+        self.counter.converted += 1
+        return frame.to_ndarray(format="rgb24")
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = check_indices(indices)
+        check_range(self.path, indices, self.num_frames)
+        wanted = sorted(set(indices))
+        frames = self._get_by_seeking(wanted) if self._seekable else None
+        if frames is None:
+            frames = self._get_forward(wanted)
+        return pick(frames, indices)
+
+    def _get_forward(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        # Test views usually come in ascending order: go on from where the last call stopped if possible.
+        if self._next_index is None or wanted[0] < self._next_index:
+            self.rewind()
+        need, last, out, decoded = set(wanted), wanted[-1], {}, self._next_index
+        self._next_index = None  # unknown until this call returns normally
+        try:
+            for frame in self._frames:
+                if frame.is_corrupt:
+                    raise VideoDecodeError(
+                        self.path, f"frame {last} requested but frame {decoded} is damaged (corrupt data); "
+                        f"{decoded} frames decode cleanly (the container lists {self.num_frames})"
+                    )
+                self.counter.decoded[decoded] += 1
+                if decoded in need:
+                    out[decoded] = self._rgb(frame)
+                decoded += 1
+                if decoded > last:
+                    self._next_index = decoded
+                    return out
+        except VideoDecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise VideoDecodeError(
+                self.path,
+                f"frame {last} requested but decoding fails after frame {decoded - 1} "
+                f"(the container lists {self.num_frames}): {one_line(exc)}",
+            ) from None
+        raise VideoDecodeError(
+            self.path, f"frame {last} requested but only {decoded} frames decode (the container lists {self.num_frames})"
+        )
+
+    def _get_by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray] | None:
+        """Seek to the keyframe before each run of wanted frames and decode forward, matching by pts.
+
+        Returns None when the decoder does not present the timestamps the index promised; the caller
+        then decodes forward from the start, which is the definition of the frame order.
+        """
+        out: dict[int, np.ndarray] = {}
+        targets = {self._pts[i]: i for i in wanted}
+        position = None  # pts of the last frame decoded without a seek since
+        try:
+            for i in wanted:
+                if i in out:
+                    continue
+                target = self._pts[i]
+                key = bisect.bisect_right(self._keys, (target, float("inf"))) - 1
+                if key < 0:
+                    return None
+                key_pts, key_dts = self._keys[key]
+                # Keep decoding forward when the next wanted frame lies inside the GOP we are already in.
+                if position is None or position >= target or key_pts > position:
+                    self._next_index = None  # the forward position is lost
+                    self._container.seek(key_dts, stream=self._stream, backward=True, any_frame=False)
+                    self._frames = self._container.decode(self._stream)
+                    position = None
+                for frame in self._frames:
+                    if frame.pts is None or frame.is_corrupt or (position is None and frame.pts > target):
+                        return None  # damaged data, or the seek landed after the frame we want
+                    position = frame.pts
+                    self.counter.decoded[bisect.bisect_left(self._pts, position)] += 1
+                    if position in targets and targets[position] not in out:
+                        out[targets[position]] = self._rgb(frame)
+                    if position >= target:
+                        break
+                if i not in out:
+                    return None
+        except Exception:  # noqa: BLE001 - the forward decode reports what is wrong with the file
+            return None
+        return out
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def probe_frames(source: VideoSource) -> tuple[int, int, float]:
+    """(frames that decode before the first corrupt one, frames the container lists, fps)."""
+    reader = PyAVReader(source, seek=False)
+    listed = max(reader.header_frames, reader.num_frames)
+    count = 0
+    try:
+        reader.rewind()
+        for frame in reader.forward_frames():
+            if frame.is_corrupt:  # concealed damage: this frame and those predicted from it are not real
+                break
+            count += 1
+    except Exception as exc:  # noqa: BLE001 - a truncated tail: the frames before it are real
+        if count == 0:
+            raise VideoDecodeError(source.name, f"no frame decodes: {one_line(exc)}") from None
+    finally:
+        reader.close()
+    if count == 0:
+        raise VideoDecodeError(source.name, "no frame decodes")
+    return count, listed, reader.fps
