@@ -17,6 +17,7 @@ from typing import Optional
 from motionmae_ds.config.checks import check_choices, check_fractions, check_ranges, check_shared
 from motionmae_ds.config.loader import REPO_ROOT, ConfigError, SectionedConfig, load_sections
 from motionmae_ds.config.sections import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection
+from motionmae_ds.data.sampling import SAMPLINGS
 from motionmae_ds.models.classifier import PROBE_NORMS
 
 DEFAULT_FINETUNE_CONFIG = REPO_ROOT / "configs" / "finetune_demo.yaml"
@@ -45,6 +46,10 @@ class FinetuneDataSection(DataSection):
     random_erase: float = 0.25
     # repeated sampling: clips drawn per decoded video (paper: 2 for SSv2/K400)
     num_repeats: int = 1
+    # dense: num_frames at data.sampling_rate (K400, UCF101); segment: one frame from each of num_frames equal
+    # segments of the whole video (VideoMAE's SSv2 protocol; data.sampling_rate unused), test views = the
+    # segments' centres, starts, ... (eval.test_clips of them); data/sampling.py has the exact rule
+    sampling: str = "dense"
 
 
 @dataclass
@@ -138,7 +143,8 @@ def load_finetune_config(path: Optional[str | Path] = None, overrides: Optional[
 def validate_finetune(cfg: FinetuneConfig) -> None:
     """Value checks that do not touch the file system (recipes must load on any machine)."""
     src = cfg.source
-    check_choices(src, {"finetune.probe_norm": (cfg.finetune.probe_norm, PROBE_NORMS)})
+    check_choices(src, {"finetune.probe_norm": (cfg.finetune.probe_norm, PROBE_NORMS),
+                        "data.sampling": (cfg.data.sampling, SAMPLINGS)})
     check_ranges(src, positive={
         "model.num_classes": cfg.model.num_classes, "data.num_repeats": cfg.data.num_repeats,
         "eval.test_clips": cfg.eval.test_clips, "eval.test_crops": cfg.eval.test_crops,

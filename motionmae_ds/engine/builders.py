@@ -183,7 +183,8 @@ def build_split(cfg: Any, list_file: str, mode: str) -> Any:
                           f" (model.num_classes={cfg.model.num_classes})")
     d = cfg.data
     common = dict(num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate, input_size=cfg.model.img_size,
-                  short_side_size=cfg.short_side, mean=d.mean, std=d.std, seed=cfg.run.seed, backend=d.decode_backend)
+                  short_side_size=cfg.short_side, mean=d.mean, std=d.std, seed=cfg.run.seed, backend=d.decode_backend,
+                  sampling=d.sampling)
     if mode == "train":
         extra = dict(scale=d.scale, flip=d.flip, rand_aug=d.rand_aug or None, random_erase=d.random_erase,
                      num_repeats=d.num_repeats)
