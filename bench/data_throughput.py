@@ -39,25 +39,31 @@ NUM_FRAMES, STRIDE, SIZE = 16, 4, 224
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def make_bench_video(path: Path, width: int, height: int, frames: int, seed: int) -> Path:
-    """A panning texture with moving blobs: enough detail and motion that x264 does real work."""
-    import av
-
-    if path.exists():
-        return path
+def bench_frames(width: int, height: int, frames: int, seed: int):
+    """RGB frames of a panning texture with a moving blob: enough detail and motion that encoders work."""
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
     texture = np.kron(base, np.ones((8, 8, 1), np.uint8))[:height, :width]
     yy, xx = np.mgrid[0:height, 0:width]
+    for i in range(frames):
+        frame = np.roll(texture, (i, 2 * i), axis=(0, 1)).copy()
+        cx, cy = (width / 2 + width / 3 * np.sin(i / 15)), (height / 2 + height / 3 * np.cos(i / 20))
+        frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (height / 6) ** 2] = (255, 128, 0)
+        yield frame
+
+
+def make_bench_video(path: Path, width: int, height: int, frames: int, seed: int) -> Path:
+    """``bench_frames`` as H.264 MP4 with x264's defaults (keyint 250, B-frames), crf 23."""
+    import av
+
+    if path.exists():
+        return path
     tmp = path.with_suffix(".tmp.mp4")
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(30, 1))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "23", "preset": "veryfast"}
-        for i in range(frames):
-            frame = np.roll(texture, (i, 2 * i), axis=(0, 1)).copy()
-            cx, cy = (width / 2 + width / 3 * np.sin(i / 15)), (height / 2 + height / 3 * np.cos(i / 20))
-            frame[(xx - cx) ** 2 + (yy - cy) ** 2 < (height / 6) ** 2] = (255, 128, 0)
+        for i, frame in enumerate(bench_frames(width, height, frames, seed)):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = i
             container.mux(stream.encode(picture))

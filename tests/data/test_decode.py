@@ -25,7 +25,12 @@ from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_fram
 
 # decord is only trusted in containers with timestamps and keyframe indexes
 DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
+# torchcodec's exact mode in MP4 / Matroska / WebM, every codec there
+TORCHCODEC_TRUSTED = DECORD_TRUSTED + ["mp4_mpeg4_bframes"]
 ALL_GOOD = list(GOOD_VIDEOS) + ["avi_named_mp4"]
+# (file, backend) pairs that must be frame-exact: PyAV and auto everywhere, the others where "auto" uses them
+EXACT = ([(n, b) for n in ALL_GOOD for b in ("auto", "pyav")] + [(n, "decord") for n in DECORD_TRUSTED]
+         + [(n, "torchcodec") for n in TORCHCODEC_TRUSTED])
 
 
 def _index_sets(num_frames: int, seed: int) -> list[list[int]]:
@@ -48,19 +53,14 @@ def _assert_frames(got: torch.Tensor, ref: np.ndarray, indices: list[int]) -> No
         assert np.array_equal(got[row].numpy(), ref[index]), f"row {row} is not frame {index}"
 
 
-@pytest.mark.parametrize("name", ALL_GOOD)
-@pytest.mark.parametrize("backend", ["auto", "pyav"])
+@pytest.mark.parametrize("name,backend", EXACT)
 def test_read_frames_equal_reference(good_videos, reference, name, backend):
     ref = reference(good_videos[name])
     for indices in _index_sets(len(ref), seed=0):
         _assert_frames(read_frames(good_videos[name], indices, backend), ref, indices)
-
-
-@pytest.mark.parametrize("name", DECORD_TRUSTED)
-def test_decord_equal_reference_in_trusted_containers(good_videos, reference, name):
-    ref = reference(good_videos[name])
-    for indices in _index_sets(len(ref), seed=1):
-        _assert_frames(read_frames(good_videos[name], indices, "decord"), ref, indices)
+    with VideoReader(good_videos[name], backend) as reader:  # several reads from one open file
+        for indices in _index_sets(len(ref), seed=1):
+            _assert_frames(reader.get(indices), ref, indices)
 
 
 @pytest.mark.parametrize("name", ["avi_bframes", "mpeg_ps", "mpeg_ts", "mp4_mpeg4_bframes"])
@@ -73,6 +73,20 @@ def test_decord_seeks_are_wrong_where_auto_avoids_it(good_videos, reference, nam
     got = read_frames(good_videos[name], indices, "decord").numpy()
     wrong = sum(not np.array_equal(got[row], ref[i]) for row, i in enumerate(indices))
     assert wrong > 0
+    assert VideoReader(good_videos[name]).backend == "pyav"
+
+
+@pytest.mark.parametrize("name", ["avi_bframes", "mpeg_ps", "mpeg_ts"])
+def test_torchcodec_fails_where_auto_avoids_it(good_videos, reference, name):
+    # Why "auto" uses torchcodec only in MP4 / Matroska / WebM: in AVI and MPEG-PS its packet scan lists a
+    # last frame it cannot decode, in MPEG-TS it returns neighbouring frames.
+    ref = reference(good_videos[name])
+    try:
+        got = read_frames(good_videos[name], list(range(len(ref))), "torchcodec").numpy()
+    except VideoDecodeError as exc:
+        assert "decoding failed" in exc.reason
+    else:
+        assert sum(not np.array_equal(got[i], ref[i]) for i in range(len(ref))) > 0
     assert VideoReader(good_videos[name]).backend == "pyav"
 
 
@@ -99,15 +113,14 @@ def test_auto_follows_content_not_file_name(good_videos, reference):
     assert VideoReader(good_videos["h264"]).backend == "decord"
 
 
-@pytest.mark.parametrize("name", ALL_GOOD)
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+@pytest.mark.parametrize("name,backend", EXACT + [(n, "decord") for n in ALL_GOOD if n not in DECORD_TRUSTED])
 def test_count_frames_is_the_decodable_count(good_videos, name, backend):
     expected = GOOD_VIDEOS.get(name, GOOD_VIDEOS["avi_bframes"])["num_frames"]
     assert count_frames(good_videos[name], backend) == expected
 
 
 @pytest.mark.parametrize("name,backend", [("h264", "decord"), ("h264", "pyav"), ("avi_bframes", "pyav"),
-                                          ("mpeg_ps", "auto")])
+                                          ("mpeg_ps", "auto"), ("h264", "torchcodec")])
 def test_video_reader_reads_several_views_without_reopening(good_videos, reference, name, backend):
     ref = reference(good_videos[name])
     with VideoReader(good_videos[name], backend) as reader:
@@ -134,7 +147,7 @@ def test_grayscale_returns_three_equal_channels(good_videos):
     assert np.array_equal(frames[..., 0], frames[..., 1]) and np.array_equal(frames[..., 0], frames[..., 2])
 
 
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
 def test_short_video_never_reads_short(good_videos, reference, backend):
     path = good_videos["short10"]
     indices = [0, 3, 6, 9, 9, 9, 9, 9]  # a clip longer than the video repeats the last frame
@@ -147,7 +160,7 @@ BAD = ["zero_bytes", "text_as_mp4", "audio_only", "missing"]
 
 
 @pytest.mark.parametrize("name", BAD)
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
 def test_undecodable_files_raise_one_line_errors(bad_videos, name, backend):
     path = bad_videos[name]
     for call in (lambda: read_frames(path, [0], backend), lambda: count_frames(path, backend),
@@ -200,6 +213,19 @@ def test_decord_on_a_truncated_file_is_right_or_raises(bad_videos, good_videos, 
             assert "decoding failed" in exc.reason
         else:
             _assert_frames(frames, ref, [0, 5, 9])
+
+
+def test_torchcodec_on_a_truncated_file_delivers_real_frames_then_raises(bad_videos, good_videos, reference):
+    ref = reference(good_videos["h264_faststart"])
+    with VideoReader(bad_videos["truncated_mp4"], "torchcodec") as reader:
+        assert reader.num_frames < 40  # its scan reads packets, not the header's promise
+        good = probe_video(bad_videos["truncated_mp4"], "pyav").num_frames
+        _assert_frames(reader.get([good - 1, 0, 5]), ref, [good - 1, 0, 5])
+        with pytest.raises(VideoDecodeError, match="requested"):
+            reader.get([0, 39])
+        for i in range(good, reader.num_frames):
+            with pytest.raises(VideoDecodeError, match=f"frame {i} requested but decoding failed"):
+                reader.get([i])
 
 
 def test_decode_error_survives_pickling_and_worker_reraise():
@@ -318,8 +344,7 @@ def _in_memory(path, kind: str):
     return {"bytes": data, "memoryview": memoryview(data), "file": io.BytesIO(data)}[kind]
 
 
-@pytest.mark.parametrize("name,backend", [(n, b) for n in ALL_GOOD for b in ("auto", "pyav")]
-                         + [(n, "decord") for n in DECORD_TRUSTED])
+@pytest.mark.parametrize("name,backend", EXACT)
 def test_in_memory_sources_equal_reference(good_videos, reference, name, backend):
     ref = reference(good_videos[name])
     sets = _index_sets(len(ref), seed=3)[:6]
@@ -334,7 +359,7 @@ def test_in_memory_sources_equal_reference(good_videos, reference, name, backend
     assert info.num_frames == len(ref) and not info.truncated
 
 
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
 def test_bad_in_memory_videos_raise_errors_naming_the_member(bad_videos, backend):
     cases = {"zero_bytes": "empty (0 bytes)", "text_as_mp4": "cannot open", "audio_only": "no video stream"}
     for case, reason in cases.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fractions
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -74,8 +74,9 @@ def make_video(
     gop: int = 12,
     faststart: bool = False,
     seed: int = 0,
+    frames: Iterable[np.ndarray] | None = None,
 ) -> Path:
-    """Encode ``source_frames(num_frames, size, seed)`` into ``path`` and return it.
+    """Encode ``source_frames(num_frames, size, seed)`` (or ``frames``, RGB of ``size``) into ``path``.
 
     ``codec`` is a key of CODECS; the container follows from it. ``vfr`` gives the frames irregular
     durations (1, 2 or 3 ticks of 1/fps) so that timestamps are not a multiple of a fixed step.
@@ -85,7 +86,8 @@ def make_video(
         raise ValueError(f"unknown test codec {codec!r}; one of {sorted(CODECS)}")
     fmt, encoder, _ = CODECS[codec]
     path = Path(path)
-    frames = source_frames(num_frames, size, seed)
+    if frames is None:
+        frames = source_frames(num_frames, size, seed)
     container_options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", format=fmt, options=container_options) as out:
         stream = out.add_stream(encoder, rate=fps)

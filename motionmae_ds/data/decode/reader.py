@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import decord as decord_backend
 from . import pyav
+from . import torchcodec as torchcodec_backend
 from .common import DecodeCounter, Source, VideoDecodeError, VideoSource
 
 if TYPE_CHECKING:
     import torch
 
-BACKENDS = ("auto", "decord", "pyav")
+BACKENDS = ("auto", "decord", "pyav", "torchcodec")
 
 # "auto" falls back to PyAV when decord cannot copy a stream's frames (decord_backend.COPY_FAILURE) and
 # remembers the stream's (codec, width, height, pixel format) for the rest of the process, so the next
@@ -65,6 +66,8 @@ class VideoReader:
             return decord_backend.DecordReader(self.source)
         if self.backend == "pyav":
             return pyav.PyAVReader(self.source)
+        if self.backend == "torchcodec":
+            return torchcodec_backend.TorchCodecReader(self.source)
         # auto: PyAV's header parse (a few ms) tells whether decord can be trusted with this file
         container = pyav.open_av(self.source)
         if _decord_is_exact(container):
@@ -138,6 +141,8 @@ def probe_video(source: Source, backend: str = "auto", name: str | None = None) 
     video.check()
     if backend == "decord":
         return VideoInfo(*decord_backend.probe_frames(video))
+    if backend == "torchcodec":
+        return VideoInfo(*torchcodec_backend.probe_frames(video))
     return VideoInfo(*pyav.probe_frames(video))
 
 
