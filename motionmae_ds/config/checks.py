@@ -59,6 +59,9 @@ def check_shared(cfg: Any) -> None:
     })
     check_fractions(src, {"data.max_bad_fraction": data.max_bad_fraction,
                           "model.drop_path_rate": model.drop_path_rate})
+    if data.shards and (data.synthetic or data.shards.startswith("pipe:")):
+        why = "and data.synthetic are both set" if data.synthetic else "is a pipe: URL (shards are read by byte range)"
+        raise ConfigError(f"{src}: data.shards={data.shards!r} {why}")
     _check_clip(cfg)
     _check_batch_keys(cfg)
 

@@ -164,7 +164,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     if cfg.short_side < cfg.model.img_size:
         raise ConfigError(f"{src}: data.short_side_size={cfg.data.short_side_size} is smaller than "
                           f"model.img_size={cfg.model.img_size}")
-    if not cfg.data.synthetic and not cfg.data.train_list:
+    if not cfg.data.synthetic and not cfg.data.train_list and not cfg.data.shards:
         raise ConfigError(f"{src}: data.train_list is empty (set it, or data.synthetic: true)")
     if not cfg.finetune.init:
         raise ConfigError(f"{src}: finetune.init is empty (a checkpoint path, or none for random init)")

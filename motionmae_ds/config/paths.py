@@ -8,6 +8,7 @@ from pathlib import Path
 from motionmae_ds.config.finetune import FinetuneConfig
 from motionmae_ds.config.loader import ConfigError
 from motionmae_ds.config.pretrain import PretrainConfig
+from motionmae_ds.data.shards import shard_urls
 
 
 def check_paths(cfg: PretrainConfig | FinetuneConfig) -> None:
@@ -27,6 +28,9 @@ def _check_data_files(cfg: PretrainConfig | FinetuneConfig, list_keys: tuple[str
         value = getattr(cfg.data, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{cfg.source}: data.{key}={value}: file not found")
+    missing = [u for u in shard_urls(cfg.data.shards) if "://" not in u and not Path(u).is_file()] if cfg.data.shards else []
+    if missing:
+        raise ConfigError(f"{cfg.source}: data.shards={cfg.data.shards}: {missing[0]}: file not found")
     if cfg.data.root and not Path(cfg.data.root).is_dir():
         raise ConfigError(f"{cfg.source}: data.root={cfg.data.root}: directory not found")
 

@@ -115,7 +115,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
     check_decoder_masking(cfg)
     check_shared(cfg)
-    if not cfg.data.synthetic and not cfg.data.list_file:
+    if not cfg.data.synthetic and not cfg.data.list_file and not cfg.data.shards:
         raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")
 
 

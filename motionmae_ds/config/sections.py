@@ -46,6 +46,9 @@ class DataSection:
     loader_timeout_s: float = 300.0
     # stop the run when more than this fraction of an epoch's samples could not be decoded
     max_bad_fraction: float = 0.05
+    # train from WebDataset tar shards instead of the (training) list file: "DIR/shard-{000000..000123}.tar",
+    # local paths or fsspec URLs (launch/make_shards.py writes them; motionmae_ds/data/shards.py reads them)
+    shards: str = ""
     # where synthetic videos are cached; empty = $MOTIONMAE_CACHE or ~/.cache/motionmae_ds
     cache_dir: str = ""
     # size of the synthetic set (None = the generator's defaults); tests use tiny ones

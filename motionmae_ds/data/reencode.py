@@ -5,7 +5,8 @@ keyint of 250 that is ~s + clip length frames, with keyint 16 at most 15 + clip 
 the default keyint is in docs/BENCHMARKS.md ("Re-encoding: keyint").
 
 Each file becomes ``OUT_DIR/<its path relative to the list's root, suffix .mp4>``: H.264 (libx264, one thread
-per worker, closed GOPs of exactly ``keyint`` frames, no scene-cut keyframes), yuv420p, constant frame rate
+per worker, closed GOPs of exactly ``keyint`` frames, no scene-cut keyframes, ``tune=fastdecode``: no CABAC,
+no deblocking, cheaper to decode for ~10% more bytes), yuv420p, constant frame rate
 (the source's average rate; frame ``i`` of the output is presented frame ``i`` of the source), no audio,
 scaled so that the shorter side is ``short_side`` (never up-scaled; both sides even).
 
@@ -65,7 +66,7 @@ def done_frames(path: str) -> int | None:
 
 
 def reencode_file(src: str, dst: str, short_side: int = 320, keyint: int = 16, crf: int = 23,
-                  preset: str = "veryfast") -> int:
+                  preset: str = "veryfast", tune: str = "fastdecode") -> int:
     """Decode ``src`` forward, write ``dst`` (see the module docstring); returns the frames written.
 
     Raises whatever the decoder or encoder raise; ``dst`` only appears once it is complete."""
@@ -84,7 +85,8 @@ def reencode_file(src: str, dst: str, short_side: int = 320, keyint: int = 16, c
             stream.codec_context.gop_size = keyint
             stream.codec_context.thread_count = 1
             stream.options = {"crf": str(crf), "preset": preset, "threads": "1",
-                              "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0"}
+                              "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:open-gop=0",
+                              **({"tune": tune} if tune else {})}
             for frame in source.decode(stream_in):
                 picture = frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
                 picture.pts, picture.time_base = written, Fraction(1, 1) / Fraction(rate)

@@ -2,15 +2,17 @@
 constructors of the models and data packages."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
-from motionmae_ds.config import ConfigError, PretrainConfig
+from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import ListFormatError, read_list
+from motionmae_ds.data.shards import ShardClipDataset, ShardError, build_index
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.checkpoint import init_encoder
@@ -94,7 +96,7 @@ def resolve_list_file(cfg: PretrainConfig) -> str:
     Call on every rank: generation is idempotent, and rank 0 does it first while the others wait.
     """
     if not cfg.data.synthetic:
-        return cfg.data.list_file
+        return cfg.data.shards or cfg.data.list_file
     return str(synthetic_set(cfg, "pretrain"))
 
 
@@ -127,12 +129,31 @@ def read_records(data: Any, list_file: str, where: str) -> list:
     return records
 
 
+def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callable[..., Any]]:
+    """(records, dataset class) of a training set: with ``data.shards`` the shards' index (built on rank 0, sent
+    to the others) and ``ShardClipDataset`` padded to whole batches on every rank, else the list's entries."""
+    if not cfg.data.shards:
+        return read_records(cfg.data, list_file, where), VideoClipDataset
+    index, error = None, None
+    if dist_utils.is_main():
+        try:
+            index = build_index(cfg.data.shards)
+        except ShardError as exc:
+            error = str(exc)
+    index, error = dist_utils.gather_objects([(index, error)] if dist_utils.is_main() else [])[0]
+    if error:
+        raise ConfigError(f"{cfg.source}: data.shards: {error}")
+    world = dist_utils.world_size()
+    micro, accum, _ = batch_layout(cfg, world)
+    return index, functools.partial(ShardClipDataset, pad_to=world * micro * accum)
+
+
 def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
 
-    records = read_records(cfg.data, list_file, f"data.list_file={list_file}")
+    records, dataset_class = training_records(cfg, list_file, f"data.list_file={list_file}")
     d = cfg.data
     try:
-        return VideoClipDataset(
+        return dataset_class(
             records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
             input_size=cfg.model.img_size, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std,
             seed=cfg.run.seed, backend=d.decode_backend,
@@ -169,14 +190,15 @@ def resolve_lists(cfg: Any) -> dict[str, str]:
     """split -> list file of a ``FinetuneConfig``: the configured ones, or the embedded motion-classes set
     (generated once, cached; call on every rank, rank 0 generates first)."""
     if not cfg.data.synthetic:
-        return {k: v for k, v in (("train", cfg.data.train_list), ("val", cfg.data.val_list),
+        return {k: v for k, v in (("train", cfg.data.shards or cfg.data.train_list), ("val", cfg.data.val_list),
                                   ("test", cfg.data.test_list)) if v}
     return dict(synthetic_set(cfg, "motion_classes"))
 
 
 def build_split(cfg: Any, list_file: str, mode: str) -> Any:
     """The finetuning dataset of one split (``train`` | ``val`` | ``test``) of a ``FinetuneConfig``."""
-    records = read_records(cfg.data, list_file, list_file)
+    records, dataset_class = (training_records(cfg, list_file, list_file) if mode == "train"
+                              else (read_records(cfg.data, list_file, list_file), VideoClipDataset))
     bad = [r for r in records if not 0 <= int(r.label) < cfg.model.num_classes]
     if bad:
         raise ConfigError(f"{list_file}: label {bad[0].label} of {bad[0].path} outside 0..{cfg.model.num_classes - 1}"
@@ -193,6 +215,6 @@ def build_split(cfg: Any, list_file: str, mode: str) -> Any:
     else:
         extra = {}
     try:
-        return VideoClipDataset(records, mode=mode, **common, **extra)
+        return dataset_class(records, mode=mode, **common, **extra)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data ({mode}): {exc}") from None
