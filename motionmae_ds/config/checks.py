@@ -108,14 +108,18 @@ def _check_batch_keys(cfg: Any) -> None:
 
 def batch_layout(cfg: Any, world_size: int) -> tuple[int, int, int]:
     """(micro batch per device, accumulation steps, total batch) for this world size, for either job config;
-    ``total_batch_size`` fixes the total and accumulation makes up what the devices do not."""
+    ``total_batch_size`` fixes the total and accumulation makes up what the devices do not. The micro batch
+    counts loaded videos; the total counts clips: ``clips_per_video`` of them per video (pretraining's
+    ``data.num_repeats``; finetuning counts videos)."""
     micro = cfg.schedule.batch_size
+    clips = getattr(cfg, "clips_per_video", 1)
     if cfg.schedule.total_batch_size is not None:
         total = cfg.schedule.total_batch_size
-        if total % (micro * world_size):
+        if total % (micro * clips * world_size):
+            repeats = f"data.num_repeats={clips} x " if clips > 1 else ""
             raise ConfigError(
                 f"{cfg.source}: schedule.total_batch_size={total} is not a multiple of "
-                f"schedule.batch_size={micro} x world size {world_size}")
-        return micro, total // (micro * world_size), total
+                f"schedule.batch_size={micro} x {repeats}world size {world_size}")
+        return micro, total // (micro * clips * world_size), total
     accum = cfg.schedule.accum_steps or 1
-    return micro, accum, micro * accum * world_size
+    return micro, accum, micro * clips * accum * world_size

@@ -3,7 +3,9 @@
 Every setting of a pretraining experiment lives here; the DeepSpeed JSON holds engine settings only (ZeRO,
 bf16, clipping). The batch has one source of truth: the YAML's ``schedule.batch_size`` (per-device micro
 batch) with either ``schedule.accum_steps`` or ``schedule.total_batch_size`` (see ``checks.batch_layout``
-and ``motionmae_ds.engine.ds_config`` for how the JSON is filled in and checked against it).
+and ``motionmae_ds.engine.ds_config`` for how the JSON is filled in and checked against it). With
+``data.num_repeats`` R each video of a micro-batch gives R clips: ``schedule.batch_size`` counts videos per
+device, ``schedule.total_batch_size`` and the lr scaling count clips (batch_size x R x accum x world size).
 """
 from __future__ import annotations
 
@@ -59,6 +61,11 @@ class MaskingSection:
 @dataclass
 class PretrainDataSection(DataSection):
     list_file: str = ""
+    # repeated temporal sampling (mae_st's repeat_aug; not in the paper): each opened video gives this many
+    # clips with their own random starts, crops, flips and masks, its frames decoded once. schedule.batch_size
+    # counts videos per device (a micro-batch holds batch_size x num_repeats clips); total_batch_size and the
+    # lr scaling count clips
+    num_repeats: int = 1
     # clip used for the reconstruction figures; empty = the first entry of list_file
     vis_video: str = ""
 
@@ -80,6 +87,11 @@ class PretrainConfig(SectionedConfig):
     run: PretrainRunSection = field(default_factory=PretrainRunSection)
     # where it came from, for messages and the default output dir (not a YAML key)
     source: str = field(default="<defaults>", repr=False, compare=False)
+
+    @property
+    def clips_per_video(self) -> int:
+        """Clips each loaded video adds to a batch: what total_batch_size and the lr scaling count."""
+        return self.data.num_repeats
 
 
 def load_pretrain_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None
@@ -110,7 +122,8 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         "masking.decoder_kind": (cfg.masking.decoder_kind, DECODER_MASK_KINDS),
         "masking.decoder_heads": (cfg.masking.decoder_heads, DECODER_HEADS),
     })
-    check_ranges(src, positive={"targets.motion_granularity": cfg.targets.motion_granularity}, nonneg={})
+    check_ranges(src, positive={"targets.motion_granularity": cfg.targets.motion_granularity,
+                                "data.num_repeats": cfg.data.num_repeats}, nonneg={})
     if not 0.0 < cfg.masking.ratio < 1.0:
         raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
     check_decoder_masking(cfg)

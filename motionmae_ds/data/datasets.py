@@ -8,8 +8,10 @@ for k = 1..max_retries (deterministic); every failure is returned as ``(path, re
 the main process can log and count it. When all retries fail, ``DataLoadError`` names the last reasons.
 
 Item layout:
-- pretrain / train: ``video`` float (3, T, S, S), or (R, 3, T, S, S) with ``num_repeats`` R > 1 (decoded
-  once, augmented R times).
+- pretrain: ``video`` float (3, T, S, S), or (R, 3, T, S, S) with ``num_repeats`` R > 1: R clips with their
+  own random temporal starts (distinct where the video has room), crops and flips; the union of their frames
+  is decoded once, in one pass through the file (repeated temporal sampling, mae_st's ``repeat_aug``).
+- train: the same shapes, but R > 1 re-augments ONE decoded clip R times (VideoMAE's repeated sampling).
 - val: the centre clip's centre crop, (3, T, S, S).
 - test: ALL views of one video in one item, ``video`` (K * C, 3, T, S, S) for K clips x C crops, view
   ``k * C + c``; the union of the K clips' frames is decoded once and resized once.
@@ -25,7 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import VideoDecodeError, VideoReader, read_frame_folder
-from .sampling import SAMPLINGS, eval_indices, make_generator, spatial_crop_offsets, train_indices
+from .sampling import (
+    SAMPLINGS, eval_indices, make_generator, repeated_train_indices, spatial_crop_offsets, train_indices,
+)
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize, resize_short_side
 
 MODES = ("pretrain", "train", "val", "test")
@@ -159,15 +163,22 @@ class VideoClipDataset(Dataset):
 
     def _load_from(self, record: Any, reader: VideoReader | None, generator: torch.Generator) -> torch.Tensor:
         n = self._num_frames(record, reader)
-        if self.mode in ("pretrain", "train"):
+        if self.mode == "pretrain":  # repeated temporal sampling: R clips, the union decoded in one pass
+            clips = repeated_train_indices(self.sampling, n, self.num_frames, self.sampling_rate, self.num_repeats,
+                                           generator)
+            frames, positions = self._read(record, reader, clips)
+            views = [self.transform(frames[pos], generator) for pos in positions]
+            return views[0] if self.num_repeats == 1 else torch.stack(views)
+        if self.mode == "train":
             clip = train_indices(self.sampling, n, self.num_frames, self.sampling_rate, generator)
-            frames, _ = self._read(record, reader, [clip])
+            frames, positions = self._read(record, reader, [clip])
+            frames = frames[positions[0]]  # in clip order, repeated frames (short videos) included
             views = [self.transform(frames, generator) for _ in range(self.num_repeats)]
             return views[0] if self.num_repeats == 1 else torch.stack(views)
         if self.mode == "val":
             clip = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, 1)[0]
-            frames, _ = self._read(record, reader, [clip])
-            return self.transform(frames)
+            frames, positions = self._read(record, reader, [clip])
+            return self.transform(frames[positions[0]])
         clips = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, self.test_clips)
         frames, positions = self._read(record, reader, clips)
         resized = resize_short_side(frames, self.short_side_size)

@@ -187,3 +187,26 @@ def spatial_crop_offsets(height: int, width: int, crop_size: int, num_crops: int
     else:
         positions = [math.floor(k * long_free / (num_crops - 1) + 0.5) for k in range(num_crops)]
     return [(p, centre) if along_height else (centre, p) for p in positions]
+
+
+def repeated_train_indices(sampling: str, num_frames: int, clip_len: int, stride: int, repeats: int,
+                           generator: torch.Generator | None = None, start_idx: int = 0) -> list[list[int]]:
+    """``repeats`` training clips of one video (repeated temporal sampling), each from its own random draw.
+
+    Clip 0 is exactly ``train_indices`` (so ``repeats=1`` draws what a single clip draws); a later clip that
+    starts where an earlier one does is redrawn (up to 32 times) while the video has room for distinct starts.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats (num_repeats) must be >= 1, got {repeats}")
+    clips: list[list[int]] = []
+    starts: set[int] = set()
+    room = num_frames if sampling == "segment" else \
+        max(0, num_frames - clip_span(clip_len, effective_stride(num_frames, clip_len, stride))) + 1
+    for _ in range(repeats):
+        for _attempt in range(32):
+            clip = train_indices(sampling, num_frames, clip_len, stride, generator, start_idx)
+            if clip[0] not in starts or len(starts) >= room:
+                break
+        starts.add(clip[0])
+        clips.append(clip)
+    return clips

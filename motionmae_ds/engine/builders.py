@@ -156,7 +156,7 @@ def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -
         return dataset_class(
             records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
             input_size=cfg.model.img_size, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std,
-            seed=cfg.run.seed, backend=d.decode_backend,
+            seed=cfg.run.seed, backend=d.decode_backend, num_repeats=d.num_repeats if mode == "pretrain" else 1,
         )
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data: {exc}") from None

@@ -62,7 +62,10 @@ class PretrainTask(Task):
         return FlopCounter(self.cfg)
 
     def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        videos = batch["video"].to(ctx.device, non_blocking=True)
+        videos = batch["video"]
+        if videos.dim() == 6:  # repeated temporal sampling: (B, R, ...) -> B * R clips, each with its own mask
+            videos = videos.flatten(0, 1)
+        videos = videos.to(ctx.device, non_blocking=True)
         mask = self.masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
         if self.decoder_masker is None:
             out = engine(videos, mask)
@@ -75,8 +78,9 @@ class PretrainTask(Task):
         return {"list_file": self.list_file}
 
     def describe(self, trainer: Trainer) -> str:
-        return (f"{len(self.dataset)} videos, {trainer.world} rank(s), batch {trainer.micro} x {trainer.accum} x "
-                f"{trainer.world} = {trainer.total_batch}, peak lr {trainer.peak_lr:.3g}, "
+        repeats = f" x {self.cfg.data.num_repeats} clips" if self.cfg.data.num_repeats > 1 else ""
+        return (f"{len(self.dataset)} videos, {trainer.world} rank(s), batch {trainer.micro}{repeats} x "
+                f"{trainer.accum} x {trainer.world} = {trainer.total_batch}, peak lr {trainer.peak_lr:.3g}, "
                 f"{trainer.steps_per_epoch} steps/epoch, output {trainer.out_dir}")
 
     def on_checkpoint(self, trainer: Trainer, tag: str) -> None:

@@ -54,3 +54,19 @@ def test_batch_layout_finetune():
     cfg = load_finetune_config(None, ["schedule.batch_size=2", "schedule.total_batch_size=16"])
     assert batch_layout(cfg, 4) == (2, 2, 16)
     assert batch_layout(load_finetune_config(None, ["schedule.accum_steps=2"]), 3) == (8, 2, 48)
+
+
+def test_batch_layout_counts_clips_with_pretraining_repeats():
+    # schedule.batch_size counts videos per device; total_batch_size (and the lr scaling) count clips
+    cfg = load_pretrain_config(None, ["data.num_repeats=4", "schedule.batch_size=2", "schedule.total_batch_size=64"])
+    assert batch_layout(cfg, 2) == (2, 4, 64)
+    assert batch_layout(load_pretrain_config(None, ["data.num_repeats=4", "schedule.batch_size=2"]), 2) == (2, 1, 16)
+    with pytest.raises(ConfigError, match=r"total_batch_size=64 is not a multiple of schedule.batch_size=2 x "
+                                          r"data.num_repeats=3 x world size 2"):
+        batch_layout(load_pretrain_config(None, ["data.num_repeats=3", "schedule.batch_size=2",
+                                                 "schedule.total_batch_size=64"]), 2)
+    with pytest.raises(ConfigError, match=r"data.num_repeats=0 must be positive"):
+        load_pretrain_config(None, ["data.num_repeats=0"])
+    # finetuning's num_repeats re-augments one clip and counts videos, as before
+    ft = load_finetune_config(None, ["data.num_repeats=2", "schedule.batch_size=2", "schedule.total_batch_size=8"])
+    assert batch_layout(ft, 2) == (2, 2, 8)

@@ -6,7 +6,8 @@ from torch.utils.data import DataLoader
 import videos
 from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset, collate_clips
 from motionmae_ds.data.lists import VideoRecord, read_list
-from motionmae_ds.data.sampling import make_generator, train_clip_indices
+from motionmae_ds.data.decode import VideoReader
+from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
 from motionmae_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 
 ACCURACY_VIDEOS = ("h264", "vp9", "avi_bframes", "mpeg_ps", "vfr", "gray", "short10")
@@ -102,6 +103,68 @@ def test_determinism_and_epochs(good_videos, tmp_path):
     main = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips)]
     workers = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips, num_workers=2)]
     assert all(torch.equal(x, y) for x, y in zip(main, workers)) and len(main) == 2
+
+
+@pytest.mark.parametrize("name,backend", [("h264", "pyav"), ("avi_bframes", "pyav"), ("vfr", "pyav"),
+                                          ("h264", "auto"), ("mp4_mpeg4_bframes", "torchcodec"), ("vp9", "decord")])
+def test_pretrain_repeats_are_clips_with_their_own_starts_each_frame_exact(name, backend, good_videos, reference):
+    ref = reference(good_videos[name])
+    repeats = 4
+    ds = VideoClipDataset([_rec(good_videos[name])] * 3, mode="pretrain", num_frames=4, sampling_rate=3,
+                          input_size=32, num_repeats=repeats, seed=7, backend=backend)
+    ds.set_epoch(1)
+    tf = TrainTransform(32, scale=(0.5, 1.0), flip=True)
+    for i in range(3):
+        video = ds[i]["video"]
+        assert video.shape == (repeats, 3, 4, 32, 32)
+        # the documented draws: the R clips' starts from the item's generator, then each clip's crop and flip
+        gen = make_generator(7, 1, i, 0)
+        clips = repeated_train_indices("dense", len(ref), 4, 3, repeats, gen)
+        assert len({clip[0] for clip in clips}) == repeats, "starts must differ"
+        for r, clip in enumerate(clips):
+            assert torch.equal(video[r], tf(torch.from_numpy(ref[clip]), gen)), f"item {i} clip {r}"
+    # repeats=1 draws exactly the single clip of the plain pretraining item
+    one = VideoClipDataset([_rec(good_videos[name])], mode="pretrain", num_frames=4, sampling_rate=3,
+                           input_size=32, seed=7, backend=backend)
+    gen = make_generator(7, 0, 0, 0)
+    idx = train_clip_indices(len(ref), 4, 3, gen)
+    assert torch.equal(one[0]["video"], tf(torch.from_numpy(ref[idx]), gen))
+
+
+@pytest.mark.parametrize("name", ["h264", "avi_bframes", "mpeg_ps", "vfr"])
+def test_pretrain_repeats_decode_every_frame_once_in_one_pass(name, good_videos, reference):
+    """Counted in PyAV's real decode: seeking files (MP4) and forward-only ones (AVI, MPEG-PS)."""
+    ref = reference(good_videos[name])
+    ds = VideoClipDataset([_rec(good_videos[name])], mode="pretrain", num_frames=6, sampling_rate=2,
+                          input_size=32, num_repeats=4, seed=3, backend="pyav")
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        gen = make_generator(3, epoch, 0, 0)
+        clips = repeated_train_indices("dense", len(ref), 6, 2, 4, gen)
+        union = {i for clip in clips for i in clip}
+        with VideoReader(good_videos[name], "pyav") as reader:
+            ds._load_from(_rec(good_videos[name]), reader, gen_copy := make_generator(3, epoch, 0, 0))
+            counter = reader.counter
+        del gen_copy
+        assert max(counter.decoded.values()) == 1, "a frame went through the decoder twice"
+        assert counter.converted == len(union), "frames converted to RGB != the union of the clips"
+        if name in ("avi_bframes", "mpeg_ps"):  # forward decode: exactly the frames up to the last wanted one
+            assert sorted(counter.decoded) == list(range(max(union) + 1))
+        else:  # seeking: never more than the file, never a GOP twice
+            assert union <= set(counter.decoded) and counter.total_decoded <= len(ref)
+
+
+def test_short_videos_give_full_clips_in_every_mode(good_videos, reference):
+    # 10 frames, clips of 16: stride 1 and the last frame repeated, for one clip and for repeated clips
+    ref = reference(good_videos["short10"])
+    expected = list(range(10)) + [9] * 6
+    val = VideoClipDataset([_rec(good_videos["short10"])], mode="val", num_frames=16, input_size=48,
+                           short_side_size=48)
+    np.testing.assert_allclose(val[0]["video"].numpy(), _norm(ref[expected][:, :, 8:56]), atol=1e-5)
+    for mode in ("train", "pretrain"):
+        ds = VideoClipDataset([_rec(good_videos["short10"])], mode=mode, num_frames=16, input_size=32,
+                              num_repeats=2)
+        assert ds[0]["video"].shape == (2, 3, 16, 32, 32)
 
 
 def test_repeated_sampling_decodes_once_augments_twice(good_videos):

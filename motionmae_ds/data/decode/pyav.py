@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -157,10 +158,13 @@ class PyAVReader:
                 # Keep decoding forward when the next wanted frame lies inside the GOP we are already in.
                 if position is None or position >= target or key_pts > position:
                     self._next_index = None  # the forward position is lost
-                    self._container.seek(key_dts, stream=self._stream, backward=True, any_frame=False)
-                    self._frames = self._container.decode(self._stream)
-                    position = None
-                for frame in self._frames:
+                    first = self._seek(key_pts, key_dts, target)
+                    if first is None:
+                        return None
+                    frames, position = itertools.chain([first], self._frames), None
+                else:
+                    frames = self._frames
+                for frame in frames:
                     if frame.pts is None or frame.is_corrupt or (position is None and frame.pts > target):
                         return None  # damaged data, or the seek landed after the frame we want
                     position = frame.pts
@@ -174,6 +178,22 @@ class PyAVReader:
         except Exception:  # noqa: BLE001 - the forward decode reports what is wrong with the file
             return None
         return out
+
+    def _seek(self, key_pts: int, key_dts: int, target: int):
+        """Seek to a keyframe; the first frame decoded there, or None when every try lands after ``target``.
+
+        By the keyframe's pts first: in MP4 with B-frames (an edit list shifts the timestamps) a seek to its
+        dts lands one keyframe earlier and decodes a whole GOP for nothing. The dts is the fallback.
+        """
+        for timestamp in dict.fromkeys((key_pts, key_dts)):
+            self._container.seek(timestamp, stream=self._stream, backward=True, any_frame=False)
+            self._frames = self._container.decode(self._stream)
+            first = next(self._frames, None)
+            if first is not None and first.pts is not None and first.pts <= target:
+                return first
+            if first is not None and first.pts is not None:
+                self.counter.decoded[bisect.bisect_left(self._pts, first.pts)] += 1
+        return None
 
     def close(self) -> None:
         self._container.close()
