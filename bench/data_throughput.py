@@ -15,6 +15,12 @@ B-frames). Clip indices come from the same sampler with the same seeds, so both 
 The mask generator (if ``motionmae_ds.models.build_mask_generator`` exists) is called once per clip in
 both, as the data loader would. Timings alternate ours/baseline per repeat; the table shows medians.
 A second row per resolution times the transforms alone on the same already-decoded frames.
+Repeated temporal sampling (third table): ours with ``num_repeats`` 1 and 4 (4 clips with their own starts from
+one opened video, the union of their frames decoded once) and decode_backend auto / torchcodec, against the
+baseline timed in the same rounds; clips/s counts clips (an R=4 item is 4 clips).
+Data at scale (second table, ours in both columns): the files re-encoded by ``prepare_data.py --reencode``
+(short side 320, keyint 16, x264 tune fastdecode) against the original files, and the original files packed into
+a WebDataset shard (``make_shards``; bytes read by range, decoded in memory) against the same files from disk.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import time
 from fractions import Fraction
@@ -133,13 +140,93 @@ def _mask_fn():
     return lambda: gen(1)
 
 
+# --clock cpu: this process's CPU time (all its threads) instead of wall time, for a machine shared with other jobs
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def _rate(fn, start: int, clips: int, mask) -> float:
-    t0 = time.perf_counter()
+    t0 = _clock()
     for i in range(start, start + clips):
         out = fn(i)
         mask()
         assert out.shape == (3, NUM_FRAMES, SIZE, SIZE), out.shape
-    return clips / (time.perf_counter() - t0)
+    return clips / (_clock() - t0)
+
+
+_clock = CLOCK["wall"]
+
+
+def _paired(cases: list, clips: int, repeats: int, mask) -> list[float]:
+    """Median clips/s of each case, the cases timed back to back in each repeat (order rotating)."""
+    rates = [[] for _ in cases]
+    for r in range(repeats):
+        order = list(range(len(cases)))
+        order = order[r % len(cases):] + order[:r % len(cases)]
+        for k in order:
+            rates[k].append(_rate(cases[k], 1000 * (r + 1), clips, mask))
+    return [statistics.median(x) for x in rates]
+
+
+def scale_rows(name: str, paths: list[str], out: Path, args, mask) -> list[tuple]:
+    """(video, case, clips/s, reference clips/s, ratio) for the re-encoded files and the shard."""
+    from motionmae_ds.data.reencode import reencode_file
+    from motionmae_ds.data.shards import ShardClipDataset, build_index, write_shards
+
+    kw = dict(mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE, input_size=SIZE, flip=True)
+    small = []
+    for p in paths:
+        dst = str(Path(p).with_name(Path(p).stem + "_s320_k16.mp4"))
+        if not os.path.exists(dst):
+            reencode_file(p, dst, short_side=320, keyint=16)
+        small.append(dst)
+    shard_dir = out / f"shards_{name}"
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    shard = write_shards([(p, 0, 0) for p in paths], str(shard_dir))[0]
+    sets = [VideoClipDataset([VideoRecord(p, 0, 0, None, False) for p in paths], **kw),
+            VideoClipDataset([VideoRecord(p, 0, 0, None, False) for p in small], **kw),
+            ShardClipDataset(build_index(shard), **kw)]
+    cases = [lambda i, d=d: d[i % len(d)]["video"] for d in sets]
+    for fn in cases:
+        _rate(fn, 0, 2, mask)  # warm-up
+    disk, reencoded, sharded = _paired(cases, args.clips, args.repeats, mask)
+    return [(name, "re-encoded (short side 320, keyint 16) vs original files", reencoded, disk, reencoded / disk),
+            (name, "WebDataset shard vs the same files on disk", sharded, disk, sharded / disk)]
+
+
+def _clips_rate(fn, start: int, items: int, mask) -> float:
+    """Clips/s of ``fn`` giving one clip (3, T, S, S) or R clips (R, 3, T, S, S) per item; one mask per clip."""
+    t0, clips = _clock(), 0
+    for i in range(start, start + items):
+        out = fn(i)
+        views = out if out.dim() == 5 else out[None]
+        assert tuple(views.shape[1:]) == (3, NUM_FRAMES, SIZE, SIZE), out.shape
+        for _ in range(len(views)):
+            mask()
+        clips += len(views)
+    return clips / (_clock() - t0)
+
+
+def repeat_rows(name: str, paths: list[str], base, args, mask) -> list[tuple]:
+    """(video, case, clips/s, VideoMAE-style clips/s, ratio): ours with num_repeats 1 and 4 (R clips per opened
+    video, their frames decoded once), with decode_backend auto and torchcodec, timed beside the baseline."""
+    from motionmae_ds.data.decode import torchcodec as torchcodec_backend
+
+    records = [VideoRecord(p, 0, 0, None, False) for p in paths]
+    cases, labels = [(base, args.clips)], []
+    for backend in ("auto", "torchcodec") if torchcodec_backend.available() else ("auto",):
+        for repeats in (1, 4):
+            ds = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
+                                  input_size=SIZE, flip=True, num_repeats=repeats, backend=backend)
+            cases.append((lambda i, d=ds: d[i % len(d)]["video"], max(1, args.clips // repeats)))
+            labels.append(f"num_repeats={repeats}, decode_backend {backend}")
+    for case, _ in cases:
+        _clips_rate(case, 0, 1, mask)  # warm-up
+    rates: list[list[float]] = [[] for _ in cases]
+    for r in range(args.repeats):
+        for k in [(k + r) % len(cases) for k in range(len(cases))]:
+            rates[k].append(_clips_rate(cases[k][0], 1000 * (r + 1), cases[k][1], mask))
+    medians = [statistics.median(x) for x in rates]
+    return [(name, label, m, medians[0], m / medians[0]) for label, m in zip(labels, medians[1:])]
 
 
 def main() -> None:
@@ -149,12 +236,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300, help="frames per generated video (10 s at 30 fps)")
     parser.add_argument("--videos", type=int, default=2, help="videos per resolution")
     parser.add_argument("--out", default="/tmp/motionmae_bench_videos")
+    parser.add_argument("--clock", choices=tuple(CLOCK), default="wall", help="cpu: process CPU time, not wall")
     args = parser.parse_args()
+    global _clock
+    _clock = CLOCK[args.clock]
     torch.set_num_threads(1)  # one DataLoader worker = one thread
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mask = _mask_fn()
-    rows = []
+    rows, at_scale, repeated = [], [], []
     for width, height in ((320, 240), (640, 360)):
         paths = [str(make_bench_video(out / f"bench_{width}x{height}_{k}.mp4", width, height, args.frames, k))
                  for k in range(args.videos)]
@@ -179,11 +269,21 @@ def main() -> None:
                     rates.append(_rate(fn, start, clips, mask))
             o, b = statistics.median(ours_rates), statistics.median(base_rates)
             rows.append((f"{width}x{height}", label, o, b, o / b))
+        at_scale += scale_rows(f"{width}x{height}", paths, out, args, mask)
+        repeated += repeat_rows(f"{width}x{height}", paths, base, args, mask)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, 1 thread; {args.repeats} repeats x {args.clips} clips, median")
+          f"{torch.__version__}, 1 thread; {args.repeats} repeats x {args.clips} clips, median, {args.clock} clock")
     print("| video | stage | ours clips/s | VideoMAE-style clips/s | speed-up |")
     print("|---|---|---|---|---|")
     for name, label, o, b, ratio in rows:
+        print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
+    print("\n| video | ours, decode + transform | clips/s | reference clips/s | ratio |")
+    print("|---|---|---|---|---|")
+    for name, label, o, b, ratio in at_scale:
+        print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
+    print("\n| video | ours, decode + transform | clips/s | VideoMAE-style clips/s | speed-up |")
+    print("|---|---|---|---|---|")
+    for name, label, o, b, ratio in repeated:
         print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
 
 
