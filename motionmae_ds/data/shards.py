@@ -4,8 +4,8 @@ A shard is a plain tar file in WebDataset's layout: the members of one sample sh
 extension, ``KEY.mp4`` (the encoded video, any container), ``KEY.cls`` (the label as text) and ``KEY.json``
 (``{"label", "num_frames", "source"}``). Any WebDataset reader reads them as they are.
 
-Training reads them *by index*: the shards' tar headers are scanned once (rank 0; the other ranks get the
-result) into an index of (shard URL, member name, byte offset, size, label, frames), and item ``i`` reads its
+Training reads them *by index*: the shards' tar headers are scanned once (each rank scans every world-size-th
+shard, all ranks get the merged result) into an index of (shard URL, member name, byte offset, size, label, frames), and item ``i`` reads its
 member's bytes with one ranged read and decodes them in memory. So the shards train exactly like a list file:
 the trainer's (seed, epoch) permutation, every rank the same number of batches, bad members skipped, counted
 and named (``SHARD_URL:MEMBER``), and resume at the exact sample. Shards may be local paths or any URL fsspec
@@ -174,12 +174,22 @@ def index_shard(url: str) -> list[ShardMember]:
     return members
 
 
-def build_index(spec: str) -> list[ShardMember]:
-    """All samples of the shards ``spec`` names, shard by shard in the order given, members in tar order."""
-    members = [m for url in shard_urls(spec) for m in index_shard(url)]
+def index_part(urls: Sequence[str], part: int = 0, parts: int = 1) -> list[tuple[int, list[ShardMember]]]:
+    """(shard number, samples) of the shards ``part``, ``part + parts``, ...: each rank scans its share."""
+    return [(i, index_shard(urls[i])) for i in range(part, len(urls), parts)]
+
+
+def merge_index(found: Iterable[tuple[int, list[ShardMember]]], spec: str) -> list[ShardMember]:
+    """The samples of all parts' shards, shard by shard in the order ``spec`` gives, members in tar order."""
+    members = [m for _, part in sorted(found, key=lambda item: item[0]) for m in part]
     if not members:
         raise ShardError(f"{spec}: the shards hold no video member")
     return members
+
+
+def build_index(spec: str) -> list[ShardMember]:
+    """All samples of the shards ``spec`` names (one process scans them all)."""
+    return merge_index(index_part(shard_urls(spec)), spec)
 
 
 def read_member(member: ShardMember) -> bytes:

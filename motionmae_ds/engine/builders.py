@@ -12,7 +12,7 @@ from torch import nn
 from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import ListFormatError, read_list
-from motionmae_ds.data.shards import ShardClipDataset, ShardError, build_index
+from motionmae_ds.data.shards import ShardClipDataset, ShardError, index_part, merge_index, shard_urls
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.checkpoint import init_encoder
@@ -130,19 +130,24 @@ def read_records(data: Any, list_file: str, where: str) -> list:
 
 
 def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callable[..., Any]]:
-    """(records, dataset class) of a training set: with ``data.shards`` the shards' index (built on rank 0, sent
-    to the others) and ``ShardClipDataset`` padded to whole batches on every rank, else the list's entries."""
+    """(records, dataset class) of a training set: with ``data.shards`` the shards' index (every rank scans its
+    share of the shards, all get the whole) and ``ShardClipDataset`` padded to whole batches on every rank,
+    else the list's entries."""
     if not cfg.data.shards:
         return read_records(cfg.data, list_file, where), VideoClipDataset
-    index, error = None, None
-    if dist_utils.is_main():
-        try:
-            index = build_index(cfg.data.shards)
-        except ShardError as exc:
-            error = str(exc)
-    index, error = dist_utils.gather_objects([(index, error)] if dist_utils.is_main() else [])[0]
-    if error:
-        raise ConfigError(f"{cfg.source}: data.shards: {error}")
+    found, error = [], None
+    try:
+        found = index_part(shard_urls(cfg.data.shards), dist_utils.rank(), dist_utils.world_size())
+    except ShardError as exc:
+        error = str(exc)
+    gathered = dist_utils.gather_objects([(found, error)])  # every rank raises alike, none waits
+    try:
+        errors = [e for _, e in gathered if e]
+        if errors:
+            raise ShardError(errors[0])
+        index = merge_index([item for part, _ in gathered for item in part], cfg.data.shards)
+    except ShardError as exc:
+        raise ConfigError(f"{cfg.source}: data.shards: {exc}") from None
     world = dist_utils.world_size()
     micro, accum, _ = batch_layout(cfg, world)
     return index, functools.partial(ShardClipDataset, pad_to=world * micro * accum)
