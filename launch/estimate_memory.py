@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     ds = load_ds_config(args.deepspeed_config)
     world = args.nodes * args.gpus_per_node
     params = me.count_params(cfg)
-    states = me.model_state_bytes(params, args.gpus_per_node, args.nodes)
+    model_states = me.model_states(params, args.gpus_per_node, args.nodes, ds, me.largest_layer_params(cfg))
+    states = model_states["gpu"]
     buckets = me.bucket_bytes(ds)
     fit = me.fit_activation_bytes(cfg, tuple(args.frames))
     # the batch-independent part of the measured peak (transient gradients and casts) at the target size
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "config": args.config, "world_size": world, "params_m": round(params / 1e6, 2),
         "grad_checkpointing": cfg.model.grad_checkpointing,
-        "model_states_gib": me.gib(states), "zero_buckets_gib": me.gib(buckets), "transient_gib": me.gib(transient),
+        "zero_stage": model_states["stage"], "model_states_gib": me.gib(states),
+        "cpu_model_states_gib_per_node": me.gib(model_states["cpu_per_node"]), "zero_buckets_gib": me.gib(buckets), "transient_gib": me.gib(transient),
         "activation_mib_per_sample_measured": {t: round(b / 2 ** 20, 2) for t, b in zip(fit.frames,
                                                                                          fit.per_sample_bytes)},
         "activation_mib_per_sample": round(fit.bytes_per_sample / 2 ** 20, 1),

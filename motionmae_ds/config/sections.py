@@ -90,3 +90,5 @@ class RunSection:
     # also checkpoint mid-epoch every N optimizer steps (0 = off)
     save_every_steps: int = 0
     keep_last: int = 2
+    # torch.compile each transformer block (regional compilation); checkpoint keys stay the eager ones
+    compile: bool = False

@@ -31,6 +31,10 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not dist.is_initialized():
+        if get_accelerator().device_name() != "cpu":
+            # NCCL's object collectives (gather_objects) and the collectives before deepspeed.initialize run on
+            # the current device: each rank's own, not device 0 for all
+            get_accelerator().set_device(local_rank())
         deepspeed.init_distributed(dist_init_required=True)
         _unlink_shm_workspace()
         _bound_data_parallel_group()
@@ -96,9 +100,16 @@ def device() -> torch.device:
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum across ranks (in place and returned); a no-op in a single-process world."""
+    """Sum across ranks (in place and returned); a no-op in a single-process world. A CPU tensor travels
+    through the accelerator when the backend (NCCL) reduces device tensors only."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dev = device()
+        if values.device.type == "cpu" and dev.type != "cpu" and dist.get_backend() == "nccl":
+            moved = values.to(dev)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            values.copy_(moved.cpu())
+        else:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 

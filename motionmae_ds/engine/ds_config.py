@@ -49,3 +49,16 @@ def fill_batch(ds: dict[str, Any], micro: int, accum: int, world_size: int, orig
                               f"drop the key from the JSON (the YAML owns the batch)")
         out[key] = value
     return out
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    zero = ds.get("zero_optimization") or {}
+    return int(zero.get("stage", 0)) if isinstance(zero, dict) else 0
+
+
+def offload_device(ds: dict[str, Any], what: str = "optimizer") -> str:
+    """Where ZeRO keeps the ``optimizer`` states (or the ``param`` weights): "cpu"/"nvme" when offloaded,
+    else "none"."""
+    zero = ds.get("zero_optimization") or {}
+    section = zero.get(f"offload_{what}") if isinstance(zero, dict) else None
+    return str(section.get("device", "none")) if isinstance(section, dict) else "none"

@@ -1,6 +1,6 @@
 """Per-GPU memory of a pretraining recipe: model states, ZeRO buffers, activations; and step FLOPs.
 
-Model states come from DeepSpeed's ZeRO-2 estimator. Activations are measured, not modelled: a forward +
+Model states come from DeepSpeed's estimators for the JSON's ZeRO stage (2 or 3) and offload settings. Activations are measured, not modelled: a forward +
 backward of the recipe's model (full width and depth, bf16, SDPA attention as on a GPU, activation
 checkpointing as configured) runs on the CPU at a few small frame counts under a dispatch mode that counts
 the bytes of every live tensor storage. The peak minus weights and gradients, per sample (slope over two
@@ -117,18 +117,54 @@ def fit_activation_bytes(cfg: PretrainConfig, frames: tuple[int, int], batches: 
 def model_state_bytes(num_params: int, gpus_per_node: int, num_nodes: int) -> int:
     """DeepSpeed's ZeRO-2 estimate per GPU without offload: bf16 weights + partitioned fp32 master,
     Adam moments and gradients."""
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    return model_states(num_params, gpus_per_node, num_nodes, {"zero_optimization": {"stage": 2}})["gpu"]
 
-    _, gpu = estimate_zero2_model_states_mem_needs(num_params, gpus_per_node, num_nodes, cpu_offload=False)
-    return gpu
+
+def model_states(num_params: int, gpus_per_node: int, num_nodes: int, ds_config: dict[str, Any],
+                 largest_layer_params: int = 0) -> dict[str, int]:
+    """Per-GPU and per-node CPU bytes of the model states under the JSON's ZeRO stage and offload settings,
+    from DeepSpeed's own estimators: ZeRO-0..2 keep the whole bf16 weights on every GPU (2 bytes/param) and
+    partition the fp32 master, moments and gradients (16), or move those to the CPU with ``offload_optimizer``;
+    ZeRO-3 partitions the weights too (18 bytes/param over all GPUs) and gathers one layer at a time
+    (``largest_layer_params``, 4 bytes each), or keeps only that layer on the GPU when ``offload_param`` moves
+    the weights to the CPU as well. Our models are built whole and then partitioned (no ``zero.Init``)."""
+    from motionmae_ds.engine.ds_config import offload_device, zero_stage
+
+    stage = zero_stage(ds_config)
+    opt_off = offload_device(ds_config, "optimizer") != "none"
+    if stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        param_off = offload_device(ds_config, "param") != "none"
+        cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+            num_params, largest_layer_params, gpus_per_node, num_nodes, cpu_offload=opt_off,
+            cpu_offload_params=param_off, zero_init=False)
+    else:
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        cpu, gpu = estimate_zero2_model_states_mem_needs(num_params, gpus_per_node, num_nodes, cpu_offload=opt_off)
+        if not opt_off:
+            cpu = 0
+    return {"stage": stage, "gpu": int(gpu), "cpu_per_node": int(cpu)}
 
 
 def bucket_bytes(ds_config: dict[str, Any]) -> int:
-    """ZeRO-2 communication buffers (bf16) from the JSON's bucket sizes."""
+    """ZeRO communication buffers (bf16) from the JSON's bucket sizes: ZeRO-2's reduce and all-gather buckets,
+    ZeRO-3's reduce bucket and parameter prefetch bucket."""
+    from motionmae_ds.engine.ds_config import zero_stage
+
     zero = ds_config.get("zero_optimization", {})
-    elements = int(float(zero.get("reduce_bucket_size", 5e8))) + int(float(zero.get("allgather_bucket_size", 5e8)))
+    other = "stage3_prefetch_bucket_size" if zero_stage(ds_config) == 3 else "allgather_bucket_size"
+    elements = int(float(zero.get("reduce_bucket_size", 5e8))) + int(float(zero.get(other, 5e8)))
     factor = BUCKET_FACTOR_OVERLAP if zero.get("overlap_comm", False) else 1.0
     return int(elements * 2 * factor)
+
+
+def largest_layer_params(cfg: PretrainConfig) -> int:
+    """Parameters of the largest module that holds parameters of its own (what ZeRO-3 gathers at once)."""
+    with torch.device("meta"):
+        model = build_pretrain_model(**_model_kwargs(cfg, cfg.model.num_frames))
+    return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
 
 def count_params(cfg: PretrainConfig) -> int:

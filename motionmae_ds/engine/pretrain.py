@@ -16,11 +16,14 @@ from torch.utils.data import Dataset
 
 from motionmae_ds.config import PretrainConfig
 from motionmae_ds.data.lists import read_list
+from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.builders import (
-    build_dataset, build_decoder_masker, build_masker, build_model, resolve_list_file,
+    build_dataset, build_decoder_masker, build_masker, build_model, model_kwargs, resolve_list_file,
 )
 from motionmae_ds.engine.optim import param_groups
+from motionmae_ds.models import build_pretrain_model
+from motionmae_ds.models.masking import mask_counts
 from motionmae_ds.engine.throughput import FlopCounter
 from motionmae_ds.engine.task import StepContext, Task
 from motionmae_ds.engine.trainer import Trainer
@@ -53,6 +56,7 @@ class PretrainTask(Task):
         model = build_model(self.cfg)
         self.masker = build_masker(self.cfg, tuple(model.grid))
         self.decoder_masker = build_decoder_masker(self.cfg, tuple(model.grid))
+        self.counts = mask_counts(self.masker, self.decoder_masker)  # the step then reads no counts back
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -68,10 +72,10 @@ class PretrainTask(Task):
         videos = videos.to(ctx.device, non_blocking=True)
         mask = self.masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
         if self.decoder_masker is None:
-            out = engine(videos, mask)
+            out = engine(videos, mask, counts=self.counts)
         else:  # drawn after the encoder mask from the same generator: a resumed step draws the same
             keep = self.decoder_masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
-            out = engine(videos, mask, decoder_keep=keep)
+            out = engine(videos, mask, decoder_keep=keep, counts=self.counts)
         return out["loss"], [out["loss"], out["loss_frame"], out["loss_motion"]], videos.shape[0]
 
     def run_info(self) -> dict[str, Any]:
@@ -84,11 +88,15 @@ class PretrainTask(Task):
                 f"{trainer.steps_per_epoch} steps/epoch, output {trainer.out_dir}")
 
     def on_checkpoint(self, trainer: Trainer, tag: str) -> None:
-        if self.figure is None or not self.cfg.run.visualize or not dist_utils.is_main():
+        if self.figure is None or not self.cfg.run.visualize:
+            return
+        # under ZeRO-3 every rank takes part in gathering the weights, and rank 0 draws with a full copy
+        module = ckpt.gathered_module(trainer.engine, lambda: build_pretrain_model(**model_kwargs(self.cfg)))
+        if not dist_utils.is_main():
             return
         try:
             video = self.cfg.data.vis_video or self._first_video()
-            self.figure(trainer.engine.module, self.cfg, video, trainer.out_dir / "vis" / f"{tag}.png")
+            self.figure(module, self.cfg, video, trainer.out_dir / "vis" / f"{tag}.png")
         except Exception as exc:  # a figure must never kill a training run
             trainer.log.info(f"warning: reconstruction figure for {tag} failed: {type(exc).__name__}: {exc}")
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import deepspeed
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.engine import checkpoint as ckpt
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.cpu_process import tune_cpu_process
-from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
+from motionmae_ds.engine.ds_config import fill_batch, load_ds_config, offload_device
 from motionmae_ds.engine.logging import RunLogger
 from motionmae_ds.engine.optim import build_adamw, set_lr_wd
 from motionmae_ds.engine.preemption import Preempted, PreemptionFlag
@@ -44,6 +45,41 @@ class NonFiniteLossError(RuntimeError):
 
 class TooManyBadVideosError(RuntimeError):
     """More than data.max_bad_fraction of an epoch's samples could not be decoded."""
+
+
+def compile_blocks(model: nn.Module) -> int:
+    """Regional compilation (``run.compile``): ``torch.compile`` every transformer block in place
+    (``nn.Module.compile``). The module tree keeps its eager names, so state dicts and DeepSpeed checkpoints
+    carry no ``_orig_mod.`` and load into compiled and eager runs alike; each block kind compiles once and
+    its code is reused by every block of that shape. Returns the number of blocks compiled."""
+    count = 0
+    for module in model.modules():
+        blocks = getattr(module, "blocks", None)
+        if isinstance(blocks, nn.ModuleList):
+            for block in blocks:
+                block.compile()
+                count += 1
+    return count
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 tensor cores for the fp32 matmuls and convolutions left on CUDA (bf16 runs have few: the fp32
+    target and loss math); the CPU has no such mode. Returns whether it was switched on."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, timeout_s: float,
+                device: torch.device) -> DataLoader:
+    """The training loader. Pinned batches on an accelerator, so the step's ``.to(device, non_blocking=True)``
+    copies asynchronously; persistent_workers=False: each epoch forks fresh workers, which carry the new
+    ``set_epoch``."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
+                      drop_last=True, persistent_workers=False, pin_memory=device.type != "cpu",
+                      timeout=timeout_s if workers > 0 else 0)
 
 
 def seed_step(seed: int, epoch: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
@@ -68,6 +104,7 @@ class Trainer:
         tune_cpu_process()
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
+        enable_tf32(self.device)
         stem = Path(cfg.source).stem if cfg.source.endswith((".yaml", ".yml")) else task.default_dir
         self.out_dir = Path(output_dir or cfg.run.output_dir or Path("runs") / stem)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -91,12 +128,17 @@ class Trainer:
         # identical initial weights on every rank, whatever ran before
         torch.manual_seed(cfg.run.seed)
         model = task.build_model()
+        if cfg.run.compile:
+            compile_blocks(model)
         groups = task.param_groups(model)
         self.flops = task.flop_counter()
         self.peak_lr = scaled_lr(cfg.optim.base_lr, self.total_batch)
         self.schedule = Schedule(self.peak_lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end,
                                  self.steps_per_epoch, cfg.schedule.epochs, cfg.schedule.warmup_epochs)
-        optimizer = build_adamw(groups, self.peak_lr, cfg.optim.betas, cfg.optim.eps)
+        # fused on CUDA, unless ZeRO offloads the optimizer step to the CPU
+        offloaded = offload_device(self.ds_config) != "none"
+        optimizer = build_adamw(groups, self.peak_lr, cfg.optim.betas, cfg.optim.eps,
+                                device_type="cpu" if offloaded else self.device.type)
         if self.resume:
             # `latest` may name a universal checkpoint (launch/convert_checkpoint.py --format universal):
             # DeepSpeed must be told before initialize, and only then may the world size differ
@@ -108,11 +150,8 @@ class Trainer:
         self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(start_micro * self.micro)
-        workers = self.cfg.data.num_workers
-        # persistent_workers=False: each epoch forks fresh workers, which carry the new set_epoch
-        return DataLoader(self.dataset, batch_size=self.micro, sampler=self.sampler, num_workers=workers,
-                          collate_fn=collate_clips, drop_last=True, persistent_workers=False,
-                          timeout=self.cfg.data.loader_timeout_s if workers > 0 else 0)
+        return make_loader(self.dataset, self.sampler, self.micro, self.cfg.data.num_workers,
+                           self.cfg.data.loader_timeout_s, self.device)
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def _save(self, pos: Position) -> None:
@@ -244,9 +283,10 @@ class Trainer:
             loss, stats, clips = task.loss(engine, batch, ctx)
             # one all-reduce per micro-step carries the statistics and any rank's stop request, so every rank
             # takes the same decisions (stop on a non-finite loss, stop for preemption) at the same micro-step
-            local = torch.stack([s.detach().double().cpu() for s in stats]
-                                + [torch.tensor(float(self.preemption.requested), dtype=torch.float64)])
-            reduced = dist_utils.all_reduce_sum(local)
+            # (built on the device, reduced there, one copy to the host: the loop's one sync per micro-step)
+            local = torch.stack([s.detach().double() for s in stats] + [torch.tensor(
+                float(self.preemption.requested), dtype=torch.float64, device=stats[0].device)])
+            reduced = dist_utils.all_reduce_sum(local).cpu()
             stats_mean = reduced[:n_stats] / self.world
             self.stop_requested = self.stop_requested or bool(reduced[n_stats] > 0)
             if not torch.isfinite(stats_mean).all():

@@ -3,6 +3,7 @@ encoder can gather visible tokens into a dense (B, N_visible, D) batch."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -196,3 +197,37 @@ def build_decoder_mask(kind: str = "running_cell", grid: Optional[Sequence[int]]
     if ratio == 0:
         return None
     return RunningCellDecoderMask(grid, ratio, heads)
+
+
+# -- counts known before drawing ----------------------------------------------------------------
+@dataclass(frozen=True)
+class MaskCounts:
+    """What the generators guarantee before any mask is drawn: every encoder mask masks exactly ``num_masked``
+    tokens, and with decoder masking each head's masked & kept set holds ``kept_min``..``kept_max`` tokens
+    per sample. Handed to ``MotionMAE.forward`` (``counts=``), these size its gathers and padding, so the
+    training step never reads mask counts back from the device."""
+
+    num_masked: int
+    kept_min: Optional[int] = None
+    kept_max: Optional[int] = None
+
+
+def mask_counts(masker: MaskGenerator, decoder_masker: Optional[RunningCellDecoderMask] = None) -> MaskCounts:
+    """The static counts of masks from ``masker`` (and ``decoder_masker``) on the same grid.
+
+    Per temporal slice a random or tube mask masks m = num_masked / t tokens and a running cell keeps
+    k = h * w * keep / 4, so masked & kept holds max(0, m + k - h*w)..min(m, k) of them. Exact counts where
+    the structure fixes them: a frame mask masks whole slices, each keeping exactly k; a tube mask repeats
+    one spatial set, and the cell visits every place ``keep`` times in four slices, so over a multiple of
+    four slices each masked place is kept t * keep / 4 times."""
+    if decoder_masker is None:
+        return MaskCounts(masker.num_masked)
+    if tuple(decoder_masker.grid) != tuple(masker.grid):
+        raise ModelConfigError(f"decoder mask grid {decoder_masker.grid} differs from the mask grid {masker.grid}")
+    t, h, w = masker.grid
+    keep = decoder_masker.keep
+    if isinstance(masker, FrameMask) or (isinstance(masker, TubeMask) and t % CELL_PLACES == 0):
+        exact = masker.num_masked * keep // CELL_PLACES
+        return MaskCounts(masker.num_masked, exact, exact)
+    m, k = masker.num_masked // t, h * w * keep // CELL_PLACES
+    return MaskCounts(masker.num_masked, t * max(0, m + k - h * w), t * min(m, k))

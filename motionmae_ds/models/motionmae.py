@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from motionmae_ds.models import targets as tg
 from motionmae_ds.models.decoder import Decoder
+from motionmae_ds.models.masking import MaskCounts
 from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.validation import (
     ModelConfigError, check_choice, check_fraction, check_positive_int, reject_unknown,
@@ -37,7 +38,12 @@ class MotionMAE(nn.Module):
     ...} per head, True = the decoder runs on that token. Each decoder then runs on the visible tokens and
     the masked tokens its set keeps, and its loss averages over masked & kept tokens only. Samples may keep
     different counts: the shorter ones are padded with masked-not-kept places that attention ignores and
-    the loss skips. None (the default) decodes every masked token, exactly the paper's model."""
+    the loss skips. None (the default) decodes every masked token, exactly the paper's model.
+
+    counts (masking.MaskCounts, from ``mask_counts(generator, decoder generator)``): the counts the mask
+    generators guarantee. With them the step reads nothing back from the device (no host sync): the gathers
+    take the static visible count and the decoders pad to the static bound of masked & kept tokens. Without
+    them (masks made by hand) the mask is checked and its counts read on the host."""
 
     def __init__(self, *, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
                  embed_dim: int, depth: int, num_heads: int, decoder_embed_dim: int, decoder_depth: int,
@@ -132,19 +138,27 @@ class MotionMAE(nn.Module):
         for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
             module.set_attention_backend(name)
 
-    def _token_order(self, mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _token_order(self, mask: torch.Tensor, static: Optional[MaskCounts] = None) -> tuple[torch.Tensor, int]:
         """Visible token ids then masked ones, each ascending, and the visible count; both heads
         share this bookkeeping."""
-        n_masked, _ = self._masked_count(mask)
+        n_masked, _ = self._masked_count(mask, static=static)
         order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         return order, self.num_tokens - n_masked
 
-    def _masked_count(self, mask: torch.Tensor, counts: Sequence[torch.Tensor] = ()) -> tuple[int, list[int]]:
-        """Check the mask and return its per-row masked count, with (min, max) of each of ``counts`` (B,)
-        fetched in the same transfer: the step's one host sync."""
+    def _masked_count(self, mask: torch.Tensor, counts: Sequence[torch.Tensor] = (),
+                      static: Optional[MaskCounts] = None) -> tuple[int, list[int]]:
+        """Check the mask and return its per-row masked count, with (min, max) of each of ``counts`` (B,):
+        from ``static`` (no device read), or read from the device in one transfer (one host sync)."""
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
             raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
                                    f"{tuple(mask.shape)}")
+        if static is not None:
+            if not 0 < static.num_masked < self.num_tokens:
+                raise ModelConfigError(f"counts.num_masked={static.num_masked} must be in 1..{self.num_tokens - 1}")
+            if counts and (static.kept_min is None or static.kept_max is None):
+                raise ModelConfigError("decoder_keep with counts needs counts.kept_min/kept_max "
+                                       "(masking.mask_counts with the decoder mask generator)")
+            return static.num_masked, [static.kept_min, static.kept_max] * len(counts)
         lo, hi, *extra = torch.stack([v for c in (mask.sum(dim=1), *counts) for v in c.aminmax()]).tolist()
         if lo != hi or not 0 < lo < self.num_tokens:
             raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
@@ -167,13 +181,13 @@ class MotionMAE(nn.Module):
         return (per_token * valid).sum() / (count.sum().clamp_min(1).to(torch.float32) * pred.shape[-1])
 
     def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False,
-                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None
-                ) -> dict[str, torch.Tensor]:
+                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None,
+                counts: Optional[MaskCounts] = None) -> dict[str, torch.Tensor]:
         if decoder_keep is not None:
             if return_pred:
                 raise ModelConfigError("return_pred shows every masked token: call it without decoder_keep")
-            return self._forward_decoder_masked(videos, mask, decoder_keep)
-        order, n_vis = self._token_order(mask)
+            return self._forward_decoder_masked(videos, mask, decoder_keep, counts)
+        order, n_vis = self._token_order(mask, counts)
         x_vis = self.encoder(videos, order[:, :n_vis])
 
         preds = {}
@@ -253,21 +267,21 @@ class MotionMAE(nn.Module):
         return keeps
 
     def _forward_decoder_masked(self, videos: torch.Tensor, mask: torch.Tensor,
-                                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]]
-                                ) -> dict[str, torch.Tensor]:
+                                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]],
+                                static: Optional[MaskCounts] = None) -> dict[str, torch.Tensor]:
         keeps = self._head_keeps(mask, decoder_keep)
         # one token set per distinct keep tensor (shared heads: one)
         sets: dict[int, torch.Tensor] = {}
         for keep in keeps.values():
             sets.setdefault(id(keep), mask & keep)
         counts = {key: sup.sum(dim=1) for key, sup in sets.items()}
-        n_masked, kept_stats = self._masked_count(mask, list(counts.values()))
+        n_masked, kept_stats = self._masked_count(mask, list(counts.values()), static)
         n_vis = self.num_tokens - n_masked
         b = mask.shape[0]
         plans = {}
         for (key, sup), (k_lo, k_hi) in zip(sets.items(), zip(kept_stats[::2], kept_stats[1::2])):
             # visible (ascending), then masked & kept (ascending), then the other masked tokens, which pad
-            # samples that keep fewer than the batch's most
+            # samples that keep fewer than the batch's most (with static counts: than the bound)
             rank = mask.to(torch.int8) * 2 - sup.to(torch.int8)
             order = torch.argsort(rank, dim=1, stable=True)[:, :n_vis + k_hi]
             valid = key_mask = None

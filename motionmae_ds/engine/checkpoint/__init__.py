@@ -8,7 +8,7 @@ directories (hf). Tools call this package; it never imports them.
     report = ckpt.load_weights(classifier, "runs/pretrain/checkpoints")
 """
 from motionmae_ds.engine.checkpoint import hf
-from motionmae_ds.engine.checkpoint.engine_io import load_latest, rng_state, save, set_rng_state
+from motionmae_ds.engine.checkpoint.engine_io import gathered_module, load_latest, rng_state, save, set_rng_state
 from motionmae_ds.engine.checkpoint.layout import (
     CLASSIFIER_ONLY_PREFIXES, DECODER_PREFIXES, HEAD_PREFIXES, LATEST, LATEST_UNIVERSAL, MODEL_STATES, OLD_PREFIX,
     TAG_RE, TMP_PREFIX, UNIVERSAL_SUFFIX, CheckpointError, IncompleteCheckpointError, is_complete, is_universal,
@@ -24,7 +24,7 @@ __all__ = [
     "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
     "OLD_PREFIX", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
     "CheckpointError", "IncompleteCheckpointError", "LoadReport",
-    "encoder_weights", "fp32_state_dict", "hf", "init_encoder", "is_complete", "is_universal", "list_tags",
+    "encoder_weights", "fp32_state_dict", "gathered_module", "hf", "init_encoder", "is_complete", "is_universal", "list_tags",
     "load_latest", "load_model_states", "load_weights", "module_weights", "normalise_names", "prepare_resume",
     "prune", "read_client_state", "read_latest", "read_pointer", "read_weights", "remove_stale",
     "rescale_micro_in_epoch", "resolve", "rng_state", "save", "saved_world_size", "set_rng_state", "tag_for",

@@ -11,10 +11,12 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+
+from torch import nn
 
 from motionmae_ds.engine import distributed as dist_utils
 from motionmae_ds.engine.checkpoint.layout import OLD_PREFIX, TMP_PREFIX, prune, read_latest, write_latest
@@ -76,3 +78,38 @@ def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:
     client_state = dict(client_state or {})
     client_state["tag"] = tag
     return client_state
+
+
+def gathered_module(engine: Any, build: Callable[[], nn.Module]) -> Optional[nn.Module]:
+    """The engine's model with every weight present, for work one rank does alone (a figure, an export).
+
+    ZeRO-0..2: ``engine.module`` itself, on every rank. ZeRO-3 keeps only a shard of each weight per rank and
+    gathers it inside the forward with collectives, so one rank cannot run the model alone: every rank
+    must call this (it all-gathers), and rank 0 gets a copy built by ``build`` on the CPU in fp32 holding
+    the gathered weights, the other ranks None."""
+    if not engine.zero_optimization_partition_weights():
+        return engine.module
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in engine.module.named_parameters():
+        # persistent parameters (below stage3_param_persistence_threshold) stay whole on every rank: gathering
+        # and releasing them would break ZeRO-3's record of which parameters the next step finds present
+        # (a "tracing error" at the next backward). The status is the same on every rank, so is the branch.
+        if param.ds_status == ZeroParamStatus.AVAILABLE:
+            if dist_utils.is_main():
+                state[name] = param.detach().float().cpu().clone()
+            continue
+        # one parameter at a time: a ViT-H never needs all of its bf16 weights on one device at once
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if dist_utils.is_main():
+                state[name] = param.detach().float().cpu().clone()
+    if not dist_utils.is_main():
+        return None
+    copy = build()
+    missing = copy.load_state_dict(state, strict=False).missing_keys
+    params = {n for n, _ in copy.named_parameters()}
+    if any(k in params for k in missing):
+        raise RuntimeError(f"gathered weights miss parameters: {[k for k in missing if k in params][:5]}")
+    return copy.eval()

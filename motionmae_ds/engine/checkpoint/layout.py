@@ -67,13 +67,15 @@ def is_complete(tag_dir: str | Path) -> bool:
 
 
 def is_universal(tag_dir: str | Path) -> bool:
-    """A tag directory written by ``ds_to_universal`` (per-parameter folders under ``zero/``)."""
+    """A tag directory written by ``ds_to_universal`` (per-parameter folders under ``zero/``, next to the
+    source's model states: ``MODEL_STATES``, or under ZeRO-3 one ``ZERO3_MODEL_STATES`` per rank)."""
     tag_dir = Path(tag_dir)
-    return (tag_dir / UNIVERSAL_PARAMS).is_dir() and (tag_dir / MODEL_STATES).is_file()
+    return (tag_dir / UNIVERSAL_PARAMS).is_dir() and is_complete(tag_dir)
 
 
 def has_zero_shards(tag_dir: str | Path) -> bool:
     return any(Path(tag_dir).glob(ZERO_SHARDS))
+
 
 
 def saved_world_size(ckpt_dir: str | Path, tag: str) -> Optional[int]:

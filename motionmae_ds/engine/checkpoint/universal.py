@@ -3,7 +3,9 @@
 A ZeRO-2 checkpoint stores the fp32 master weights and Adam moments as one flat partition per rank, so it
 only loads at the data-parallel size that wrote it. ``ds_to_universal`` rewrites it as one folder per
 parameter (``TAG_universal/zero/<name>/{fp32,exp_avg,exp_avg_sq,step}.pt``) which any world size can load
-once the DeepSpeed config says ``"checkpoint": {"load_universal": true}``.
+once the DeepSpeed config says ``"checkpoint": {"load_universal": true}``. ZeRO-3 checkpoints (per-rank
+model states, no ``mp_rank_00_model_states.pt``) convert the same way; DeepSpeed then reads rank 0's model
+states at any world size.
 
 ``to_universal`` converts next to the source tag under a hidden temporary name (``remove_stale`` clears
 such leftovers), renames it when complete, then replaces ``latest`` atomically, so a crash at any point
@@ -22,9 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from motionmae_ds.engine.checkpoint.layout import (LATEST_UNIVERSAL, MODEL_STATES, OLD_PREFIX, TMP_PREFIX,
-                                                   UNIVERSAL_SUFFIX, ZERO_SHARDS, CheckpointError, has_zero_shards,
-                                                   is_universal, read_latest, read_pointer, resolve,
-                                                   write_latest)
+                                                   UNIVERSAL_SUFFIX, ZERO3_MODEL_STATES, ZERO_SHARDS, CheckpointError,
+                                                   has_zero_shards, is_complete, is_universal, read_latest,
+                                                   read_pointer, resolve, write_latest)
 
 
 def prepare_resume(ckpt_dir: str | Path, ds_config: dict[str, Any]) -> dict[str, Any]:
@@ -64,8 +66,9 @@ def to_universal(ckpt_dir: str | Path, tag: Optional[str] = None, output_dir: Op
     src = ckpt_dir / tag
     if is_universal(src):
         raise CheckpointError(f"{src}: already a universal checkpoint")
-    if not (src / MODEL_STATES).is_file() or not has_zero_shards(src):
-        raise CheckpointError(f"{src}: not a ZeRO checkpoint ({MODEL_STATES} and {ZERO_SHARDS} expected)")
+    if not is_complete(src) or not has_zero_shards(src):
+        raise CheckpointError(f"{src}: not a ZeRO checkpoint ({MODEL_STATES} or, under ZeRO-3, {ZERO3_MODEL_STATES}, "
+                              f"and {ZERO_SHARDS} expected)")
     new_tag = tag + UNIVERSAL_SUFFIX
     final = output_dir / new_tag
     if final.exists() and not force:

@@ -73,7 +73,20 @@ def fp32_state_dict(ckpt_dir: str | Path, tag: str) -> dict[str, torch.Tensor]:
     tag_dir = ckpt_dir / tag
     if is_universal(tag_dir):
         params = sorted(p for p in (tag_dir / UNIVERSAL_PARAMS).iterdir() if p.is_dir())
-        return {p.name: torch_load(p / "fp32.pt")["param"] for p in params}
+        out, shapes = {}, None
+        for p in params:
+            saved = torch_load(p / "fp32.pt")
+            if isinstance(saved, dict):  # ZeRO-1/2 sources: {"param": tensor of its shape, ...}
+                out[p.name] = saved["param"]
+                continue
+            # ZeRO-3 sources: the flat fp32 tensor; its shape is in the model states' param_shapes
+            if shapes is None:
+                groups = load_model_states(ckpt_dir, tag).get("param_shapes") or []
+                shapes = {name: tuple(shape) for group in groups for name, shape in group.items()}
+            if p.name not in shapes:
+                raise CheckpointError(f"{p}: no shape for {p.name} in the model states' param_shapes")
+            out[p.name] = saved.reshape(shapes[p.name])
+        return out
     if not has_zero_shards(tag_dir):
         raise CheckpointError(f"{tag_dir}: no ZeRO optimizer shards ({ZERO_SHARDS}), so no fp32 master weights to "
                               f"consolidate")

@@ -1,7 +1,7 @@
 """Run by the tests under the real `deepspeed` launcher: train a tiny MotionMAE a few steps with the engine's
 own pieces (model, param groups, AdamW, ds_config batch filling, atomic checkpoint save) and save a ZeRO-2
-checkpoint; or load the latest checkpoint (universal or not) and dump every parameter's fp32 master and Adam
-moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
+checkpoint; or load the latest checkpoint (universal or not, ZeRO-2 or ZeRO-3 by --deepspeed_config) and dump
+every parameter's gathered fp32 master and Adam moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
 
     deepspeed --num_gpus 2 tests/engine/checkpoint/ds_worker.py save --config C --ckpt_dir D --steps 3 [--classifier]
     deepspeed --num_gpus 1 tests/engine/checkpoint/ds_worker.py dump --config C --ckpt_dir D --out state.pt
@@ -95,9 +95,10 @@ def dump(args: argparse.Namespace) -> None:
     state = ckpt.load_latest(engine, args.ckpt_dir)
     out = {"client": {k: v for k, v in state.items() if k != "rng"}, "fp32": {}, "exp_avg": {}, "exp_avg_sq": {},
            "load_universal": engine.load_universal_checkpoint(), "world_size": dist_utils.world_size()}
-    # the optimizer links its Adam moments to the parameters lazily, at the first step; reading them right
-    # after a load needs that link (DeepSpeed's own step does exactly this call)
-    engine.optimizer._lazy_init_hp_params_optimizer_state()
+    # ZeRO-1/2 link the Adam moments to the parameters lazily, at the first step; reading them right after a
+    # load needs that link (DeepSpeed's own step does exactly this call); ZeRO-3 reads its partitions directly
+    if hasattr(engine.optimizer, "_lazy_init_hp_params_optimizer_state"):
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
     for name, p in engine.module.named_parameters():
         out["fp32"][name] = safe_get_full_fp32_param(p).cpu()
         out["exp_avg"][name] = safe_get_full_optimizer_state(p, "exp_avg").cpu()
