@@ -92,8 +92,9 @@ def render_sequence(rng: np.random.Generator, num_frames: int, height: int, widt
         objects = []
         for _ in range(count):
             radius = rng.uniform(0.10, 0.16) * side
-            objects.append(dict(radius=radius, shape=_SHAPES[int(rng.integers(len(_SHAPES)))],
-                                angle=rng.uniform(0, np.pi), centres=_trajectory(rng, num_frames, height, width, radius)))
+            shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
+            objects.append(dict(radius=radius, shape=shape, angle=rng.uniform(0, np.pi),
+                                centres=_trajectory(rng, num_frames, height, width, radius)))
         full = []
         for obj in objects:
             dx = xx[None] - obj["centres"][:, 0, None, None]

@@ -123,7 +123,11 @@ class _Videos(Dataset):
         try:
             sample = self.dataset[index]
         except DataLoadError as exc:
-            return {"index": index, "video": None, "reason": str(exc).split("; last: ", 1)[-1]}
+            reason = str(exc).split("; last: ", 1)[-1]
+            path = str(self.dataset.records[index].path)
+            if reason.startswith(f"{path}: "):
+                reason = reason[len(path) + 2:]
+            return {"index": index, "video": None, "reason": reason}
         return {"index": index, "video": sample["video"], "reason": None}
 
 

@@ -277,6 +277,7 @@ def report_lines(results: dict[str, dict]) -> list[str]:
     if seqs:
         lines.append(f"per sequence J&F ({' / '.join(names)}):")
         for s in seqs:
-            values = [f"{results[n]['sequences'][s]['J&F']:5.1f}" for n in names if s in results[n].get("sequences", {})]
+            values = [f"{results[n]['sequences'][s]['J&F']:5.1f}" for n in names
+                      if s in results[n].get("sequences", {})]
             lines.append(f"  {s:<{width}}  {' / '.join(values)}")
     return lines

@@ -31,7 +31,8 @@ def inputs(tmp_path_factory) -> dict:
     (root / "list.txt").write_text("\n".join(lines) + "\n")
     config = {"model": {"name": "vit_tiny", "num_classes": 3, "num_frames": 4, "img_size": 32, "patch_size": 16,
                         "tubelet_size": 2, "embed_dim": 48, "depth": 1, "num_heads": 3},
-              "data": {"synthetic": False, "train_list": str(root / "list.txt"), "sampling_rate": 1, "num_workers": 0, "short_side_size": 32},
+              "data": {"synthetic": False, "train_list": str(root / "list.txt"), "sampling_rate": 1,
+                       "num_workers": 0, "short_side_size": 32},
               "eval": {"batch_size": 3}, "run": {"seed": 0}}
     (root / "tiny.yaml").write_text(json.dumps(config))
     return {"list": root / "list.txt", "config": root / "tiny.yaml", "broken": broken, "root": root}
@@ -56,7 +57,8 @@ def one_rank(inputs) -> Path:
     proc = launch("extract_features.py", extract_args(inputs, out), timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"features of {NUM_GOOD + 1} videos: {NUM_GOOD} computed, 0 already written, 1 unreadable" in proc.stdout
-    assert f"skipped bad video {inputs['broken']}" in proc.stdout
+    assert f"skipped bad video {inputs['broken']}: " in proc.stdout
+    assert f"{inputs['broken']}: {inputs['broken']}" not in proc.stdout  # the path once, then the reason
     return out
 
 
