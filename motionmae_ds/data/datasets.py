@@ -34,7 +34,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransfo
 
 MODES = ("pretrain", "train", "val", "test")
 _RETRY_STRIDE = 1_000_003  # prime: successive replacements land far apart and cycle through the whole list
-# decode.py wraps decoder failures in VideoDecodeError; OSError covers files vanishing or unreadable.
+# data/decode wraps decoder failures in VideoDecodeError; OSError covers files vanishing or unreadable.
 # Anything else is a bug or a bad setting and must not be counted as a bad video.
 _DECODE_ERRORS = (VideoDecodeError, OSError)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import sys
 
 import av
 import numpy as np
@@ -67,7 +68,7 @@ def test_read_frames_equal_reference(good_videos, reference, name, backend):
 def test_decord_seeks_are_wrong_where_auto_avoids_it(good_videos, reference, name):
     # Why "auto" uses PyAV for AVI, MPEG-PS/TS and MPEG-4 Part 2 with B-frames (even in MP4): decord
     # returns neighbouring frames after seeks there. If this starts failing, decord was fixed and
-    # DECORD_CODECS in decode.py can be revisited.
+    # DECORD_CODECS in decode/decord.py can be revisited.
     ref = reference(good_videos[name])
     indices = [38, 3, 30, 9, 21]
     got = read_frames(good_videos[name], indices, "decord").numpy()
@@ -391,3 +392,22 @@ def test_non_binary_sources_are_type_errors(good_videos):
         VideoReader(io.StringIO("abc"))
     with pytest.raises(TypeError, match="path, bytes or a binary file object"):
         VideoReader(12)
+
+
+def test_torchcodec_missing_is_a_setup_error_not_a_bad_video(good_videos, monkeypatch):
+    # Where torchcodec cannot load, every video would fail the same way: that must stop the run with what to
+    # install (BackendUnavailable is no VideoDecodeError, so the datasets do not count it as a bad video).
+    from motionmae_ds.data.decode import torchcodec as torchcodec_backend
+
+    torchcodec_backend._load.cache_clear()
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # what an absent package looks like
+    try:
+        with pytest.raises(torchcodec_backend.BackendUnavailable, match="'torchcodec' is unavailable: torchcodec "
+                                                                        "is not installed"):
+            VideoReader(good_videos["h264"], "torchcodec")
+        assert not torchcodec_backend.available()
+        assert VideoReader(good_videos["mp4_mpeg4_bframes"]).backend == "pyav"  # auto never needs it
+    finally:
+        monkeypatch.undo()
+        torchcodec_backend._load.cache_clear()
+    assert torchcodec_backend.available(), torchcodec_backend.unavailable_reason()

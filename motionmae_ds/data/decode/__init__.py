@@ -1,4 +1,4 @@
-"""Frame-accurate video decoding behind one interface (decord, PyAV), plus JPEG frame folders.
+"""Frame-accurate video decoding behind one interface (decord, PyAV, torchcodec), plus JPEG frame folders.
 
 "Frame i" always means the i-th frame a plain forward decode presents (for VFR files too). Backends may
 seek to get there faster only where seeking has been shown to land on the same frames; elsewhere they
@@ -11,7 +11,7 @@ binary file object; ``name=`` says what errors call an in-memory video.
 Readers are opened inside the call (never shared across DataLoader workers) with one decoder thread:
 the parallelism is the DataLoader's workers.
 
-Modules: ``common`` (error, source, checks), ``pyav``, ``decord`` (one per backend), ``reader``
+Modules: ``common`` (error, source, checks), ``pyav``, ``decord``, ``torchcodec`` (one per backend), ``reader``
 (VideoReader, the "auto" choice, probes), ``folders`` (frame folders).
 """
 from .common import DecodeCounter, Source, VideoDecodeError, VideoSource

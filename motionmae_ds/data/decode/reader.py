@@ -45,7 +45,9 @@ class VideoReader:
     errors name, e.g. a shard member's key. ``num_frames`` is what the container lists (exact for intact
     files, found without decoding); ``get`` raises VideoDecodeError when a requested frame lies beyond what
     actually decodes. "auto" uses decord where its seeks are exact (DECORD_CODECS in SEEKABLE_FORMATS),
-    PyAV elsewhere; a decord failure is retried with PyAV, whose diagnosis is the one reported.
+    PyAV elsewhere (torchcodec, exact in all of SEEKABLE_FORMATS, was nowhere more than a few per cent faster
+    than the exact alternative on the CPU: docs/BENCHMARKS.md); a decord failure is retried with PyAV, whose
+    diagnosis is the one reported.
     ``backend`` tells which one is reading.
     """
 
