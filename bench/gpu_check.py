@@ -1,0 +1,354 @@
+"""The first-GPU check: one command that measures what the CPU machines cannot, and writes one JSON + a table.
+
+    python bench/gpu_check.py --out /tmp/gpu_check.json        # on CUDA: the full check, < 8 min on one H200
+    python bench/gpu_check.py --out /tmp/gpu_check.json --dry  # tiny dry mode (the default without CUDA): seconds
+
+What it records:
+- the environment: device, CUDA, NCCL and bf16 present, torch / DeepSpeed / PyAV / decord versions;
+- the tests marked ``gpu`` (tests/gpu: SDPA's flash or efficient kernel in bf16, the pinned-memory loader, fused
+  AdamW and DeepSpeed's FusedAdam, masks drawn on the device, a one-rank NCCL group, a step without host syncs),
+  run by pytest in a subprocess; without CUDA they are skipped, and those skips are no coverage;
+- pretraining steps through the real DeepSpeed engine (ZeRO-2, bf16, ``ds_configs/zero2.json``, the trainer's
+  AdamW) of ViT-B and ViT-L at 16x224, activation checkpointing off and on, torch.compile of the blocks
+  (``run.compile``) off and on (ViT-B; each compile costs a minute or more), and HF ``VideoMAEForPreTraining`` at the same batch through the same engine: step
+  time, clips/s, achieved TFLOP/s (the model's analytic FLOPs), MFU, peak device memory;
+- the training data loader's clips/s with N workers (pinned memory on CUDA) on the embedded synthetic MP4 set,
+  beside the step rates.
+Each case is caught on its own: a failure (an OOM, a missing wheel) is written into its row, the rest still runs.
+The dry mode runs the same functions on a tiny model, a tiny set and the CPU, so that CI keeps this script working.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+
+import torch  # noqa: E402
+
+FULL = {"frames": 16, "img_size": 224, "mask_ratio": 0.9, "models": ("vit_base", "vit_large"),
+        "batch": {"vit_base": 32, "vit_large": 16}, "compile_models": ("vit_base",), "warmup": 3, "steps": 10,
+        "loader_workers": (4, 8),
+        "loader_batches": 8, "synthetic": {"synthetic_videos": 32, "synthetic_frames": 64, "synthetic_size": 256},
+        "sampling_rate": 4}
+DRY = {"frames": 4, "img_size": 32, "mask_ratio": 0.5, "models": ("vit_tiny",), "batch": {"vit_tiny": 2},
+       "compile_models": (),
+       "warmup": 1, "steps": 2, "loader_workers": (0, 2), "loader_batches": 2,
+       "synthetic": {"synthetic_videos": 8, "synthetic_frames": 12, "synthetic_size": 32}, "sampling_rate": 2}
+# dry mode: a narrow, shallow ViT; the full check uses the registry sizes
+DRY_MODEL = {"embed_dim": 48, "depth": 1, "num_heads": 3, "decoder_embed_dim": 24, "decoder_depth": 1,
+             "decoder_num_heads": 3}
+
+
+# -- environment --------------------------------------------------------------------------------------
+def _version(module: str) -> Optional[str]:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "present")
+    except Exception as exc:  # a missing wheel is a finding, not a crash
+        return f"missing ({type(exc).__name__})"
+
+
+def environment() -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    env: dict[str, Any] = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "host": platform.node(),
+        "python": platform.python_version(), "torch": torch.__version__, "cuda_available": cuda,
+        "cuda_runtime": torch.version.cuda, "cpu_count": os.cpu_count(),
+        "deepspeed": _version("deepspeed"), "transformers": _version("transformers"), "av": _version("av"),
+        "decord": _version("decord"), "torchcodec": _version("torchcodec"),
+    }
+    if cuda:
+        env.update(device=torch.cuda.get_device_name(0), capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+                   memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1),
+                   bf16=torch.cuda.is_bf16_supported(), nccl=".".join(map(str, torch.cuda.nccl.version())),
+                   flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
+                   efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled())
+    else:
+        env.update(device=platform.processor() or "cpu", bf16=True, nccl=None)
+    return env
+
+
+# -- the gpu tests ------------------------------------------------------------------------------------
+def gpu_tests(timeout: float) -> dict[str, Any]:
+    """pytest over tests/gpu (marker ``gpu``) in a subprocess; counts from its JUnit XML."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "gpu.xml"
+        cmd = [sys.executable, "-m", "pytest", "tests/gpu", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               f"--junitxml={xml}"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        out: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": proc.returncode}
+        if xml.is_file():
+            suite = ET.parse(xml).getroot()
+            suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+            counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+            counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+            out.update(counts)
+            out["failed"] = [f"{c.get('classname')}.{c.get('name')}" for c in suite.iter("testcase")
+                             if c.find("failure") is not None or c.find("error") is not None]
+        out["tail"] = (proc.stdout + proc.stderr)[-2000:]
+    return out
+
+
+# -- pretraining steps --------------------------------------------------------------------------------
+def pretrain_config(model: str, p: dict[str, Any], dry: bool, grad_ckpt: bool, compile_blocks: bool) -> Any:
+    from motionmae_ds.config import config_from_dict
+
+    m = {"name": model, "num_frames": p["frames"], "img_size": p["img_size"], "grad_checkpointing": grad_ckpt}
+    if dry:
+        m.update(DRY_MODEL)
+    return config_from_dict({
+        "model": m, "masking": {"kind": "tube", "ratio": p["mask_ratio"]},
+        "data": {"synthetic": True, "sampling_rate": p["sampling_rate"], **p["synthetic"]},
+        "schedule": {"epochs": 1, "warmup_epochs": 0, "batch_size": p["batch"][model]},
+        "run": {"compile": compile_blocks, "visualize": False}})
+
+
+def _peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's high-water mark
+
+
+def _reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def hf_pretrain_model(cfg: Any) -> torch.nn.Module:
+    """transformers.VideoMAEForPreTraining with our model's sizes (registry or overrides) and SDPA attention."""
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+
+    from motionmae_ds.models import resolve_size
+
+    m = cfg.model
+    s = resolve_size(m.name, m.embed_dim, m.depth, m.num_heads, m.decoder_embed_dim, m.decoder_depth,
+                     m.decoder_num_heads)
+    config = VideoMAEConfig(
+        image_size=m.img_size, patch_size=m.patch_size, num_channels=3, num_frames=m.num_frames,
+        tubelet_size=m.tubelet_size, hidden_size=s.embed_dim, num_hidden_layers=s.depth,
+        num_attention_heads=s.num_heads, intermediate_size=4 * s.embed_dim, hidden_act="gelu",
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, qkv_bias=True,
+        use_mean_pooling=False, decoder_hidden_size=s.decoder_embed_dim, decoder_num_hidden_layers=s.decoder_depth,
+        decoder_num_attention_heads=s.decoder_num_heads, decoder_intermediate_size=4 * s.decoder_embed_dim,
+        norm_pix_loss=False, attn_implementation="sdpa")
+    return VideoMAEForPreTraining(config)
+
+
+def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]:
+    """Timed steps of ours (or HF VideoMAEForPreTraining with ``hf``) through a ZeRO-2 bf16 DeepSpeed engine."""
+    import deepspeed
+
+    from motionmae_ds.engine import distributed as dist_utils
+    from motionmae_ds.engine.builders import build_masker, build_model, mask_kwargs, model_kwargs
+    from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
+    from motionmae_ds.engine.mfu import accelerator_device_name, mfu
+    from motionmae_ds.engine.optim import build_adamw, param_groups
+    from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
+    from motionmae_ds.engine.trainer import compile_blocks, enable_tf32
+    from motionmae_ds.models import pretrain_macs
+    from motionmae_ds.models.masking import mask_counts
+
+    dist_utils.init_distributed()
+    device = dist_utils.device()
+    enable_tf32(device)
+    batch = cfg.schedule.batch_size
+    ds = fill_batch(load_ds_config(REPO / "ds_configs" / "zero2.json"), batch, 1, 1)
+    torch.manual_seed(0)
+    if hf:
+        kw = model_kwargs(cfg)
+        model = hf_pretrain_model(cfg)
+        macs = pretrain_macs(**dict(mask_kwargs(cfg), **dict(kw, target="frame")))  # its work: one frame decoder
+        groups = [{"params": [q for q in model.parameters() if q.requires_grad], "weight_decay": 0.05}]
+    else:
+        model = build_model(cfg)
+        if cfg.run.compile:
+            compile_blocks(model)
+        macs = pretrain_macs(**mask_kwargs(cfg), **model_kwargs(cfg))
+        groups = param_groups(model, cfg.optim.weight_decay)
+    optimizer = build_adamw(groups, 1e-4, cfg.optim.betas, cfg.optim.eps, device_type=device.type)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    grid = (cfg.model.num_frames // cfg.model.tubelet_size, cfg.model.img_size // cfg.model.patch_size,
+            cfg.model.img_size // cfg.model.patch_size)
+    masker = build_masker(cfg, grid)
+    counts = mask_counts(masker)
+    gen = torch.Generator(device=device).manual_seed(0)
+    videos = torch.randn(batch, 3, cfg.model.num_frames, cfg.model.img_size, cfg.model.img_size, device=device,
+                         generator=gen)
+    if hf:
+        videos = videos.permute(0, 2, 1, 3, 4).contiguous()
+
+    def step() -> None:
+        mask = masker(batch, device=device, generator=gen)
+        if hf:
+            loss = engine(pixel_values=videos.to(torch.bfloat16), bool_masked_pos=mask).loss
+        else:
+            loss = engine(videos, mask, counts=counts)["loss"]
+        engine.backward(loss)
+        engine.step()
+
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    for _ in range(p["warmup"]):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    times = []
+    for _ in range(p["steps"]):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    flops = TRAIN_FLOPS_PER_MAC * float(macs) * batch
+    util = mfu(flops / step_s, accelerator_device_name())
+    row = {"batch": batch, "step_s": round(step_s, 4), "clips_per_s": round(batch / step_s, 2),
+           "tflops": round(flops / step_s / 1e12, 4), "mfu": None if util is None else round(util, 4),
+           "peak_gib": round(_peak_bytes(device) / 2 ** 30, 2), "warmup_s": round(warmup_s, 2),
+           "gflop_per_step": round(flops / 1e9, 3)}
+    del engine, optimizer, model
+    _reset_peak(device)
+    return row
+
+
+# -- the data loader ----------------------------------------------------------------------------------
+def loader_case(cfg: Any, workers: int, batches: int) -> dict[str, Any]:
+    """Clips/s of the training loader (the trainer's DataLoader settings) over ``batches`` after the first."""
+    from torch.utils.data import RandomSampler
+
+    from motionmae_ds.engine import distributed as dist_utils
+    from motionmae_ds.engine.builders import build_dataset, resolve_list_file
+    from motionmae_ds.engine.trainer import make_loader
+
+    dataset = build_dataset(cfg, resolve_list_file(cfg))
+    dataset.set_epoch(0)
+    device = dist_utils.device()
+    batch = cfg.schedule.batch_size
+    sampler = RandomSampler(dataset, replacement=True, num_samples=batch * (batches + 1),
+                            generator=torch.Generator().manual_seed(0))
+    loader = make_loader(dataset, sampler, batch, workers, cfg.data.loader_timeout_s, device)
+    it = iter(loader)
+    first = next(it)
+    pinned = bool(first["video"].is_pinned()) if device.type != "cpu" else None
+    t0 = time.perf_counter()
+    clips = 0
+    for b in it:
+        b["video"].to(device, non_blocking=True)
+        clips += len(b["video"])
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    return {"workers": workers, "batch": batch, "clips": clips, "clips_per_s": round(clips / seconds, 2),
+            "pinned": pinned, "videos": len(dataset)}
+
+
+# -- driver -------------------------------------------------------------------------------------------
+def guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        row = fn()
+    except Exception as exc:  # one case's failure (OOM, missing wheel) is a finding; the rest still runs
+        row = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+               "trace": traceback.format_exc()[-1500:]}
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False) -> dict[str, Any]:
+    p = DRY if dry else FULL
+    result: dict[str, Any] = {"mode": "dry" if dry else "full", "env": environment(), "settings": {
+        k: v for k, v in p.items() if k != "synthetic"}}
+    result["gpu_tests"] = {"skipped": "--skip_tests"} if skip_tests else guarded(lambda: gpu_tests(300))
+    steps = []
+    for model in p["models"]:
+        cases = [("ours", False, False), ("ours", True, False), ("hf", False, False)]
+        if model in p["compile_models"] or compile_in_dry:
+            cases.append(("ours", False, True))
+        for kind, ckpt, comp in cases:
+            cfg = pretrain_config(model, p, dry, ckpt, comp)
+            row = {"model": model, "impl": kind, "act_ckpt": ckpt, "compile": comp}
+            row.update(guarded(lambda: engine_case(cfg, p, hf=kind == "hf")))
+            steps.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    result["steps"] = steps
+    for row in steps:
+        if row["impl"] == "hf" and "step_s" in row:
+            ours = next((r for r in steps if r["model"] == row["model"] and r["impl"] == "ours"
+                         and not r["act_ckpt"] and not r["compile"] and "step_s" in r), None)
+            if ours is not None:
+                row["ours_over_hf_step_time"] = round(ours["step_s"] / row["step_s"], 3)
+    cfg = pretrain_config(p["models"][0], p, dry, False, False)
+    result["loader"] = [guarded(lambda w=w: loader_case(cfg, w, p["loader_batches"])) for w in p["loader_workers"]]
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    env = result["env"]
+    lines = [f"GPU check ({result['mode']}), {env['date_utc']} UTC: {env['device']}, torch {env['torch']}, CUDA "
+             f"{env['cuda_runtime']}, NCCL {env['nccl']}, bf16 {env['bf16']}, DeepSpeed {env['deepspeed']}", ""]
+    t = result["gpu_tests"]
+    if "tests" in t:
+        lines += [f"gpu tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped "
+                  f"(skips are no coverage)" + (f"; failed: {', '.join(t['failed'])}" if t["failed"] else ""), ""]
+    lines += ["| model | impl | act. ckpt | compile | batch | step s | clips/s | TFLOP/s | MFU | peak GiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["steps"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['impl']} | {r['act_ckpt']} | {r['compile']} | | {r['error'][:60]} "
+                         f"| | | | |")
+            continue
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines.append(f"| {r['model']} | {r['impl']} | {r['act_ckpt']} | {r['compile']} | {r['batch']} | "
+                     f"{r['step_s']:.4f} | {r['clips_per_s']:.1f} | {r['tflops']:.3g} | {mfu} | {r['peak_gib']:.2f} |")
+    lines += ["", "| loader workers | batch | clips/s | pinned |", "|---|---|---|---|"]
+    for r in result["loader"]:
+        lines.append(f"| {r.get('workers', '?')} | {r.get('batch', '')} | {r.get('clips_per_s', r.get('error', ''))} "
+                     f"| {r.get('pinned', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="the JSON to write; the table goes next to it as .md")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--dry", action="store_true", help="tiny dry mode (the default without CUDA)")
+    mode.add_argument("--full", action="store_true", help="the full check (the default with CUDA)")
+    ap.add_argument("--skip_tests", action="store_true", help="do not run the gpu-marked tests")
+    args = ap.parse_args(argv)
+    dry = args.dry or (not args.full and not torch.cuda.is_available())
+    result = run(dry, skip_tests=args.skip_tests)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    text = table(result)
+    out.with_suffix(".md").write_text(text)
+    print(text, flush=True)
+    failed = [r for r in result["steps"] + result["loader"] if "error" in r]
+    tests = result["gpu_tests"]
+    bad_tests = tests.get("failures", 0) + tests.get("errors", 0) or ("error" in tests)
+    return 1 if failed or bad_tests else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

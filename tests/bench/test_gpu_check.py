@@ -1,0 +1,66 @@
+"""bench/gpu_check.py in its dry mode (chosen by itself without CUDA): one real run writes its JSON and table with
+every part filled, and a failing case becomes a row with its error instead of stopping the check."""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import torch
+
+from tests.helpers import REPO, run_env
+
+SCRIPT = REPO / "bench" / "gpu_check.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_mode_writes_the_json_and_the_table(tmp_path):
+    out = tmp_path / "check" / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], cwd=REPO, env=run_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == ("full" if torch.cuda.is_available() else "dry")
+    env = result["env"]
+    assert env["torch"] == torch.__version__ and "bf16" in env and "nccl" in env
+    tests = result["gpu_tests"]
+    # the gpu-marked tests were collected and, without CUDA, all skipped: skips, not passes
+    assert tests["tests"] >= 6 and tests["failures"] == tests["errors"] == 0
+    if not torch.cuda.is_available():
+        assert tests["skipped"] == tests["tests"] and tests["passed"] == 0
+    cases = {(r["impl"], r["act_ckpt"], r["compile"]) for r in result["steps"]}
+    assert {("ours", False, False), ("ours", True, False), ("hf", False, False)} <= cases
+    for row in result["steps"]:
+        assert "error" not in row, row
+        assert row["step_s"] > 0 and row["tflops"] > 0 and row["clips_per_s"] == round(row["batch"] / row["step_s"], 2)
+        assert row["peak_gib"] > 0
+    hf = next(r for r in result["steps"] if r["impl"] == "hf")
+    assert hf["ours_over_hf_step_time"] > 0
+    assert [r["workers"] for r in result["loader"]] == list(result["settings"]["loader_workers"])
+    assert all(r["clips_per_s"] > 0 and r["clips"] > 0 for r in result["loader"])
+    table = out.with_suffix(".md").read_text()
+    assert "| model | impl |" in table and "gpu tests:" in table and "skips are no coverage" in table
+    assert table in proc.stdout
+
+
+def test_a_failing_case_is_a_row_not_a_crash():
+    gc = _module()
+
+    def broken():
+        raise RuntimeError("CUDA out of memory. Tried to allocate 4 GiB\nmore detail")
+
+    row = gc.guarded(broken)
+    assert row["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 4 GiB" and "wall_s" in row
+    result = {"mode": "full", "env": {"date_utc": "d", "device": "x", "torch": "t", "cuda_runtime": "c", "nccl": "n",
+                                      "bf16": True, "deepspeed": "v"},
+              "gpu_tests": {"tests": 2, "passed": 1, "failures": 1, "errors": 0, "skipped": 0, "failed": ["a.b"]},
+              "steps": [{"model": "vit_large", "impl": "ours", "act_ckpt": False, "compile": False, **row}],
+              "loader": [{"workers": 8, **row}]}
+    table = gc.table(result)
+    assert "1 passed, 1 failed" in table and "failed: a.b" in table
+    assert "| vit_large | ours | False | False | | RuntimeError: CUDA out of memory" in table
