@@ -15,8 +15,8 @@ import webdataset as wds
 
 from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset
 from motionmae_ds.data.lists import VideoRecord
-from motionmae_ds.data.shards import (ShardClipDataset, ShardError, build_index, read_member, shard_pattern,
-                                      shard_urls, write_shards)
+from motionmae_ds.data.shards import (ShardClipDataset, ShardError, build_index, index_part, merge_index,
+                                      read_member, shard_pattern, shard_urls, write_shards)
 from tests.helpers import REPO, call_main
 
 NAMES = ("h264", "vp9", "avi_bframes", "mpeg_ps", "short10")
@@ -43,6 +43,10 @@ def test_write_shards_splits_by_size_and_index_reads_every_member_back(samples, 
     assert [(m.label, m.num_frames) for m in index] == [(label, n) for _, label, n in samples]
     assert [read_member(m) for m in index] == [Path(p).read_bytes() for p, _, _ in samples]
     assert index[0].path == f"{paths[0]}:000000000.mp4" and index[1].path == f"{paths[0]}:000000001.webm"
+    # ranks scanning their shares (every 2nd shard) and merging give the same index, in shard order
+    parts = index_part(paths, 1, 2) + index_part(paths, 0, 2)
+    assert [n for n, _ in parts] == list(range(1, len(paths), 2)) + list(range(0, len(paths), 2))
+    assert merge_index(parts, pattern) == index
     # plain WebDataset reads the same samples
     got = [(s["__key__"], int(s["cls"]), len(s.get("mp4", s.get("webm", s.get("avi", s.get("mpg", b""))))))
            for s in wds.WebDataset(pattern, shardshuffle=False)]
