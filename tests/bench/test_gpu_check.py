@@ -37,7 +37,8 @@ def test_dry_mode_writes_the_json_and_the_table(tmp_path):
     assert {("ours", False, False), ("ours", True, False), ("hf", False, False)} <= cases
     for row in result["steps"]:
         assert "error" not in row, row
-        assert row["step_s"] > 0 and row["tflops"] > 0 and row["clips_per_s"] == round(row["batch"] / row["step_s"], 2)
+        assert row["step_s"] > 0 and row["tflops"] > 0
+        assert abs(row["clips_per_s"] - row["batch"] / row["step_s"]) <= 0.01 * row["clips_per_s"]  # both rounded
         assert row["peak_gib"] > 0
     hf = next(r for r in result["steps"] if r["impl"] == "hf")
     assert hf["ours_over_hf_step_time"] > 0
