@@ -135,6 +135,8 @@ def reencode_list(
     results = _run_pool(records, targets, (short_side, keyint, crf, preset), workers, timeout, progress)
     lines = []
     for record, dst, (frames, reason, was_done) in zip(records, targets, results):
+        if frames is not None and frames <= record.start:
+            frames, reason = None, f"start_idx {record.start} is past the last of its {frames} frames"
         if frames is None:
             summary.failed += 1
             report.append(f"failed    {list_path}:{record.line}: {record.path}: {reason}")
@@ -159,9 +161,14 @@ def _run_pool(records: list[VideoRecord], targets: list[str], options: tuple, wo
               progress: Callable[[int, int], None] | None) -> list[tuple]:
     """_job over all records in worker processes; a file whose decoder hangs gets a reason, the pool a restart."""
     results: list[tuple | None] = [None] * len(records)
+    first_line: dict[str, int] = {}
     for i, record in enumerate(records):
         if record.is_frame_dir:
             results[i] = (None, "frame folders are not re-encoded", False)
+        elif targets[i] in first_line:  # e.g. a.avi and a.mp4 side by side; one output each
+            results[i] = (None, f"output {targets[i]} is also line {first_line[targets[i]]}'s", False)
+        else:
+            first_line[targets[i]] = record.line
     pending = [i for i in range(len(records)) if results[i] is None]
     done = len(records) - len(pending)
     while pending:

@@ -65,17 +65,19 @@ def test_reencode_list_cli_writes_true_counts_reports_failures_and_resumes(tmp_p
     make_video(root / "sub" / "b.webm", codec="vp9", num_frames=20, size=(60, 80), gop=20)
     shutil.copy(bad_videos["text_as_mp4"], root / "broken.mp4")
     lst = tmp_path / "train.txt"
-    lst.write_text("a.mp4 3\nsub/b.webm 1\nbroken.mp4 2\nbad line here x\n")
+    shutil.copy(root / "a.mp4", root / "a.mov")
+    lst.write_text("a.mp4 3\nsub/b.webm 1\nbroken.mp4 2\nbad line here x\na.mov 4\n")
     out = tmp_path / "small"
     cmd = [sys.executable, str(REPO / "launch" / "prepare_data.py"), str(lst), "--root", str(root),
            "--reencode", str(out), "--short-side", "40", "--keyint", "4", "--workers", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert "4 entries: 2 re-encoded, 0 already done, 1 bad lines, 1 failed" in result.stdout
+    assert "5 entries: 2 re-encoded, 0 already done, 1 bad lines, 2 failed" in result.stdout
     assert (out / "list.txt").read_text().splitlines() == ["a.mp4 30 3", "sub/b.mp4 20 1"]
     report = (out / "list.txt.report.txt").read_text()
     assert f"failed    {lst}:3: {root / 'broken.mp4'}: " in report
     assert f"bad line  {lst}:4:" in report
+    assert f"failed    {lst}:5: {root / 'a.mov'}: output {out / 'a.mp4'} is also line 1's" in report
     assert _keyframes(out / "a.mp4") == (list(range(0, 30, 4)), (54, 40))
     assert _keyframes(out / "sub" / "b.mp4")[1] == (40, 54)
     records = read_list(out / "list.txt", root=str(out))
@@ -85,7 +87,7 @@ def test_reencode_list_cli_writes_true_counts_reports_failures_and_resumes(tmp_p
     stamp = os.stat(out / "a.mp4").st_mtime_ns
     (out / "sub" / "b.mp4").rename(out / "sub" / "b.partial.mp4")
     summary, list_out, _ = reencode_list(str(lst), str(out), str(root), short_side=40, keyint=4)
-    assert str(summary) == "4 entries: 1 re-encoded, 1 already done, 1 bad lines, 1 failed"
+    assert str(summary) == "5 entries: 1 re-encoded, 1 already done, 1 bad lines, 2 failed"
     assert os.stat(out / "a.mp4").st_mtime_ns == stamp
     assert Path(list_out).read_text().splitlines() == ["a.mp4 30 3", "sub/b.mp4 20 1"]
     assert not (out / "sub" / "b.partial.mp4").exists()
