@@ -38,6 +38,7 @@ class PyAVReader:
     def __init__(self, source: VideoSource, seek: bool | None = None, container=None) -> None:
         self.source, self.path = source, source.name
         self.counter = DecodeCounter()
+        self._reformatter = None
         self._next_index: int | None = None  # index of the frame the forward decode yields next
         self._container = container if container is not None else open_av(source)
         try:
@@ -93,8 +94,14 @@ class PyAVReader:
         return self._frames
 
     def _rgb(self, frame) -> np.ndarray:
+        # One reformatter per reader keeps its swscale context: ``frame.to_ndarray(format=...)`` builds a new
+        # one per frame, which costs more than the conversion (same pixels: tests/data/test_decode.py).
         self.counter.converted += 1
-        return frame.to_ndarray(format="rgb24")
+        if self._reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            self._reformatter = VideoReformatter()
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = check_indices(indices)
