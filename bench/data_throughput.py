@@ -208,17 +208,18 @@ def _clips_rate(fn, start: int, items: int, mask) -> float:
 
 def repeat_rows(name: str, paths: list[str], base, args, mask) -> list[tuple]:
     """(video, case, clips/s, VideoMAE-style clips/s, ratio): ours with num_repeats 1 and 4 (R clips per opened
-    video, their frames decoded once), with decode_backend auto and torchcodec, timed beside the baseline."""
+    video, their frames decoded once), with decode_backend auto, pyav and torchcodec, timed beside the baseline."""
     from motionmae_ds.data.decode import torchcodec as torchcodec_backend
 
     records = [VideoRecord(p, 0, 0, None, False) for p in paths]
     cases, labels = [(base, args.clips)], []
-    for backend in ("auto", "torchcodec") if torchcodec_backend.available() else ("auto",):
-        for repeats in (1, 4):
-            ds = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
-                                  input_size=SIZE, flip=True, num_repeats=repeats, backend=backend)
-            cases.append((lambda i, d=ds: d[i % len(d)]["video"], max(1, args.clips // repeats)))
-            labels.append(f"num_repeats={repeats}, decode_backend {backend}")
+    variants = [("auto", 1), ("auto", 4), ("pyav", 1), ("pyav", 4)]
+    variants += [("torchcodec", 1), ("torchcodec", 4)] if torchcodec_backend.available() else []
+    for backend, repeats in variants:
+        ds = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
+                              input_size=SIZE, flip=True, num_repeats=repeats, backend=backend)
+        cases.append((lambda i, d=ds: d[i % len(d)]["video"], max(1, args.clips // repeats)))
+        labels.append(f"num_repeats={repeats}, decode_backend {backend}")
     for case, _ in cases:
         _clips_rate(case, 0, 1, mask)  # warm-up
     rates: list[list[float]] = [[] for _ in cases]
