@@ -105,6 +105,19 @@ def test_pyav_seeks_without_falling_back_in_seekable_containers(good_videos, ref
         reader.close()
 
 
+@pytest.mark.parametrize("name", ["h264", "vfr", "gray", "short10", "h264_faststart"])
+def test_pyav_seek_path_skips_unwanted_non_reference_frames(good_videos, reference, name):
+    # Frames 1, 4, 7 of an H.264 file (first GOP): every frame up to 7 would go through the decoder without the
+    # NONREF skip; with it the unwanted disposable ones do not, and the wanted frames stay exact (a skipped
+    # reference frame would break the frames predicted from it).
+    ref = reference(good_videos[name])
+    with VideoReader(good_videos[name], "pyav") as reader:
+        got = reader.get([1, 4, 7]).numpy()
+        counter = reader.counter
+    assert np.array_equal(got, ref[[1, 4, 7]])
+    assert {1, 4, 7} <= set(counter.decoded) and counter.total_decoded < 8, dict(counter.decoded)
+
+
 def test_auto_follows_content_not_file_name(good_videos, reference):
     reader = VideoReader(good_videos["avi_named_mp4"])
     assert reader.backend == "pyav"

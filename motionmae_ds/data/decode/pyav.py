@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 # Containers with per-frame timestamps and a keyframe index: PyAV seeks there (verified by pts);
 # elsewhere (AVI, MPEG-PS/TS, ...) it decodes forward from the start.
 SEEKABLE_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm")
+# Codecs whose decoder drops a non-reference picture it is told to skip (FFmpeg's skip_frame=NONREF, checked
+# per slice when the packet is sent) without changing any other picture: in the seek path every packet whose
+# frame is not wanted is sent with NONREF, so unwanted B-frames that nothing predicts from are never decoded.
+SKIP_NONREF_CODECS = ("h264",)
 
 
 def open_av(source: VideoSource):
@@ -40,6 +44,7 @@ class PyAVReader:
         self.counter = DecodeCounter()
         self._reformatter = None
         self._next_index: int | None = None  # index of the frame the forward decode yields next
+        self._skip_pts: set | None = None  # seek path: pts of the wanted frames (see _decode_wanted)
         self._container = container if container is not None else open_av(source)
         try:
             if not self._container.streams.video:
@@ -152,6 +157,7 @@ class PyAVReader:
         """
         out: dict[int, np.ndarray] = {}
         targets = {self._pts[i]: i for i in wanted}
+        self._skip_pts = set(targets) if self._stream.codec_context.name in SKIP_NONREF_CODECS else None
         position = None  # pts of the last frame decoded without a seek since
         try:
             for i in wanted:
@@ -194,13 +200,22 @@ class PyAVReader:
         """
         for timestamp in dict.fromkeys((key_pts, key_dts)):
             self._container.seek(timestamp, stream=self._stream, backward=True, any_frame=False)
-            self._frames = self._container.decode(self._stream)
+            self._frames = self._decode_wanted()
             first = next(self._frames, None)
             if first is not None and first.pts is not None and first.pts <= target:
                 return first
             if first is not None and first.pts is not None:
                 self.counter.decoded[bisect.bisect_left(self._pts, first.pts)] += 1
         return None
+
+    def _decode_wanted(self):
+        """Frames decoded from the current demux position; with ``_skip_pts`` set (the seek path of a codec in
+        SKIP_NONREF_CODECS), packets presenting no wanted frame go in with skip_frame=NONREF."""
+        ctx, wanted = self._stream.codec_context, self._skip_pts
+        for packet in self._container.demux(self._stream):
+            if wanted is not None:
+                ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+            yield from packet.decode()
 
     def close(self) -> None:
         self._container.close()
