@@ -5,9 +5,9 @@
 
 What it records:
 - the environment: device, CUDA, NCCL and bf16 present, torch / DeepSpeed / PyAV / decord versions;
-- the tests marked ``gpu`` (tests/gpu: SDPA's flash or efficient kernel in bf16, the pinned-memory loader, fused
+- the tests marked ``gpu`` (bench/gpu_tests: SDPA's flash or efficient kernel in bf16, the pinned-memory loader, fused
   AdamW and DeepSpeed's FusedAdam, masks drawn on the device, a one-rank NCCL group, a step without host syncs),
-  run by pytest in a subprocess; without CUDA they are skipped, and those skips are no coverage;
+  run by pytest in a subprocess; without CUDA they are only collected (they cannot run there);
 - pretraining steps through the real DeepSpeed engine (ZeRO-2, bf16, ``ds_configs/zero2.json``, the trainer's
   AdamW) of ViT-B and ViT-L at 16x224, activation checkpointing off and on, torch.compile of the blocks
   (``run.compile``) off and on (ViT-B; each compile costs a minute or more), and HF ``VideoMAEForPreTraining`` at the same batch through the same engine: step
@@ -84,13 +84,22 @@ def environment() -> dict[str, Any]:
 
 # -- the gpu tests ------------------------------------------------------------------------------------
 def gpu_tests(timeout: float) -> dict[str, Any]:
-    """pytest over tests/gpu (marker ``gpu``) in a subprocess; counts from its JUnit XML."""
+    """pytest over bench/gpu_tests (marker ``gpu``) in a subprocess; counts from its JUnit XML. Without CUDA the
+    tests are only collected (``ran`` false): they cannot run there, and a skip would be no check."""
+    if not torch.cuda.is_available():
+        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+               "--collect-only"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        collected = sum("::" in line for line in proc.stdout.splitlines())
+        return {"command": " ".join(cmd[1:]), "exit": proc.returncode, "ran": False, "tests": collected,
+                "passed": 0, "failures": 0, "errors": int(proc.returncode != 0), "skipped": 0, "failed": [],
+                "tail": (proc.stdout + proc.stderr)[-2000:]}
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "gpu.xml"
-        cmd = [sys.executable, "-m", "pytest", "tests/gpu", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                f"--junitxml={xml}"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        out: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": proc.returncode}
+        out: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": proc.returncode, "ran": True}
         if xml.is_file():
             suite = ET.parse(xml).getroot()
             suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -308,7 +317,9 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"GPU check ({result['mode']}), {env['date_utc']} UTC: {env['device']}, torch {env['torch']}, CUDA "
              f"{env['cuda_runtime']}, NCCL {env['nccl']}, bf16 {env['bf16']}, DeepSpeed {env['deepspeed']}", ""]
     t = result["gpu_tests"]
-    if "tests" in t:
+    if "tests" in t and not t.get("ran", True):
+        lines += [f"gpu tests: {t['tests']} collected, not run (no CUDA)", ""]
+    elif "tests" in t:
         lines += [f"gpu tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped "
                   f"(skips are no coverage)" + (f"; failed: {', '.join(t['failed'])}" if t["failed"] else ""), ""]
     lines += ["| model | impl | act. ckpt | compile | batch | step s | clips/s | TFLOP/s | MFU | peak GiB |",

@@ -1,7 +1,7 @@
 """CUDA-only paths, each against what it must do on a GPU: SDPA's flash or memory-efficient kernel in bf16, the
 pinned-memory training loader, fused AdamW and DeepSpeed's FusedAdam, masks drawn on the device, a training step
-with no host synchronisation, and a one-rank NCCL process group through our init. Skipped without CUDA
-(tests/gpu/conftest.py): those skips are not coverage."""
+with no host synchronisation, and a one-rank NCCL process group through our init. Run by bench/gpu_check.py on CUDA
+(bench/gpu_tests/conftest.py), outside tests/, so the CPU suite never collects them."""
 import os
 import subprocess
 import sys
