@@ -1,6 +1,7 @@
 """Decoding against a forward reference decode of the same real files, and every kind of broken file."""
 from __future__ import annotations
 
+import gc
 import io
 import pickle
 import random
@@ -274,6 +275,36 @@ def test_reads_inside_dataloader_workers(good_videos, reference):
     loader = torch.utils.data.DataLoader(_ClipsFromFiles(paths), batch_size=None, num_workers=2, timeout=60)
     for path, clip in zip(paths, loader):
         _assert_frames(clip, reference(path), [1, 3, 5, 7])
+
+
+def _destroy_inherited_readers(worker_id):
+    # What a worker's garbage collector does to readers the parent left in a reference cycle.
+    dataset = torch.utils.data.get_worker_info().dataset
+    for reader in dataset.inherited:
+        reader.close()
+    dataset.inherited.clear()
+    gc.collect()
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
+def test_workers_destroy_readers_the_parent_used(good_videos, reference, backend):
+    # Readers that decoded in the parent and are still alive at the fork: swscale's slice threads (PyAV's
+    # RGB conversion) and decord's decoder thread do not exist in the child, and destroying their copies
+    # there used to hang the worker for ever (the DataLoader timed out).
+    paths = [str(good_videos[n]) for n in ("h264", "vp9", "avi_bframes", "mpeg_ps")]
+    dataset = _ClipsFromFiles(paths)
+    # the parent's readers: four of the backend's exact kinds of file (decord and torchcodec are not exact in AVI)
+    own = [str(good_videos[n]) for n, b in EXACT if b == backend][:4]
+    dataset.inherited = [VideoReader(p, backend=backend) for p in own]
+    for reader in dataset.inherited:
+        reader.get([0, 2])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, timeout=30,
+                                         worker_init_fn=_destroy_inherited_readers)
+    for path, clip in zip(paths, loader):
+        _assert_frames(clip, reference(path), [1, 3, 5, 7])
+    for path, reader in zip(own, dataset.inherited):  # the parent's readers still work
+        _assert_frames(reader.get([4]), reference(path), [4])
+        reader.close()
 
 
 def test_frame_folders_equal_the_images(frame_folders):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import weakref
 from collections import Counter
 from typing import TYPE_CHECKING, BinaryIO, Sequence, Union
 
@@ -13,6 +14,30 @@ if TYPE_CHECKING:
 
 # A path, the encoded bytes (e.g. a WebDataset member), or a binary file object (read once, to its end).
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+
+
+# Decoder objects that run threads of their own (decord's decoder runs one even with num_threads=1).
+# A fork copies such an object into the child (a DataLoader worker) without its threads, and destroying
+# the copy there (a close, or the garbage collector finding it) waits for ever for those threads to
+# answer. So a child keeps every one it inherited alive until it exits: their memory is the parent's,
+# shared copy-on-write, and workers leave through os._exit, which runs no destructor.
+_THREADED: weakref.WeakSet = weakref.WeakSet()
+_INHERITED: list = []
+
+
+def owns_threads(obj):
+    """Register a decoder object whose destructor joins native threads; returns it."""
+    _THREADED.add(obj)
+    return obj
+
+
+def _keep_inherited() -> None:
+    _INHERITED.extend(_THREADED)
+    _THREADED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_keep_inherited)
 
 
 class VideoDecodeError(Exception):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from .common import VideoDecodeError, VideoSource, check_indices, check_range, pick
+from .common import VideoDecodeError, VideoSource, check_indices, check_range, owns_threads, pick
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +32,7 @@ class DecordReader:
 
         self.path = source.name
         try:
-            self._reader = decord.VideoReader(source.open(), ctx=decord.cpu(0), num_threads=1)
+            self._reader = owns_threads(decord.VideoReader(source.open(), ctx=decord.cpu(0), num_threads=1))
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except Exception as exc:  # noqa: BLE001

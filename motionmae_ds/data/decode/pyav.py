@@ -101,12 +101,16 @@ class PyAVReader:
     def _rgb(self, frame) -> np.ndarray:
         # One reformatter per reader keeps its swscale context: ``frame.to_ndarray(format=...)`` builds a new
         # one per frame, which costs more than the conversion (same pixels: tests/data/test_decode.py).
+        # threads=1: swscale then starts no slice threads. With its default (one per CPU) a context that is
+        # still alive when DataLoader forks its workers is freed in a child that lacks those threads, and
+        # the child hangs for ever in sws_freeContext (tests/data/test_decode.py, the fork test). Workers
+        # are the parallelism here, as for the decoder's thread_count = 1.
         self.counter.converted += 1
         if self._reformatter is None:
             from av.video.reformatter import VideoReformatter
 
             self._reformatter = VideoReformatter()
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = check_indices(indices)
@@ -218,6 +222,7 @@ class PyAVReader:
             yield from packet.decode()
 
     def close(self) -> None:
+        self._reformatter = None
         self._container.close()
 
 
