@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     transient = me.peak_step_bytes(cfg, args.frames[0], 1) - fit.per_sample_bytes[0]
     fixed = states + buckets + transient
     budget = (args.gpu_gib - args.reserve_gib) * me.GiB
-    candidates = me.micro_candidates(cfg, world)
-    micro = me.largest_fitting_micro(fit.bytes_per_sample, fixed, budget, candidates)
+    candidates = me.micro_candidates(cfg, world)  # schedule.batch_size values: videos per device
+    per_video = fit.bytes_per_sample * cfg.clips_per_video  # data.num_repeats clips per loaded video
+    micro = me.largest_fitting_micro(per_video, fixed, budget, candidates)
     flops = me.step_flops(cfg, world)
     report = {
         "config": args.config, "world_size": world, "params_m": round(params / 1e6, 2),
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> dict:
         "activation_mib_per_sample_measured": {t: round(b / 2 ** 20, 2) for t, b in zip(fit.frames,
                                                                                          fit.per_sample_bytes)},
         "activation_mib_per_sample": round(fit.bytes_per_sample / 2 ** 20, 1),
-        "target_frames": fit.target_frames, "micro_candidates": candidates, "largest_fitting_micro": micro,
-        "gib_at_micro": {m: me.gib(fixed + m * fit.bytes_per_sample) for m in candidates},
-        "budget_gib": me.gib(budget), "max_micro_by_memory": int((budget - fixed) // fit.bytes_per_sample),
+        "target_frames": fit.target_frames, "clips_per_video": cfg.clips_per_video, "micro_candidates": candidates, "largest_fitting_micro": micro,
+        "gib_at_micro": {m: me.gib(fixed + m * per_video) for m in candidates},
+        "budget_gib": me.gib(budget), "max_micro_by_memory": int((budget - fixed) // per_video),
         "forward_gmacs_per_sample": round(flops["forward_macs_per_sample"] / 1e9, 1),
         "train_tflop_per_step": round(flops["train_flops_per_step"] / 1e12, 1),
         "executed_tflop_per_step_with_recompute": round(flops["executed_flops_per_step"] / 1e12, 1),

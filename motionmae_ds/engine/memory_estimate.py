@@ -194,10 +194,13 @@ def largest_fitting_micro(per_sample: float, fixed: float, budget: float, candid
 
 
 def micro_candidates(cfg: PretrainConfig, world_size: int) -> list[int]:
-    """Micro batches that divide the per-GPU share of the global batch (accumulation makes up the rest)."""
+    """``schedule.batch_size`` values (videos per device) whose micro-batches of batch_size x clips_per_video
+    clips divide the per-GPU share of the global batch (accumulation makes up the rest)."""
+    clips = getattr(cfg, "clips_per_video", 1)
     total = cfg.schedule.total_batch_size or batch_layout(cfg, world_size)[2]
     share = total // world_size
-    return [m for m in range(1, share + 1) if share % m == 0] if total % world_size == 0 else [1]
+    fitting = [m for m in range(1, share // clips + 1) if share % (m * clips) == 0]
+    return fitting if total % world_size == 0 and fitting else [1]
 
 
 def replace_model(cfg: PretrainConfig, **changes: Any) -> PretrainConfig:

@@ -1,4 +1,5 @@
 """Memory estimate parts against hand-computed numbers, and the linear-in-frames scaling it relies on."""
+import dataclasses
 import json
 
 import pytest
@@ -51,7 +52,12 @@ def test_model_states_buckets_and_micro_batch_by_hand():
     ds["zero_optimization"]["overlap_comm"] = False
     assert me.bucket_bytes(ds) == int(4e8 * 2)
     cfg = load_pretrain_config(REPO / "configs" / "pretrain_ssv2_vit_large_32f.yaml")
-    assert me.micro_candidates(cfg, 32) == [1, 2, 4, 8, 16]
+    assert me.micro_candidates(cfg, 32) == [1, 2, 4, 8, 16]  # total 512 clips: 16 per GPU
+    # with 4 clips per video a micro-batch of m videos holds 4m clips: m must divide 16 / 4
+    repeated = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_repeats=4))
+    assert me.micro_candidates(repeated, 32) == [1, 2, 4]
+    assert me.micro_candidates(dataclasses.replace(repeated, data=dataclasses.replace(cfg.data, num_repeats=3)),
+                               32) == [1]  # 16 clips per GPU cannot be cut into groups of 3
     gib = me.GiB
     assert me.largest_fitting_micro(2 * gib, 10 * gib, 74 * gib, [1, 2, 4, 8, 16, 32]) == 32
     assert me.largest_fitting_micro(5 * gib, 10 * gib, 74 * gib, [1, 2, 4, 8, 16]) == 8
