@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 _INT = re.compile(r"[+-]?[0-9]+")
 FORMATS = ("auto", "path_label", "path_frames_label", "path_start_total", "frame_dir")
@@ -232,35 +232,47 @@ def probe_record(record: VideoRecord, backend: str = "auto") -> tuple[int | None
     return total, ""
 
 
-def _probe_all(
-    records: list[VideoRecord], backend: str, workers: int, timeout: float, progress: Callable | None
-) -> list[tuple]:
-    """probe_record over all records in worker processes; a file that hangs or crashes the decoder
-    gets a reason instead of stopping the scan."""
+def map_in_pool(fn: Callable, calls: dict[int, tuple], workers: int, timeout: float, timed_out: Any,
+                progress: Callable[[int, int], None] | None = None, done: int = 0, total: int | None = None
+                ) -> dict[int, Any]:
+    """``{i: fn(*calls[i])}``, computed in forked worker processes; ``progress(done, total)`` after each.
+
+    A hung native decoder cannot be interrupted in-process: a call that takes longer than ``timeout``
+    seconds (or whose worker crashed: its result never arrives either) gets ``timed_out``, the pool is
+    torn down (terminate) and the remaining calls go to a fresh one.
+    """
     import multiprocessing
 
-    results: list[tuple | None] = [None] * len(records)
-    pending = list(range(len(records)))
-    done = 0
+    results: dict[int, Any] = {}
+    total = len(calls) + done if total is None else total
+    pending = list(calls)
     while pending:
-        # A hung native decoder cannot be interrupted in-process: on a timeout the pool is torn down
-        # (terminate) and the remaining entries go to a fresh one.
         with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
-            jobs = {i: pool.apply_async(probe_record, (records[i], backend)) for i in pending}
+            jobs = {i: pool.apply_async(fn, calls[i]) for i in pending}
             for position, i in enumerate(pending):
                 try:
                     results[i] = jobs[i].get(timeout)
-                except multiprocessing.TimeoutError:  # a crashed worker's job never returns either
-                    results[i] = (None, f"decoder did not finish within {timeout:g}s (hung or crashed)")
+                except multiprocessing.TimeoutError:
+                    results[i] = timed_out
                     pending = pending[position + 1:]
                     break
                 finally:
                     done += 1
                     if progress is not None:
-                        progress(done, len(records))
+                        progress(done, total)
             else:
                 pending = []
     return results
+
+
+def _probe_all(
+    records: list[VideoRecord], backend: str, workers: int, timeout: float, progress: Callable | None
+) -> list[tuple]:
+    """probe_record over all records in worker processes; a file that hangs or crashes the decoder
+    gets a reason instead of stopping the scan."""
+    results = map_in_pool(probe_record, {i: (record, backend) for i, record in enumerate(records)}, workers,
+                          timeout, (None, f"decoder did not finish within {timeout:g}s (hung or crashed)"), progress)
+    return [results[i] for i in range(len(records))]
 
 
 def clean_list(

@@ -15,7 +15,6 @@ finished one and a second run skips it (its frame count is read from the MP4 ind
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,7 @@ from typing import Callable
 
 import av
 
-from .lists import ListFormatError, VideoRecord, format_line, scan_list
+from .lists import ListFormatError, VideoRecord, format_line, map_in_pool, scan_list
 
 TMP_SUFFIX = ".partial.mp4"
 
@@ -170,21 +169,9 @@ def _run_pool(records: list[VideoRecord], targets: list[str], options: tuple, wo
         else:
             first_line[targets[i]] = record.line
     pending = [i for i in range(len(records)) if results[i] is None]
-    done = len(records) - len(pending)
-    while pending:
-        with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
-            jobs = {i: pool.apply_async(_job, (records[i].path, targets[i], *options)) for i in pending}
-            for position, i in enumerate(pending):
-                try:
-                    results[i] = jobs[i].get(timeout)
-                except multiprocessing.TimeoutError:
-                    results[i] = (None, f"did not finish within {timeout:g}s (hung or crashed)", False)
-                    pending = pending[position + 1:]
-                    break
-                finally:
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(records))
-            else:
-                pending = []
+    done = map_in_pool(_job, {i: (records[i].path, targets[i], *options) for i in pending}, workers, timeout,
+                       (None, f"did not finish within {timeout:g}s (hung or crashed)", False), progress,
+                       done=len(records) - len(pending), total=len(records))
+    for i, result in done.items():
+        results[i] = result
     return results  # type: ignore[return-value]

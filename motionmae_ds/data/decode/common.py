@@ -5,7 +5,7 @@ import io
 import os
 import weakref
 from collections import Counter
-from typing import TYPE_CHECKING, BinaryIO, Sequence, Union
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -126,6 +126,19 @@ def pick(frames: dict[int, np.ndarray], indices: list[int]) -> "torch.Tensor":
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
+
+
+def count_until_failure(frames: Iterable, name: str, reason: Callable[[BaseException], str] = one_line) -> int:
+    """How many frames ``frames`` yields before it ends or raises (a truncated tail: the frames before it
+    are real); a failure before the first frame is the video's error, worded by ``reason``."""
+    count = 0
+    try:
+        for _ in frames:
+            count += 1
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
+        if count == 0:
+            raise VideoDecodeError(name, f"no frame decodes: {reason(exc)}") from None
+    return count
 
 
 def check_range(name: str, indices: list[int], num_frames: int) -> None:

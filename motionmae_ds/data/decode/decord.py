@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from .common import VideoDecodeError, VideoSource, check_indices, check_range, owns_threads, pick
+from .common import VideoDecodeError, VideoSource, check_indices, check_range, count_until_failure, owns_threads, pick
 
 if TYPE_CHECKING:
     import torch
@@ -59,14 +59,9 @@ class DecordReader:
 def probe_frames(source: VideoSource) -> tuple[int, int, float]:
     """(frames decord decodes in order, frames it lists, fps); decord cannot tell concealed damage."""
     reader = DecordReader(source)
-    count = 0
     try:
-        for _ in range(reader.num_frames):
-            reader._reader.next()
-            count += 1
-    except Exception as exc:  # noqa: BLE001
-        if count == 0:
-            raise VideoDecodeError(source.name, f"no frame decodes: {decord_reason(exc)}") from None
+        frames = (reader._reader.next() for _ in range(reader.num_frames))
+        count = count_until_failure(frames, source.name, decord_reason)
     finally:
         reader.close()
     return count, reader.num_frames, reader.fps

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .common import DecodeCounter, VideoDecodeError, VideoSource, check_indices, check_range, one_line, pick
+from .common import (DecodeCounter, VideoDecodeError, VideoSource, check_indices, check_range, count_until_failure,
+                     one_line, pick)
 
 if TYPE_CHECKING:
     import torch
@@ -230,16 +231,16 @@ def probe_frames(source: VideoSource) -> tuple[int, int, float]:
     """(frames that decode before the first corrupt one, frames the container lists, fps)."""
     reader = PyAVReader(source, seek=False)
     listed = max(reader.header_frames, reader.num_frames)
-    count = 0
-    try:
+
+    def intact():
         reader.rewind()
         for frame in reader.forward_frames():
             if frame.is_corrupt:  # concealed damage: this frame and those predicted from it are not real
-                break
-            count += 1
-    except Exception as exc:  # noqa: BLE001 - a truncated tail: the frames before it are real
-        if count == 0:
-            raise VideoDecodeError(source.name, f"no frame decodes: {one_line(exc)}") from None
+                return
+            yield frame
+
+    try:
+        count = count_until_failure(intact(), source.name)
     finally:
         reader.close()
     if count == 0:

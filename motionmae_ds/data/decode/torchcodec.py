@@ -13,7 +13,7 @@ import functools
 import re
 from typing import TYPE_CHECKING, Sequence
 
-from .common import VideoDecodeError, VideoSource, check_indices, check_range
+from .common import VideoDecodeError, VideoSource, check_indices, check_range, count_until_failure
 
 if TYPE_CHECKING:
     import torch
@@ -98,13 +98,8 @@ class TorchCodecReader:
 def probe_frames(source: VideoSource) -> tuple[int, int, float]:
     """(frames that decode in order, frames the scan found, fps); torchcodec cannot tell concealed damage."""
     reader = TorchCodecReader(source)
-    count = 0
     try:
-        for _ in reader._decoder:
-            count += 1
-    except Exception as exc:  # noqa: BLE001 - a truncated tail: the frames before it are real
-        if count == 0:
-            raise VideoDecodeError(source.name, f"no frame decodes: {torchcodec_reason(exc)}") from None
+        count = count_until_failure(reader._decoder, source.name, torchcodec_reason)
     finally:
         reader.close()
     return count, reader.num_frames, reader.fps
