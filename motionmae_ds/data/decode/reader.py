@@ -25,12 +25,15 @@ def check_backend(backend: str) -> None:
         raise ValueError(f"unknown decode backend {backend!r}; one of {', '.join(BACKENDS)}")
 
 
-def _decord_is_exact(container) -> bool:
-    """Judged from the container's header (format and codec), not from the file name."""
+def _auto_uses_decord(container) -> bool:
+    """Judged from the container's header (format and codec), not from the file name: decord's seeks are
+    exact there (DECORD_CODECS in SEEKABLE_FORMATS) and PyAV cannot skip the frames a clip does not want
+    (SKIP_NONREF_CODECS, where PyAV decodes far fewer frames than decord: docs/BENCHMARKS.md)."""
     if not container.streams.video:
         return False
     codec = container.streams.video[0].codec_context.name
-    return pyav.is_seekable_format(container) and codec in decord_backend.DECORD_CODECS
+    return (pyav.is_seekable_format(container) and codec in decord_backend.DECORD_CODECS
+            and codec not in pyav.SKIP_NONREF_CODECS)
 
 
 def _stream_signature(container) -> tuple:
@@ -44,10 +47,11 @@ class VideoReader:
     ``source`` is a path, the encoded bytes, or a binary file object; ``name`` (default: the path) is what
     errors name, e.g. a shard member's key. ``num_frames`` is what the container lists (exact for intact
     files, found without decoding); ``get`` raises VideoDecodeError when a requested frame lies beyond what
-    actually decodes. "auto" uses decord where its seeks are exact (DECORD_CODECS in SEEKABLE_FORMATS),
-    PyAV elsewhere (torchcodec, exact in all of SEEKABLE_FORMATS, was nowhere more than a few per cent faster
-    than the exact alternative on the CPU: docs/BENCHMARKS.md); a decord failure is retried with PyAV, whose
-    diagnosis is the one reported.
+    actually decodes. "auto" uses decord where its seeks are exact and PyAV has no way to skip unwanted
+    frames (VP9 in MP4/MKV/WebM), PyAV elsewhere: H.264, where PyAV's seek path never decodes the disposable
+    frames a clip skips, and every container or codec decord gets wrong (torchcodec, exact in all of
+    SEEKABLE_FORMATS, was nowhere more than a few per cent faster than the exact alternative on the CPU:
+    docs/BENCHMARKS.md); a decord failure is retried with PyAV, whose diagnosis is the one reported.
     ``backend`` tells which one is reading.
     """
 
@@ -72,7 +76,7 @@ class VideoReader:
             return torchcodec_backend.TorchCodecReader(self.source)
         # auto: PyAV's header parse (a few ms) tells whether decord can be trusted with this file
         container = pyav.open_av(self.source)
-        if _decord_is_exact(container):
+        if _auto_uses_decord(container):
             self._signature = _stream_signature(container)
         if self._signature is not None and self._signature not in _decord_unfit:
             container.close()
