@@ -169,9 +169,9 @@ def _run_pool(records: list[VideoRecord], targets: list[str], options: tuple, wo
         else:
             first_line[targets[i]] = record.line
     pending = [i for i in range(len(records)) if results[i] is None]
-    done = map_in_pool(_job, {i: (records[i].path, targets[i], *options) for i in pending}, workers, timeout,
-                       (None, f"did not finish within {timeout:g}s (hung or crashed)", False), progress,
-                       done=len(records) - len(pending), total=len(records))
-    for i, result in done.items():
+    finished = map_in_pool(_job, {i: (records[i].path, targets[i], *options) for i in pending}, workers, timeout,
+                           (None, f"did not finish within {timeout:g}s (hung or crashed)", False), progress,
+                           done=len(records) - len(pending), total=len(records))
+    for i, result in finished.items():
         results[i] = result
     return results  # type: ignore[return-value]
