@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from motionmae_ds.config import load_finetune_config, load_pretrain_config
-    from motionmae_ds.engine import distributed as dist_utils
-    from motionmae_ds.engine.finetune import run_finetuning
-    from motionmae_ds.engine.pretrain import run_pretraining
+    from motionmae_ds.runtime import distributed as dist_utils
+    from motionmae_ds.train.finetune import run_finetuning
+    from motionmae_ds.train.pretrain import run_pretraining
 
     dist_utils.init_distributed()
     ds_config = ROOT / "ds_configs" / "zero2.json"

@@ -253,13 +253,13 @@ def main() -> None:
         ours = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
                                 input_size=SIZE, flip=True)
         base = VideoMAEStyleBaseline(paths)
-        ours_fn = lambda i: ours[i % len(ours)]["video"]  # noqa: E731
+        ours_fn = lambda i, ours=ours: ours[i % len(ours)]["video"]  # noqa: E731
         _rate(ours_fn, 0, 2, mask), _rate(base, 0, 2, mask)  # warm-up: imports, page cache
         # Transforms alone, on the same decoded frames: the part of the pipeline that is ours to speed up.
         decoded = [base.decode(i) for i in range(4)]
         tf = TrainTransform(SIZE, scale=(0.5, 1.0), flip=True)
-        ours_tf = lambda i: tf(torch.from_numpy(decoded[i % 4]), make_generator(0, 0, i, 0))  # noqa: E731
-        base_tf = lambda i: base.transform(decoded[i % 4], i)  # noqa: E731
+        ours_tf = lambda i, tf=tf, decoded=decoded: tf(torch.from_numpy(decoded[i % 4]), make_generator(0, 0, i, 0))  # noqa: E731,E501
+        base_tf = lambda i, base=base, decoded=decoded: base.transform(decoded[i % 4], i)  # noqa: E731
         for label, ours_case, base_case, clips in (("decode + transform", ours_fn, base, args.clips),
                                                    ("transform only", ours_tf, base_tf, 4 * args.clips)):
             ours_rates, base_rates = [], []

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from data_throughput import bench_frames
+
 from motionmae_ds.data.decode import BACKENDS, VideoDecodeError, VideoReader
 from motionmae_ds.data.decode import torchcodec as torchcodec_backend
 from motionmae_ds.data.sampling import make_generator, train_clip_indices

@@ -168,15 +168,15 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
     """Timed steps of ours (or HF VideoMAEForPreTraining with ``hf``) through a ZeRO-2 bf16 DeepSpeed engine."""
     import deepspeed
 
-    from motionmae_ds.engine import distributed as dist_utils
-    from motionmae_ds.engine.builders import build_masker, build_model, mask_kwargs, model_kwargs
-    from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
-    from motionmae_ds.engine.mfu import accelerator_device_name, mfu
-    from motionmae_ds.engine.optim import build_adamw, param_groups
-    from motionmae_ds.engine.throughput import TRAIN_FLOPS_PER_MAC
-    from motionmae_ds.engine.trainer import compile_blocks, enable_tf32
+    from motionmae_ds.builders import build_masker, build_model, mask_kwargs, model_kwargs
     from motionmae_ds.models import pretrain_macs
+    from motionmae_ds.models.flops import TRAIN_FLOPS_PER_MAC
     from motionmae_ds.models.masking import mask_counts
+    from motionmae_ds.runtime import distributed as dist_utils
+    from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
+    from motionmae_ds.train.mfu import accelerator_device_name, mfu
+    from motionmae_ds.train.optim import build_adamw, param_groups
+    from motionmae_ds.train.trainer import compile_blocks, enable_tf32
 
     dist_utils.init_distributed()
     device = dist_utils.device()
@@ -235,7 +235,7 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
            "tflops": round(flops / step_s / 1e12, 4), "mfu": None if util is None else round(util, 4),
            "peak_gib": round(_peak_bytes(device) / 2 ** 30, 2), "warmup_s": round(warmup_s, 2),
            "gflop_per_step": round(flops / 1e9, 3)}
-    del engine, optimizer, model
+    engine = optimizer = model = None  # noqa: F841 (frees the device memory before the next case)
     _reset_peak(device)
     return row
 
@@ -245,9 +245,9 @@ def loader_case(cfg: Any, workers: int, batches: int) -> dict[str, Any]:
     """Clips/s of the training loader (the trainer's DataLoader settings) over ``batches`` after the first."""
     from torch.utils.data import RandomSampler
 
-    from motionmae_ds.engine import distributed as dist_utils
-    from motionmae_ds.engine.builders import build_dataset, resolve_list_file
-    from motionmae_ds.engine.trainer import make_loader
+    from motionmae_ds.builders import build_dataset, resolve_list_file
+    from motionmae_ds.data.loader import make_loader
+    from motionmae_ds.runtime import distributed as dist_utils
 
     dataset = build_dataset(cfg, resolve_list_file(cfg))
     dataset.set_epoch(0)
@@ -297,7 +297,7 @@ def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False) -> di
         for kind, ckpt, comp in cases:
             cfg = pretrain_config(model, p, dry, ckpt, comp)
             row = {"model": model, "impl": kind, "act_ckpt": ckpt, "compile": comp}
-            row.update(guarded(lambda: engine_case(cfg, p, hf=kind == "hf")))
+            row.update(guarded(lambda cfg=cfg, kind=kind: engine_case(cfg, p, hf=kind == "hf")))
             steps.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     result["steps"] = steps

@@ -35,20 +35,24 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-
 # glibc: every allocation above 128 KiB gets its own mapping, returned to the OS when freed
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 import torch  # noqa: E402
 
 from motionmae_ds.models import (  # noqa: E402
-    MODEL_SIZES, build_classifier, build_decoder_mask, build_mask_generator, build_pretrain_model, classifier_macs,
+    MODEL_SIZES,
+    build_classifier,
+    build_decoder_mask,
+    build_mask_generator,
+    build_pretrain_model,
+    classifier_macs,
     pretrain_macs,
 )
-from motionmae_ds.engine.cpu_process import keep_freed_memory  # noqa: E402
+from motionmae_ds.models.flops import TRAIN_FLOPS_PER_MAC  # noqa: E402
 from motionmae_ds.models.vit import ATTENTION_BACKENDS  # noqa: E402
+from motionmae_ds.runtime.cpu_process import keep_freed_memory  # noqa: E402
 
-TRAIN_FLOPS_PER_MAC = 6  # forward + backward (2x forward) = 3 passes, 2 FLOPs per multiply-add
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 VARIANTS = {"a": "ours, both heads", "b": "ours, frame only", "c": "HF VideoMAEForPreTraining (sdpa)",
             "d": "ours, both heads, act. ckpt", "e": "ours, both heads, decoder masking, shared",

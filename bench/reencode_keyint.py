@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from data_throughput import make_bench_video
+
 from motionmae_ds.data.decode import VideoReader
 from motionmae_ds.data.reencode import reencode_file
 from motionmae_ds.data.sampling import make_generator, train_clip_indices

@@ -4,7 +4,7 @@
         --deepspeed_config ds_configs/zero2_vitl_32gpu.json --nodes 4 --gpus_per_node 8 --gpu_gib 80
 
 Activations are measured on this machine's CPU at --frames (two small counts) and extrapolated to the
-recipe's frame count; see motionmae_ds/engine/memory_estimate.py for how. Takes minutes for ViT-L.
+recipe's frame count; see motionmae_ds/tools/memory_estimate.py for how. Takes minutes for ViT-L.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from motionmae_ds.config import load_pretrain_config
-    from motionmae_ds.engine import memory_estimate as me
-    from motionmae_ds.engine.ds_config import load_ds_config
+    from motionmae_ds.runtime.ds_config import load_ds_config
+    from motionmae_ds.tools import memory_estimate as me
 
     cfg = load_pretrain_config(args.config, args.set)
     ds = load_ds_config(args.deepspeed_config)

@@ -17,9 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from motionmae_ds.config import ConfigError, load_finetune_config
-from motionmae_ds.engine.cli import run_entry
-from motionmae_ds.engine.vos import (PAIRINGS, PropagationSettings, report_lines, run_vos_evaluation,
-                                     vos_sequences)
+from motionmae_ds.eval.vos import PAIRINGS, PropagationSettings, report_lines, run_vos_evaluation, vos_sequences
+from motionmae_ds.runtime.cli import run_entry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from motionmae_ds.config import ConfigError, load_finetune_config
-from motionmae_ds.engine.cli import metrics_line, run_entry
-from motionmae_ds.engine.evaluate import evaluate_checkpoint
+from motionmae_ds.eval.evaluate import evaluate_checkpoint
+from motionmae_ds.runtime.cli import metrics_line, run_entry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

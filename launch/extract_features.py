@@ -15,8 +15,8 @@ import argparse
 import sys
 
 from motionmae_ds.config import load_finetune_config
-from motionmae_ds.engine.cli import run_entry
-from motionmae_ds.engine.features import extract_features
+from motionmae_ds.eval.features import extract_features
+from motionmae_ds.runtime.cli import run_entry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

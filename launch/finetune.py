@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 
 from motionmae_ds.config import load_finetune_config
-from motionmae_ds.engine.cli import metrics_line, output_dir_of, run_entry, training_parser
-from motionmae_ds.engine.evaluate import evaluate_checkpoint
-from motionmae_ds.engine.finetune import run_finetuning
+from motionmae_ds.eval.evaluate import evaluate_checkpoint
+from motionmae_ds.runtime.cli import metrics_line, output_dir_of, run_entry, training_parser
+from motionmae_ds.train.finetune import run_finetuning
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,9 @@ import argparse
 import sys
 
 from motionmae_ds.config import ConfigError, load_finetune_config
-from motionmae_ds.engine import distributed as dist_utils
-from motionmae_ds.engine.cli import run_entry
-from motionmae_ds.engine.knn import knn_evaluate, knn_from_checkpoint
+from motionmae_ds.eval.knn import knn_evaluate, knn_from_checkpoint
+from motionmae_ds.runtime import distributed as dist_utils
+from motionmae_ds.runtime.cli import run_entry
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

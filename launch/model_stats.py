@@ -14,7 +14,12 @@ import sys
 import torch
 
 from motionmae_ds.models import (
-    MASK_KINDS, MODEL_SIZES, build_classifier, build_pretrain_model, classifier_macs, pretrain_macs,
+    MASK_KINDS,
+    MODEL_SIZES,
+    build_classifier,
+    build_pretrain_model,
+    classifier_macs,
+    pretrain_macs,
 )
 from motionmae_ds.models.masking import DECODER_HEADS
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 
 from motionmae_ds.config import load_pretrain_config
-from motionmae_ds.engine.cli import is_main_process, run_entry, training_parser
-from motionmae_ds.engine.pretrain import run_pretraining
+from motionmae_ds.runtime.cli import is_main_process, run_entry, training_parser
 from motionmae_ds.tools.visualize import save_reconstruction_figure
+from motionmae_ds.train.pretrain import run_pretraining
 
 
 def main(argv: list[str] | None = None) -> int:

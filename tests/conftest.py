@@ -1,6 +1,43 @@
-"""Suite-wide settings. Part-specific fixtures live next to their tests (tests/data/conftest.py, ...)."""
+"""Suite-wide settings and the fixtures every package's tests share. Part-specific fixtures live next to their
+tests (tests/data/conftest.py, ...)."""
+import json
 import os
+from pathlib import Path
+
+import pytest
 
 # Keep every test on the CPU accelerator and quiet; a CUDA box would otherwise pick its GPUs.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+# A tiny pretraining recipe (a 2-frame-tubelet ViT on 32x32 synthetic MP4s) that the loop, evaluation and
+# launcher tests share.
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("synthetic_cache")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, synthetic_cache):
+    """Write a tiny experiment YAML; keyword overrides as {"section": {"key": value}}."""
+
+    def make(**sections) -> Path:
+        base = {
+            "model": {"name": "vit_tiny", "num_frames": 4, "img_size": 32, "patch_size": 16, "tubelet_size": 2,
+                      "embed_dim": 48, "depth": 1, "num_heads": 3, "decoder_embed_dim": 24, "decoder_depth": 1,
+                      "decoder_num_heads": 3},
+            "masking": {"kind": "random", "ratio": 0.5},
+            "data": {"synthetic": True, "synthetic_videos": 12, "synthetic_frames": 12, "synthetic_size": 32,
+                     "sampling_rate": 2, "num_workers": 0, "cache_dir": str(synthetic_cache)},
+            "optim": {"base_lr": 0.1},
+            "schedule": {"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
+            "run": {"seed": 0, "log_every": 1, "save_every_epochs": 1, "visualize": False},
+        }
+        for sec, values in sections.items():
+            base.setdefault(sec, {}).update(values)
+        path = tmp_path / f"tiny_{len(list(tmp_path.glob('tiny_*.yaml')))}.yaml"
+        path.write_text(json.dumps(base, indent=1))  # JSON is YAML
+        return path
+
+    return make

@@ -4,7 +4,7 @@ of the processes tests start, launcher command lines, waiting on and killing a r
     from tests.helpers import REPO, ZERO2, free_port, kill9, launch, launch_cmd, read_log, run_env, start, wait_for
 
 pytest.ini puts the repo root on sys.path, so test modules and conftest files import this as ``tests.helpers``
-(as they import ``tests.engine.checkpoint.zero_runs``). The processes the tests start, launchers and worker
+(as they import ``tests.checkpoint.zero_runs``). The processes the tests start, launchers and worker
 scripts alike, get no such path: they import ``motionmae_ds`` from the install, which is what the launcher tests
 check, and take what they need from the tests on their command line.
 """
@@ -131,3 +131,14 @@ def assert_same_steps(reference: dict[int, dict], resumed: dict[int, dict], firs
             a, b = reference[step][key], resumed[step][key]
             assert abs(a - b) <= rel * max(abs(a), 1e-8), (step, key, a, b)
         assert reference[step]["lr"] == resumed[step]["lr"], step
+
+
+def run_pretrain(args: list, ranks: int = 1, launcher: str = "deepspeed", timeout: float = 300,
+                 cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """launch/pretrain.py with ``args`` under the ``deepspeed`` launcher with ``ranks`` ranks, or plain ``python``."""
+    return launch("pretrain.py", args, 0 if launcher == "python" else ranks, timeout, cwd)
+
+
+def start_pretrain(args: list, ranks: int = 1, log_path: Optional[Path] = None) -> subprocess.Popen:
+    """launch/pretrain.py in the background under the ``deepspeed`` launcher, in its own process group."""
+    return start(launch_cmd("pretrain.py", args, ranks), log_path)

@@ -74,11 +74,11 @@ def test_masks_are_drawn_on_the_device_and_the_step_never_syncs():
 
 
 def test_training_loader_pins_its_batches(tmp_path):
-    from motionmae_ds.data.synthetic import ensure_synthetic_dataset
-    from motionmae_ds.engine.builders import read_records
-    from motionmae_ds.data.datasets import VideoClipDataset
+    from motionmae_ds.builders import read_records
     from motionmae_ds.config import config_from_dict
-    from motionmae_ds.engine.trainer import make_loader
+    from motionmae_ds.data.datasets import VideoClipDataset
+    from motionmae_ds.data.loader import make_loader
+    from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 
     list_file = ensure_synthetic_dataset(tmp_path / "videos", kind="pretrain", seed=0, num_videos=4, num_frames=12,
                                          size=32)
@@ -96,7 +96,7 @@ def test_training_loader_pins_its_batches(tmp_path):
 
 
 def test_fused_adamw_on_cuda_matches_the_unfused_one():
-    from motionmae_ds.engine.optim import build_adamw, param_groups
+    from motionmae_ds.train.optim import build_adamw, param_groups
 
     results = []
     for device_type in ("cuda", "cpu"):
@@ -145,7 +145,7 @@ print("fused adam ok")
 def test_one_rank_nccl_group_through_our_init():
     code = """
 import torch, torch.distributed as dist
-from motionmae_ds.engine import distributed as du
+from motionmae_ds.runtime import distributed as du
 du.init_distributed()
 assert dist.get_backend() == "nccl", dist.get_backend()
 assert du.device() == torch.device("cuda", 0) and torch.cuda.current_device() == 0

@@ -6,12 +6,21 @@ the shared value checks and the batch layout; ``paths.py`` the file-system check
 Enum choices come from the model/data constants, so a new mask kind or decoder backend needs no edit here.
 """
 from motionmae_ds.config.checks import batch_layout
-from motionmae_ds.config.finetune import (DEFAULT_FINETUNE_CONFIG, FinetuneConfig, load_finetune_config,
-                                          validate_finetune)
+from motionmae_ds.config.finetune import (
+                                          DEFAULT_FINETUNE_CONFIG,
+                                          FinetuneConfig,
+                                          load_finetune_config,
+                                          validate_finetune,
+)
 from motionmae_ds.config.loader import REPO_ROOT, ConfigError, load_sections, parse_overrides, sections_to_dict
 from motionmae_ds.config.paths import check_paths
-from motionmae_ds.config.pretrain import (DEFAULT_PRETRAIN_CONFIG, PretrainConfig, config_from_dict,
-                                          load_pretrain_config, validate_pretrain)
+from motionmae_ds.config.pretrain import (
+                                          DEFAULT_PRETRAIN_CONFIG,
+                                          PretrainConfig,
+                                          config_from_dict,
+                                          load_pretrain_config,
+                                          validate_pretrain,
+)
 
 __all__ = [
     "DEFAULT_FINETUNE_CONFIG", "DEFAULT_PRETRAIN_CONFIG", "REPO_ROOT", "ConfigError", "FinetuneConfig",

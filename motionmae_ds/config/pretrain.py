@@ -3,7 +3,7 @@
 Every setting of a pretraining experiment lives here; the DeepSpeed JSON holds engine settings only (ZeRO,
 bf16, clipping). The batch has one source of truth: the YAML's ``schedule.batch_size`` (per-device micro
 batch) with either ``schedule.accum_steps`` or ``schedule.total_batch_size`` (see ``checks.batch_layout``
-and ``motionmae_ds.engine.ds_config`` for how the JSON is filled in and checked against it). With
+and ``motionmae_ds.runtime.ds_config`` for how the JSON is filled in and checked against it). With
 ``data.num_repeats`` R each video of a micro-batch gives R clips: ``schedule.batch_size`` counts videos per
 device, ``schedule.total_batch_size`` and the lr scaling count clips (batch_size x R x accum x world size).
 """

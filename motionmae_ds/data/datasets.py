@@ -28,7 +28,12 @@ from torch.utils.data import Dataset
 
 from .decode import VideoDecodeError, VideoReader, read_frame_folder
 from .sampling import (
-    SAMPLINGS, eval_indices, make_generator, repeated_train_indices, spatial_crop_offsets, train_indices,
+    SAMPLINGS,
+    eval_indices,
+    make_generator,
+    repeated_train_indices,
+    spatial_crop_offsets,
+    train_indices,
 )
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, normalize, resize_short_side
 
@@ -205,16 +210,3 @@ class VideoClipDataset(Dataset):
         last = "; ".join(f"{p}: {r}" for p, r in skipped[-3:])
         raise DataLoadError(f"item {index}: {len(skipped)} videos in a row failed to decode "
                             f"(max_retries={self.max_retries}); last: {last}")
-
-
-def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack ``video`` (B, ...) and ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
-    out: dict[str, Any] = {
-        "video": torch.stack([b["video"] for b in batch]),
-        "label": torch.tensor([int(b["label"]) for b in batch], dtype=torch.long),
-        "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
-        "skipped": [s for b in batch for s in b.get("skipped", ())],
-    }
-    if "view" in batch[0]:
-        out["view"] = torch.tensor([int(b["view"]) for b in batch], dtype=torch.long)
-    return out

@@ -151,7 +151,7 @@ def _write_text(path: Path, text: str) -> None:
 def _splits(labels: list[int]) -> dict[str, list[int]]:
     """Video indices per split: every 8th video of each class to val, the next to test, rest to train."""
     out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for i, label in enumerate(labels):
+    for i in range(len(labels)):
         rank = i // NUM_MOTION_CLASSES  # labels cycle through the classes, so rank counts within a class
         out["val" if rank % 8 == 6 else "test" if rank % 8 == 7 else "train"].append(i)
     return out

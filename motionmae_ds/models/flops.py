@@ -13,6 +13,11 @@ from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.validation import check_divides, reject_unknown
 
 MLP_RATIO = 4
+# forward + backward (twice the forward) = 3 passes; one multiply-accumulate = 2 FLOPs. Model FLOPs, the
+# MFU convention: the recompute of activation checkpointing is not counted as useful work.
+TRAIN_FLOPS_PER_MAC = 6
+# a linear probe runs the frozen encoder forward only (its head's backward is negligible)
+PROBE_FLOPS_PER_MAC = 2
 
 
 def block_macs(tokens: int, dim: int) -> int:

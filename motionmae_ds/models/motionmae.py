@@ -14,7 +14,11 @@ from motionmae_ds.models.decoder import Decoder
 from motionmae_ds.models.masking import MaskCounts
 from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.validation import (
-    ModelConfigError, check_choice, check_fraction, check_positive_int, reject_unknown,
+    ModelConfigError,
+    check_choice,
+    check_fraction,
+    check_positive_int,
+    reject_unknown,
 )
 from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
 

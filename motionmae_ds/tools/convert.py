@@ -24,8 +24,8 @@ from typing import Any, Mapping, Optional
 import torch
 from safetensors.torch import save_file
 
-from motionmae_ds.engine import checkpoint as ckpt
-from motionmae_ds.engine.checkpoint.weights import SAFETENSORS_CONFIG_KEY
+from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.checkpoint.weights import SAFETENSORS_CONFIG_KEY
 
 FORMATS = ("plain", "encoder", "hf", "universal")
 

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.builders import build_masker, build_model
 from motionmae_ds.config import PretrainConfig, config_from_dict, load_pretrain_config
 from motionmae_ds.data.decode import count_frames, read_frames
 from motionmae_ds.data.sampling import uniform_clip_indices
 from motionmae_ds.data.transforms import EvalTransform
-from motionmae_ds.engine import checkpoint as ckpt
-from motionmae_ds.engine.builders import build_masker, build_model
 from motionmae_ds.models.targets import temporal_difference
 
 CELL_MIN = 96      # pixels per frame cell: tiny demo clips would be unreadable at their own size

@@ -29,7 +29,7 @@ def test_labelled_subset_is_balanced_and_from_train(tmp_path):
 def test_every_variant_gives_valid_configs(tmp_path):
     args = ablation.parse_args(["--out", str(tmp_path)])
     lists = {k: str(tmp_path / f"{k}.txt") for k in ("pretrain", "train", "val", "test")}
-    for name, (target, g) in ablation.VARIANTS.items():
+    for target, g in ablation.VARIANTS.values():
         if target is not None:
             cfg = load_pretrain_config(ROOT / "configs" / "pretrain_demo.yaml",
                                        ablation.pretrain_overrides(args, lists, target, g, seed=1))

@@ -1,7 +1,7 @@
 """MFU against the bf16 peak table, with the names torch.cuda.get_device_name() reports."""
 import pytest
 
-from motionmae_ds.engine.mfu import accelerator_device_name, mfu, peak_bf16_flops
+from motionmae_ds.train.mfu import accelerator_device_name, mfu, peak_bf16_flops
 
 
 @pytest.mark.parametrize("name,tflops", [

@@ -1,8 +1,13 @@
 """The finetuning / linear-probe job config: its own defaults over the shared sections, its checks."""
 import pytest
 
-from motionmae_ds.config import (DEFAULT_FINETUNE_CONFIG, ConfigError, FinetuneConfig, PretrainConfig,
-                                 load_finetune_config)
+from motionmae_ds.config import (
+    DEFAULT_FINETUNE_CONFIG,
+    ConfigError,
+    FinetuneConfig,
+    PretrainConfig,
+    load_finetune_config,
+)
 from motionmae_ds.models.classifier import PROBE_NORMS
 
 

@@ -1,8 +1,13 @@
 """The pretraining job config: defaults, value checks and choices taken from the model constants."""
 import pytest
 
-from motionmae_ds.config import (DEFAULT_PRETRAIN_CONFIG, ConfigError, PretrainConfig, config_from_dict,
-                                 load_pretrain_config)
+from motionmae_ds.config import (
+    DEFAULT_PRETRAIN_CONFIG,
+    ConfigError,
+    PretrainConfig,
+    config_from_dict,
+    load_pretrain_config,
+)
 from motionmae_ds.models.masking import DECODER_HEADS, DECODER_MASK_KINDS, MASK_KINDS
 from motionmae_ds.models.motionmae import DECODER_MODES, LOSSES, TARGETS
 

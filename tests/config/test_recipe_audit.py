@@ -3,12 +3,11 @@ recipe has a column, and changing any audited value away from the table is caugh
 import copy
 import math
 import re
-from pathlib import Path
 
 import pytest
 
 from motionmae_ds.config import REPO_ROOT, load_finetune_config, load_pretrain_config
-from motionmae_ds.engine.schedule import scaled_lr
+from motionmae_ds.train.schedule import scaled_lr
 
 DOC = REPO_ROOT / "docs" / "RECIPES.md"
 JOBS = {"Pretraining": ("pretrain_", load_pretrain_config), "Finetuning": ("finetune_", load_finetune_config)}

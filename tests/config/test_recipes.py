@@ -6,11 +6,17 @@ import pytest
 import torch
 import yaml
 
-from motionmae_ds.config import (REPO_ROOT, FinetuneConfig, PretrainConfig, batch_layout, load_finetune_config,
-                                 load_pretrain_config)
-from motionmae_ds.engine.builders import build_decoder_masker, build_masker, build_model
-from motionmae_ds.engine.throughput import FlopCounter
-from motionmae_ds.engine.schedule import scaled_lr
+from motionmae_ds.builders import build_decoder_masker, build_masker, build_model
+from motionmae_ds.config import (
+    REPO_ROOT,
+    FinetuneConfig,
+    PretrainConfig,
+    batch_layout,
+    load_finetune_config,
+    load_pretrain_config,
+)
+from motionmae_ds.train.schedule import scaled_lr
+from motionmae_ds.train.throughput import FlopCounter
 
 ALL_RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 # file-name prefix -> (loader, config type, linear probe?)

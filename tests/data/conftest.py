@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import videos  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def video_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("videos")

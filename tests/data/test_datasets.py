@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 import torch
+import videos
 from torch.utils.data import DataLoader
 
-import videos
-from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset, collate_clips
-from motionmae_ds.data.lists import VideoRecord, read_list
+from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset
 from motionmae_ds.data.decode import VideoReader
+from motionmae_ds.data.lists import VideoRecord, read_list
+from motionmae_ds.data.loader import collate_clips
 from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
 from motionmae_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
 
@@ -218,9 +219,9 @@ def test_bad_arguments_name_the_setting(good_videos):
 
 
 def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders, tmp_path):
+    from motionmae_ds.builders import build_dataset
     from motionmae_ds.config import ConfigError, load_finetune_config, load_pretrain_config
-    from motionmae_ds.engine.builders import build_dataset
-    from motionmae_ds.engine.finetune import build_split
+    from motionmae_ds.train.finetune import build_split
 
     spec = frame_folders["custom"]  # frame{:04d}.jpeg numbered from 0, 6 frames
     lst = tmp_path / "frames.txt"

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from motionmae_ds.data.davis import (DavisLayoutError, davis_palette, read_annotation, read_sequences, read_split,
-                                     write_annotation)
+from motionmae_ds.data.davis import (
+    DavisLayoutError,
+    davis_palette,
+    read_annotation,
+    read_sequences,
+    read_split,
+    write_annotation,
+)
 from motionmae_ds.data.synthetic_vos import ensure_synthetic_vos
 
 

@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_frames
 
 from motionmae_ds.data.decode import (
     VideoDecodeError,
@@ -23,7 +24,6 @@ from motionmae_ds.data.decode import (
     read_frames,
 )
 from motionmae_ds.data.decode.pyav import PyAVReader
-from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_frames
 
 # decord is only trusted in containers with timestamps and keyframe indexes
 DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
@@ -310,7 +310,7 @@ def test_workers_destroy_readers_the_parent_used(good_videos, reference, backend
 
 
 def test_frame_folders_equal_the_images(frame_folders):
-    for name, spec in frame_folders.items():
+    for spec in frame_folders.values():
         indices = [spec["num_frames"] - 1, 0, 2, 2]
         got = read_frame_folder(spec["path"], indices, spec["template"], spec["start"])
         ref = reference_folder_frames(spec["path"], indices, spec["template"], spec["start"])
@@ -364,16 +364,16 @@ def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
             paths = [candidate, make_video(tmp_path / f"sq{side}_1.webm", codec="vp9", num_frames=20,
                                            size=(side, side), gop=8, seed=1)]
             break
-    decode._decord_unfit.clear()
+    decode.reader._decord_unfit.clear()
     if paths is None:  # this decord copies every probed size: nothing to remember, decord stays in use
         for side in (96, 80):
             path = tmp_path / f"sq{side}_0.webm"
             reader = VideoReader(path)
             _assert_frames(reader.get(indices), reference(path), indices)
-            assert reader.backend == "decord" and not decode._decord_unfit
+            assert reader.backend == "decord" and not decode.reader._decord_unfit
         return
     ref = reference(paths[0])
-    decode._decord_unfit.clear()
+    decode.reader._decord_unfit.clear()
     first = VideoReader(paths[0])
     assert first.backend == "decord"  # trusted container and codec: tried first
     _assert_frames(first.get(indices), ref, indices)
@@ -411,8 +411,8 @@ def test_bad_in_memory_videos_raise_errors_naming_the_member(bad_videos, backend
     cases = {"zero_bytes": "empty (0 bytes)", "text_as_mp4": "cannot open", "audio_only": "no video stream"}
     for case, reason in cases.items():
         data = bad_videos[case].read_bytes()
-        for call in (lambda: read_frames(data, [0], backend, name="s-000001.tar:k1.mp4"),
-                     lambda: probe_video(data, backend, name="s-000001.tar:k1.mp4")):
+        for call in (lambda data=data: read_frames(data, [0], backend, name="s-000001.tar:k1.mp4"),
+                     lambda data=data: probe_video(data, backend, name="s-000001.tar:k1.mp4")):
             with pytest.raises(VideoDecodeError) as info:
                 call()
             assert str(info.value).startswith("s-000001.tar:k1.mp4: ") and "\n" not in str(info.value)

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from videos import GOOD_VIDEOS
 
 from motionmae_ds.data.lists import clean_list, read_list
-from videos import GOOD_VIDEOS
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "launch" / "prepare_data.py"
@@ -50,7 +50,7 @@ def test_cli_writes_true_counts_and_reports_every_bad_entry(dataset, tmp_path):
     n = {k: v["num_frames"] for k, v in GOOD_VIDEOS.items()}
     assert out.read_text().splitlines() == [
         f"h264.mp4 {n['h264']} 0", f"vp9.webm {n['vp9']} 1", f"avi_bframes.avi {n['avi_bframes']} 2",
-        f"mpeg_ps.mpg {n['mpeg_ps']} 3", f"short10.mp4 10 4", f"my vfr clip.mp4 {n['vfr']} 5",
+        f"mpeg_ps.mpg {n['mpeg_ps']} 3", "short10.mp4 10 4", f"my vfr clip.mp4 {n['vfr']} 5",
         "truncated.mp4 " + out.read_text().splitlines()[6].split()[1] + " 9",
     ]
     truncated_count = int(out.read_text().splitlines()[6].split()[1])

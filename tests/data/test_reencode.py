@@ -9,11 +9,11 @@ from pathlib import Path
 
 import av
 import numpy as np
+from videos import make_video, reference_decode
 
 from motionmae_ds.data.decode import VideoReader
 from motionmae_ds.data.lists import read_list
 from motionmae_ds.data.reencode import output_size, reencode_file, reencode_list
-from videos import make_video, reference_decode
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,17 @@ import webdataset as wds
 
 from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset
 from motionmae_ds.data.lists import VideoRecord
-from motionmae_ds.data.shards import (ShardClipDataset, ShardError, build_index, index_part, merge_index,
-                                      read_member, shard_pattern, shard_urls, write_shards)
+from motionmae_ds.data.shards import (
+    ShardClipDataset,
+    ShardError,
+    build_index,
+    index_part,
+    merge_index,
+    read_member,
+    shard_pattern,
+    shard_urls,
+    write_shards,
+)
 from tests.helpers import REPO, call_main
 
 NAMES = ("h264", "vp9", "avi_bframes", "mpeg_ps", "short10")

@@ -4,8 +4,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 import videos
+
 from motionmae_ds.data.decode import count_frames
 from motionmae_ds.data.lists import read_list
 from motionmae_ds.data.synthetic import _render, ensure_synthetic_dataset

@@ -4,8 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionmae_ds.models import ModelConfigError, build_classifier, build_mask_generator, build_pretrain_model
-from motionmae_ds.models import cpu_kernels
+from motionmae_ds.models import (
+    ModelConfigError,
+    build_classifier,
+    build_mask_generator,
+    build_pretrain_model,
+    cpu_kernels,
+)
 from motionmae_ds.models.cpu_kernels import matmul_attention
 from motionmae_ds.models.vit import Attention, attention
 

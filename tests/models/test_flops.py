@@ -6,7 +6,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from motionmae_ds.models import (
-    MODEL_SIZES, build_classifier, build_decoder_mask, build_mask_generator, build_pretrain_model, classifier_macs,
+    MODEL_SIZES,
+    build_classifier,
+    build_decoder_mask,
+    build_mask_generator,
+    build_pretrain_model,
+    classifier_macs,
     pretrain_macs,
 )
 from motionmae_ds.models.flops import block_macs

@@ -65,7 +65,10 @@ def test_divide_and_shared_parameter_counts(tiny):
     enc_dim, d, p = 192, 96, 1536
     one_decoder = enc_dim * d + d + block_params(d) + 2 * d  # e2d (no bias), mask token, 1 block, norm
     head = d * p + p
-    count = lambda m, prefix: sum(v.numel() for k, v in m.named_parameters() if k.startswith(prefix))
+
+    def count(m, prefix):
+        return sum(v.numel() for k, v in m.named_parameters() if k.startswith(prefix))
+
     divide = build_pretrain_model(**tiny, decoder_mode="divide")
     shared = build_pretrain_model(**tiny, decoder_mode="shared")
     assert count(divide, "space_head.") == count(divide, "time_head.") == one_decoder + head
@@ -120,7 +123,7 @@ def test_grad_checkpointing_gives_identical_grads(videos, tiny, mode):
         torch.manual_seed(0)
         model = build_pretrain_model(**tiny, decoder_mode=mode, drop_path_rate=0.3, grad_checkpointing=ckpt)
         runs = []
-        model.encoder.blocks[1].register_forward_pre_hook(lambda *a: runs.append(1))
+        model.encoder.blocks[1].register_forward_pre_hook(lambda *a, runs=runs: runs.append(1))
         torch.manual_seed(123)  # drop path draws
         model(videos, mask)["loss"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})

@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from motionmae_ds.engine.failure import guard_peer_failure
+from motionmae_ds.runtime.failure import guard_peer_failure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "launch"))  # launch/pretrain.py is a script
 from pretrain import main  # noqa: E402

@@ -12,7 +12,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from motionmae_ds.engine.distributed import init_distributed
+from motionmae_ds.runtime.distributed import init_distributed
 
 p = argparse.ArgumentParser()
 p.add_argument("--local_rank", type=int, default=0)

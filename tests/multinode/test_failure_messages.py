@@ -2,9 +2,8 @@
 import subprocess
 import sys
 
+from motionmae_ds.runtime.failure import is_peer_failure, peer_failure_message
 from tests.helpers import REPO, run_env
-
-from motionmae_ds.engine.failure import is_peer_failure, peer_failure_message
 
 # verbatim from the gloo runs in test_rank_failure.py
 RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:54921: "
@@ -29,7 +28,7 @@ def test_message_names_rank_and_cause(monkeypatch):
 
 
 def _guarded(body: str) -> subprocess.CompletedProcess:
-    code = ("import sys\nfrom motionmae_ds.engine.failure import guard_peer_failure\n"
+    code = ("import sys\nfrom motionmae_ds.runtime.failure import guard_peer_failure\n"
             f"def main():\n    {body}\nsys.exit(guard_peer_failure(main))\n")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(run_env(), RANK="1", WORLD_SIZE="2"),
                           capture_output=True, text=True, timeout=60)

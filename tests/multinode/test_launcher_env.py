@@ -1,5 +1,5 @@
 """Launcher detection from the environment variables each runtime sets."""
-from motionmae_ds.engine.launcher_env import started_by_mpi, started_by_torch_launcher
+from motionmae_ds.runtime.launcher_env import started_by_mpi, started_by_torch_launcher
 
 
 def test_mpi_worlds_are_recognised():

@@ -4,9 +4,9 @@ import re
 import signal
 from pathlib import Path
 
-from motionmae_ds.engine.failure import PEER_FAILURE_EXIT_CODE
-
 from launchers import GUARDED, node_launcher, rank_workers, wait_exit
+
+from motionmae_ds.runtime.failure import PEER_FAILURE_EXIT_CODE
 from tests.helpers import free_port, kill9, launch_cmd, read_log, start, wait_for
 
 # launch.py polls its ranks once a second, then gives them up to 30 s to terminate

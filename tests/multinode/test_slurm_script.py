@@ -4,7 +4,7 @@ import subprocess
 from launchers import REPO, SBATCH, render_sbatch, rendered_commands, srun_task
 
 from motionmae_ds.config import batch_layout, load_pretrain_config
-from motionmae_ds.engine.ds_config import fill_batch, load_ds_config
+from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
 
 HOSTS = ["gpu01", "gpu02", "gpu03", "gpu04"]
 

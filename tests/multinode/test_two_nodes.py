@@ -3,8 +3,8 @@ node, then resumed by a single-node 2-rank run."""
 import json
 
 import torch
-
 from launchers import VITL_JSON, render_sbatch, rendered_commands, srun_task, wait_exit
+
 from tests.helpers import free_port, launch, read_log, start
 
 

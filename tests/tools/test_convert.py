@@ -3,10 +3,10 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
-from motionmae_ds.engine.checkpoint import init_encoder, load_weights
+from motionmae_ds.checkpoint import init_encoder, load_weights
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.tools.convert import export
-from tests.engine.checkpoint.zero_runs import TINY_DECODER, TINY_ENCODER
+from tests.checkpoint.zero_runs import TINY_DECODER, TINY_ENCODER
 
 TINY_MODEL = dict(TINY_ENCODER, **TINY_DECODER)
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from motionmae_ds.engine.checkpoint import MODEL_STATES
+from motionmae_ds.checkpoint import MODEL_STATES
 from tests.helpers import call_main
 
 

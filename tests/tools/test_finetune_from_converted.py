@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from transformers import VideoMAEForVideoClassification
 
-from motionmae_ds.engine.checkpoint import fp32_state_dict, read_client_state, resolve
+from motionmae_ds.checkpoint import fp32_state_dict, read_client_state, resolve
 from motionmae_ds.models import build_classifier
 from motionmae_ds.tools.convert import export, videos_to_hf
 

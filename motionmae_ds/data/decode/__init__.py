@@ -18,7 +18,7 @@ from .common import DecodeCounter, Source, VideoDecodeError, VideoSource
 from .decord import DECORD_CODECS
 from .folders import count_folder_frames, read_frame_folder
 from .pyav import SEEKABLE_FORMATS
-from .reader import BACKENDS, VideoInfo, VideoReader, _decord_unfit, count_frames, probe_video, read_frames
+from .reader import BACKENDS, VideoInfo, VideoReader, count_frames, probe_video, read_frames
 
 __all__ = [
     "BACKENDS", "DECORD_CODECS", "SEEKABLE_FORMATS", "DecodeCounter", "Source", "VideoDecodeError", "VideoInfo",

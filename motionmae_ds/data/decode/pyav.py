@@ -7,8 +7,16 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .common import (DecodeCounter, VideoDecodeError, VideoSource, check_indices, check_range, count_until_failure,
-                     one_line, pick)
+from .common import (
+    DecodeCounter,
+    VideoDecodeError,
+    VideoSource,
+    check_indices,
+    check_range,
+    count_until_failure,
+    one_line,
+    pick,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -1,0 +1,216 @@
+"""Experiment config -> model, mask generator, datasets. The only place that maps config keys to the
+constructors of the models and data packages."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from motionmae_ds.checkpoint import init_encoder
+from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
+from motionmae_ds.data.datasets import VideoClipDataset
+from motionmae_ds.data.lists import ListFormatError, read_list
+from motionmae_ds.data.shards import ShardClipDataset, ShardError, index_part, merge_index, shard_urls
+from motionmae_ds.data.synthetic import ensure_synthetic_dataset
+from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
+from motionmae_ds.models.classifier import LinearProbe
+from motionmae_ds.models.masking import build_decoder_mask
+from motionmae_ds.runtime import distributed as dist_utils
+
+
+def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``build_pretrain_model`` for this config (also used for FLOP counting)."""
+    m, t = cfg.model, cfg.targets
+    return dict(
+        name=m.name, num_frames=m.num_frames, img_size=m.img_size, patch_size=m.patch_size,
+        tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+        decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+        decoder_num_heads=m.decoder_num_heads, decoder_mode=m.decoder_mode, pos_embed=m.pos_embed,
+        target=t.target, norm_target=t.norm_target, motion_granularity=t.motion_granularity,
+        motion_signed=t.motion_signed, loss_type=t.loss_type, loss_weight_frame=t.loss_weight_frame,
+        loss_weight_motion=t.loss_weight_motion, drop_path_rate=m.drop_path_rate,
+        grad_checkpointing=m.grad_checkpointing, mean=cfg.data.mean, std=cfg.data.std,
+    )
+
+
+def classifier_kwargs(cfg: Any) -> dict[str, Any]:
+    """Keyword arguments of ``build_classifier`` for a ``FinetuneConfig`` (also used for FLOP counting)."""
+    m = cfg.model
+    return dict(
+        name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
+        patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
+        num_heads=m.num_heads, pos_embed=m.pos_embed, drop_path_rate=m.drop_path_rate,
+        head_dropout=m.head_dropout, init_scale=m.init_scale, grad_checkpointing=m.grad_checkpointing)
+
+
+def build_model(cfg: PretrainConfig) -> nn.Module:
+
+    try:
+        model = build_pretrain_model(**model_kwargs(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: model: {exc}") from None
+    if cfg.model.init_encoder:
+        try:
+            init_encoder(model, cfg.model.init_encoder)
+        except Exception as exc:  # one line naming the source, whatever the format's loader raised
+            raise ConfigError(f"{cfg.source}: model.init_encoder={cfg.model.init_encoder}: {exc}") from None
+    return model
+
+
+def build_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
+
+    try:
+        return build_mask_generator(kind=cfg.masking.kind, grid=grid, ratio=cfg.masking.ratio)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: masking: {exc}") from None
+
+
+def build_decoder_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
+    """The decoder-mask generator of ``masking.decoder_*``, or None when decoder masking is off."""
+    m = cfg.masking
+    try:
+        return build_decoder_mask(kind=m.decoder_kind, grid=grid, ratio=m.decoder_ratio, heads=m.decoder_heads)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: masking: {exc}") from None
+
+
+def mask_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    """The masking arguments of ``pretrain_macs`` for this config (encoder and decoder masks)."""
+    m = cfg.masking
+    return dict(mask_ratio=m.ratio, mask_kind=m.kind, decoder_ratio=m.decoder_ratio, decoder_heads=m.decoder_heads)
+
+
+def cache_dir(cfg: PretrainConfig) -> Path:
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return Path(os.environ.get("MOTIONMAE_CACHE", Path.home() / ".cache" / "motionmae_ds"))
+
+
+def resolve_list_file(cfg: PretrainConfig) -> str:
+    """The training list: the configured one, or the embedded synthetic set (generated once, cached).
+
+    Call on every rank: generation is idempotent, and rank 0 does it first while the others wait.
+    """
+    if not cfg.data.synthetic:
+        return cfg.data.shards or cfg.data.list_file
+    return str(synthetic_set(cfg, "pretrain"))
+
+
+def synthetic_set(cfg: Any, kind: str) -> Any:
+    """The embedded synthetic set of ``kind`` (``pretrain`` list file, or ``motion_classes`` split -> list),
+    generated once and cached. Call on every rank: rank 0 generates first while the others wait."""
+    d = cfg.data
+    sizes = dict(num_videos=d.synthetic_videos, num_frames=d.synthetic_frames, size=d.synthetic_size)
+    custom = [f"{k}{v}" for k, v in sizes.items() if v is not None]
+    # non-default sets get their own directory so a test's tiny set never replaces the demo's cache
+    root = cache_dir(cfg) / ("synthetic_" + "_".join(custom) if custom else "synthetic")
+    if dist_utils.is_main():
+        made = ensure_synthetic_dataset(root, kind=kind, seed=0, **sizes)
+    dist_utils.barrier()
+    if not dist_utils.is_main():
+        made = ensure_synthetic_dataset(root, kind=kind, seed=0, **sizes)
+    return made
+
+
+def read_records(data: Any, list_file: str, where: str) -> list:
+    """The entries of ``list_file`` read with a config's ``data`` section (format, root, frame-folder
+    naming); a bad or empty list is a ConfigError whose message starts with ``where``."""
+    try:
+        records = read_list(list_file, fmt=data.list_format, root=data.root,
+                            frame_template=data.frame_template, frame_start=data.frame_start)
+    except (ListFormatError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not records:
+        raise ConfigError(f"{where}: no videos listed")
+    return records
+
+
+def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callable[..., Any]]:
+    """(records, dataset class) of a training set: with ``data.shards`` the shards' index (every rank scans its
+    share of the shards, all get the whole) and ``ShardClipDataset`` padded to whole batches on every rank,
+    else the list's entries."""
+    if not cfg.data.shards:
+        return read_records(cfg.data, list_file, where), VideoClipDataset
+    found, error = [], None
+    try:
+        found = index_part(shard_urls(cfg.data.shards), dist_utils.rank(), dist_utils.world_size())
+    except ShardError as exc:
+        error = str(exc)
+    gathered = dist_utils.gather_objects([(found, error)])  # every rank raises alike, none waits
+    try:
+        errors = [e for _, e in gathered if e]
+        if errors:
+            raise ShardError(errors[0])
+        index = merge_index([item for part, _ in gathered for item in part], cfg.data.shards)
+    except ShardError as exc:
+        raise ConfigError(f"{cfg.source}: data.shards: {exc}") from None
+    world = dist_utils.world_size()
+    micro, accum, _ = batch_layout(cfg, world)
+    return index, functools.partial(ShardClipDataset, pad_to=world * micro * accum)
+
+
+def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
+
+    records, dataset_class = training_records(cfg, list_file, f"data.list_file={list_file}")
+    d = cfg.data
+    try:
+        return dataset_class(
+            records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
+            input_size=cfg.model.img_size, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std,
+            seed=cfg.run.seed, backend=d.decode_backend, num_repeats=d.num_repeats if mode == "pretrain" else 1,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data: {exc}") from None
+
+
+# -- finetuning ---------------------------------------------------------------------------------------
+
+def build_finetune_model(cfg: Any) -> nn.Module:
+    """The classifier of a ``FinetuneConfig`` (wrapped in a ``LinearProbe`` in probe mode), without weights."""
+    try:
+        clf = build_classifier(**classifier_kwargs(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: model: {exc}") from None
+    return LinearProbe(clf, cfg.finetune.probe_norm) if cfg.finetune.linear_probe else clf
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The ``VideoClassifier`` inside a model built by ``build_finetune_model``."""
+    return model.backbone if isinstance(model, LinearProbe) else model
+
+
+def resolve_lists(cfg: Any) -> dict[str, str]:
+    """split -> list file of a ``FinetuneConfig``: the configured ones, or the embedded motion-classes set
+    (generated once, cached; call on every rank, rank 0 generates first)."""
+    if not cfg.data.synthetic:
+        return {k: v for k, v in (("train", cfg.data.shards or cfg.data.train_list), ("val", cfg.data.val_list),
+                                  ("test", cfg.data.test_list)) if v}
+    return dict(synthetic_set(cfg, "motion_classes"))
+
+
+def build_split(cfg: Any, list_file: str, mode: str) -> Any:
+    """The finetuning dataset of one split (``train`` | ``val`` | ``test``) of a ``FinetuneConfig``."""
+    records, dataset_class = (training_records(cfg, list_file, list_file) if mode == "train"
+                              else (read_records(cfg.data, list_file, list_file), VideoClipDataset))
+    bad = [r for r in records if not 0 <= int(r.label) < cfg.model.num_classes]
+    if bad:
+        raise ConfigError(f"{list_file}: label {bad[0].label} of {bad[0].path} outside 0..{cfg.model.num_classes - 1}"
+                          f" (model.num_classes={cfg.model.num_classes})")
+    d = cfg.data
+    common = dict(num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate, input_size=cfg.model.img_size,
+                  short_side_size=cfg.short_side, mean=d.mean, std=d.std, seed=cfg.run.seed, backend=d.decode_backend,
+                  sampling=d.sampling)
+    if mode == "train":
+        extra = dict(scale=d.scale, flip=d.flip, rand_aug=d.rand_aug or None, random_erase=d.random_erase,
+                     num_repeats=d.num_repeats)
+    elif mode == "test":
+        extra = dict(test_clips=cfg.eval.test_clips, test_crops=cfg.eval.test_crops)
+    else:
+        extra = {}
+    try:
+        return dataset_class(records, mode=mode, **common, **extra)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data ({mode}): {exc}") from None

@@ -1,0 +1,57 @@
+"""All checkpoint I/O: the directory layout and ``latest`` (layout), the crash-safe save and resume of a run
+(engine_io), the fp32 master weights and client state without an engine (zero), universal checkpoints for
+another world size (universal), weights from any source into a model (weights), and Hugging Face VideoMAE
+directories (hf). Tools call this package; it never imports them.
+
+    from motionmae_ds import checkpoint as ckpt
+    ckpt.save(engine, ckpt_dir, ckpt.tag_for(step), client_state)
+    report = ckpt.load_weights(classifier, "runs/pretrain/checkpoints")
+"""
+from motionmae_ds.checkpoint import hf
+from motionmae_ds.checkpoint.engine_io import gathered_module, load_latest, rng_state, save, set_rng_state
+from motionmae_ds.checkpoint.layout import (
+    CLASSIFIER_ONLY_PREFIXES,
+    DECODER_PREFIXES,
+    HEAD_PREFIXES,
+    LATEST,
+    LATEST_UNIVERSAL,
+    MODEL_STATES,
+    OLD_PREFIX,
+    TAG_RE,
+    TMP_PREFIX,
+    UNIVERSAL_SUFFIX,
+    CheckpointError,
+    IncompleteCheckpointError,
+    is_complete,
+    is_universal,
+    list_tags,
+    prune,
+    read_latest,
+    read_pointer,
+    remove_stale,
+    resolve,
+    saved_world_size,
+    tag_for,
+    write_latest,
+)
+from motionmae_ds.checkpoint.universal import prepare_resume, rescale_micro_in_epoch, to_universal
+from motionmae_ds.checkpoint.weights import (
+    LoadReport,
+    encoder_weights,
+    init_encoder,
+    load_weights,
+    normalise_names,
+    read_weights,
+)
+from motionmae_ds.checkpoint.zero import fp32_state_dict, load_model_states, module_weights, read_client_state
+
+__all__ = [
+    "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
+    "OLD_PREFIX", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
+    "CheckpointError", "IncompleteCheckpointError", "LoadReport",
+    "encoder_weights", "fp32_state_dict", "gathered_module", "hf", "init_encoder", "is_complete", "is_universal", "list_tags",
+    "load_latest", "load_model_states", "load_weights", "module_weights", "normalise_names", "prepare_resume",
+    "prune", "read_client_state", "read_latest", "read_pointer", "read_weights", "remove_stale",
+    "rescale_micro_in_epoch", "resolve", "rng_state", "save", "saved_world_size", "set_rng_state", "tag_for",
+    "to_universal", "write_latest",
+]

@@ -1,0 +1,114 @@
+"""Saving and resuming a training run through its DeepSpeed engine, safe against a crash while saving.
+
+DeepSpeed writes the tag directory and then ``latest``; a crash in between (or inside the tag directory)
+could leave ``latest`` pointing at half a checkpoint. We save under a hidden temporary tag, let rank 0
+rename it to the real tag once every rank has written its shard, then replace ``latest`` atomically.
+All ranks must call ``save`` and ``load_latest``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from motionmae_ds.checkpoint.layout import OLD_PREFIX, TMP_PREFIX, prune, read_latest, write_latest
+from motionmae_ds.runtime import distributed as dist_utils
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
+    """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole.
+    ``keep_last > 0`` then deletes all but that many newest step tags.
+
+    Returns True (kept for callers written against the earlier skip-if-latest behaviour).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    if dist_utils.is_main():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dist_utils.barrier()
+    tmp_tag = TMP_PREFIX + tag
+    if dist_utils.is_main() and (ckpt_dir / tmp_tag).exists():
+        shutil.rmtree(ckpt_dir / tmp_tag)
+    dist_utils.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        final, old = ckpt_dir / tag, ckpt_dir / (OLD_PREFIX + tag)
+        if final.exists():
+            # e.g. a --no_resume run reaching the step of an earlier run; read_latest restores `old` if we
+            # die between these two renames
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(ckpt_dir / tmp_tag, final)
+        write_latest(ckpt_dir, tag)
+        if old.exists():
+            shutil.rmtree(old)
+        prune(ckpt_dir, keep_last, keep=tag)
+    dist_utils.barrier()
+    return True
+
+
+def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:
+    """Load model, optimizer and client state from ``latest``; None when there is nothing to resume.
+    The returned client state also holds the loaded ``tag``."""
+    tag = read_latest(ckpt_dir)
+    if tag is None:
+        return None
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
+    client_state = dict(client_state or {})
+    client_state["tag"] = tag
+    return client_state
+
+
+def gathered_module(engine: Any, build: Callable[[], nn.Module]) -> Optional[nn.Module]:
+    """The engine's model with every weight present, for work one rank does alone (a figure, an export).
+
+    ZeRO-0..2: ``engine.module`` itself, on every rank. ZeRO-3 keeps only a shard of each weight per rank and
+    gathers it inside the forward with collectives, so one rank cannot run the model alone: every rank
+    must call this (it all-gathers), and rank 0 gets a copy built by ``build`` on the CPU in fp32 holding
+    the gathered weights, the other ranks None."""
+    if not engine.zero_optimization_partition_weights():
+        return engine.module
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in engine.module.named_parameters():
+        # persistent parameters (below stage3_param_persistence_threshold) stay whole on every rank: gathering
+        # and releasing them would break ZeRO-3's record of which parameters the next step finds present
+        # (a "tracing error" at the next backward). The status is the same on every rank, so is the branch.
+        if param.ds_status == ZeroParamStatus.AVAILABLE:
+            if dist_utils.is_main():
+                state[name] = param.detach().float().cpu().clone()
+            continue
+        # one parameter at a time: a ViT-H never needs all of its bf16 weights on one device at once
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if dist_utils.is_main():
+                state[name] = param.detach().float().cpu().clone()
+    if not dist_utils.is_main():
+        return None
+    copy = build()
+    missing = copy.load_state_dict(state, strict=False).missing_keys
+    params = {n for n, _ in copy.named_parameters()}
+    if any(k in params for k in missing):
+        raise RuntimeError(f"gathered weights miss parameters: {[k for k in missing if k in params][:5]}")
+    return copy.eval()

@@ -1,0 +1,333 @@
+"""Weights from every source we accept, into a classifier (finetuning) or a pretraining model's encoder.
+
+Sources (``read_weights``): a run directory, a DeepSpeed checkpoint directory (``latest`` + tags, written at
+any ZeRO world size, universal or not) or one tag directory; our ``.pth``/``.safetensors`` exports or a
+VideoMAE ``.pth``; a Hugging Face VideoMAE directory. State dicts may sit under ``model``/``module``/
+``state_dict`` and carry ``module.``, ``_orig_mod.``, ``backbone.`` or ``encoder.`` prefixes. Decoder
+weights, a pretraining encoder's final norm and (unless asked to keep it) the classification head are
+dropped on purpose; what is left over is reported as missing/unexpected, never silently ignored.
+
+Positional tables: ours are fixed sinusoids rebuilt from the token grid, so they are not weights and need
+no conversion when frames or resolution change; but a weight only fits the kind of table it was trained
+with, so a run's recorded ``model.pos_embed`` must match. A *learned* ``pos_embed`` in a checkpoint is
+resampled trilinearly over (t, h, w) to the model's grid and copied into the model's table, which is then
+made part of the state dict so a finetuned checkpoint keeps it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+import yaml
+from safetensors import safe_open
+from torch import nn
+
+from motionmae_ds.checkpoint.hf import is_hf_dir, load_hf_videomae
+from motionmae_ds.checkpoint.layout import (
+    CLASSIFIER_ONLY_PREFIXES,
+    DECODER_PREFIXES,
+    ENCODER_PREFIX,
+    HEAD_PREFIXES,
+    MODEL_STATES,
+    RUN_CONFIG,
+    STRIP_PREFIXES,
+    WRAPPER_KEYS,
+    CheckpointError,
+    first_line,
+    has_zero_shards,
+    is_universal,
+    resolve,
+)
+from motionmae_ds.checkpoint.zero import (
+    fp32_state_dict,
+    load_model_states,
+    model_states_file,
+    module_weights,
+    torch_load,
+)
+from motionmae_ds.models.pos_embed import resample_pos_embed
+
+# the run config that our safetensors exports carry in their metadata
+SAFETENSORS_CONFIG_KEY = "motionmae_config"
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines: counts, then every missing/unexpected/mismatched name (these are what users check)."""
+        lines = [f"loaded {len(self.loaded)} tensors from {self.source}; dropped {len(self.dropped)} "
+                 f"(decoder/head/pretraining norm); missing {len(self.missing)}; unexpected "
+                 f"{len(self.unexpected)}; shape mismatch {len(self.mismatched)}"]
+        for title, names in (("missing", self.missing), ("unexpected", self.unexpected),
+                             ("shape mismatch", self.mismatched)):
+            if names:
+                lines.append(f"  {title}: {', '.join(names)}")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+
+def read_weights(source: str | Path, tag: Optional[str] = None, exact: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict as the source names it, info) from any source we accept; ``tag`` picks a DeepSpeed tag.
+
+    DeepSpeed directories give the exact fp32 master weights when the ZeRO optimizer shards or universal
+    files are there, else the (bf16) module weights of the model states, cast to fp32; ``exact`` makes
+    that fallback an error. ``info``: ``kind`` (file, hf, deepspeed), ``where`` (for messages), ``config``
+    (the run config, or None), ``model_kwargs`` (its model section, or None), for DeepSpeed also ``ckpt_dir``,
+    ``tag`` and ``weights`` (which copy was read).
+    """
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_file():
+        state, config = _read_file(path)
+        return state, _info("file", str(path), config)
+    if is_hf_dir(path):
+        state, kwargs = load_hf_videomae(path)
+        return state, _info("hf", f"HF directory {path}", {"model": kwargs})
+    ckpt_dir, tag = resolve(path, tag)
+    return _read_deepspeed(ckpt_dir, tag, exact)
+
+
+def _info(kind: str, where: str, config: Optional[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
+    model = config.get("model") if isinstance(config, Mapping) else None
+    return {"kind": kind, "where": where, "config": config,
+            "model_kwargs": dict(model) if isinstance(model, Mapping) else None, **extra}
+
+
+def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], Optional[dict[str, Any]]]:
+    if path.suffix != ".safetensors":
+        return unwrap_state_dict(torch_load(path), str(path)), None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({first_line(exc)})") from None
+    try:
+        config = json.loads(meta[SAFETENSORS_CONFIG_KEY]) if SAFETENSORS_CONFIG_KEY in meta else None
+    except json.JSONDecodeError:
+        config = None  # the weights are still good; only the pos_embed kind check goes without it
+    return state, config
+
+
+def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tag_dir = ckpt_dir / tag
+    states = load_model_states(ckpt_dir, tag)
+    config = states.get("config")
+    if not isinstance(config, Mapping):
+        config = _run_config(ckpt_dir)
+    info = _info("deepspeed", str(tag_dir), config, ckpt_dir=ckpt_dir, tag=tag)
+    universal = is_universal(tag_dir)
+    if exact or universal or has_zero_shards(tag_dir):
+        try:
+            state = fp32_state_dict(ckpt_dir, tag)
+            info["weights"] = "fp32 master (universal checkpoint)" if universal else "fp32 master (ZeRO shards)"
+            return state, info
+        except CheckpointError as exc:
+            if exact or not (tag_dir / MODEL_STATES).is_file():
+                raise
+            # e.g. stage-0 files; the module copy still holds every weight, rounded to bf16
+            info["zero_error"] = str(exc)
+    info["weights"] = f"module ({MODEL_STATES})"
+    return module_weights(states, str(model_states_file(tag_dir))), info
+
+
+def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's resolved config.yaml next to its checkpoints, for model states that do not carry one."""
+    for candidate in (ckpt_dir / RUN_CONFIG, ckpt_dir.parent / RUN_CONFIG, ckpt_dir.parent.parent / RUN_CONFIG):
+        if candidate.is_file():
+            try:
+                data = yaml.safe_load(candidate.read_text())
+            except yaml.YAMLError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """Descend through ``model``/``module``/``state_dict`` wrappers to the name -> tensor mapping."""
+    for _ in range(4):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    raise CheckpointError(f"{where}: no state dict found (expected a name -> tensor mapping, possibly under one "
+                          f"of {', '.join(WRAPPER_KEYS)})")
+
+
+# -- names ------------------------------------------------------------------------------------------------
+
+def normalise_names(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Strip wrapper prefixes; keep an ``encoder.`` model's encoder only. Returns (state, dropped names)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in STRIP_PREFIXES:
+                if name.startswith(prefix):
+                    name, changed = name[len(prefix):], True
+        out[name] = value
+    dropped: list[str] = []
+    if any(k.startswith(ENCODER_PREFIX) for k in out):
+        # a pretraining model: the encoder is ours, everything beside it belongs to the decoders
+        dropped = [k for k in out if not k.startswith(ENCODER_PREFIX)]
+        out = {k[len(ENCODER_PREFIX):]: v for k, v in out.items() if k.startswith(ENCODER_PREFIX)}
+    return out, dropped
+
+
+def encoder_weights(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The encoder under VideoMAE finetune names (``patch_embed``, ``blocks.{i}``, maybe the pretraining
+    ``norm``), whatever model ``state`` came from. Returns (encoder state, dropped names)."""
+    state, dropped = normalise_names(state)
+    other = [k for k in state if k.startswith(DECODER_PREFIXES + CLASSIFIER_ONLY_PREFIXES)]
+    return {k: v for k, v in state.items() if k not in other}, dropped + other
+
+
+def _check_pos_kind(model: nn.Module, config: Optional[Mapping[str, Any]], source: str | Path) -> None:
+    """Fixed sin-cos tables are not stored with the weights: a run pretrained with one kind and finetuned
+    with the other would pair every weight with the wrong positions, silently. Refuse it."""
+    ours = getattr(model, "pos_embed_kind", None)
+    model_cfg = config.get("model") if isinstance(config, Mapping) else None
+    theirs = model_cfg.get("pos_embed") if isinstance(model_cfg, Mapping) else None
+    if ours and isinstance(theirs, str) and theirs != ours:
+        raise CheckpointError(f"{source} was pretrained with model.pos_embed={theirs}, this model uses "
+                              f"{ours}; set model.pos_embed={theirs}")
+
+
+# -- a classifier -----------------------------------------------------------------------------------------
+
+def load_weights(model: nn.Module, source: str | Path, keep_head: bool = False,
+                 log: Optional[Callable[[str], None]] = None) -> LoadReport:
+    """Load encoder weights (and, with ``keep_head``, a fitting head) from ``source`` into ``model``.
+
+    ``model`` is a ``VideoClassifier`` (names ``patch_embed``, ``blocks.{i}``, ``fc_norm``, ``head``).
+    """
+    raw, info = read_weights(source)
+    _check_pos_kind(model, info["config"], source)
+    state, dropped = normalise_names(raw)
+    report = LoadReport(source=str(source), dropped=dropped)
+    if info.get("weights"):
+        report.notes.append(f"weights: {info['weights']}")
+    own = model.state_dict()
+    usable: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if name == "pos_embed":
+            _load_learned_pos(model, value, info["config"], report)
+            continue
+        if name.startswith(DECODER_PREFIXES) or (not keep_head and name.startswith(HEAD_PREFIXES)):
+            report.dropped.append(name)
+            continue
+        if name.startswith("norm.") and name not in own:
+            report.dropped.append(name)  # the pretraining encoder's final norm; fc_norm replaces it
+            continue
+        if name not in own:
+            report.unexpected.append(name)
+            continue
+        if tuple(value.shape) != tuple(own[name].shape):
+            if keep_head and name.startswith(HEAD_PREFIXES):
+                report.dropped.append(name)
+                report.notes.append(f"{name}: {tuple(value.shape)} does not fit {tuple(own[name].shape)}; "
+                                    f"head left at its fresh init")
+            else:
+                report.mismatched.append(f"{name} {tuple(value.shape)} vs model {tuple(own[name].shape)}")
+            continue
+        usable[name] = value
+    result = model.load_state_dict(usable, strict=False)
+    report.loaded = sorted(usable) + report.loaded  # + a learned pos_embed, if any
+    fresh = CLASSIFIER_ONLY_PREFIXES if not keep_head else ()
+    report.missing = [k for k in result.missing_keys if not k.startswith(fresh) and k != "pos_embed"]
+    new_parts = sorted({k.split(".")[0] for k in result.missing_keys if k.startswith(fresh)})
+    if new_parts:
+        report.notes.append(f"freshly initialised: {', '.join(new_parts)}")
+    if log is not None:
+        log(report.summary())
+    return report
+
+
+def _grid_from_config(config: Optional[Mapping[str, Any]]) -> Optional[tuple[int, int, int]]:
+    model = config.get("model") if isinstance(config, Mapping) else None
+    try:
+        return (model["num_frames"] // model["tubelet_size"], model["img_size"] // model["patch_size"],
+                model["img_size"] // model["patch_size"])
+    except (TypeError, KeyError):
+        return None
+
+
+def _guess_grid(num_tokens: int, target: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Source grid of a bare learned table: same temporal length as the model if that gives a square, else the
+    model's spatial size."""
+    t, h, w = target
+    if num_tokens % t == 0 and math.isqrt(num_tokens // t) ** 2 == num_tokens // t:
+        side = math.isqrt(num_tokens // t)
+        return t, side, side
+    if num_tokens % (h * w) == 0:
+        return num_tokens // (h * w), h, w
+    raise CheckpointError(f"learned pos_embed with {num_tokens} tokens fits no grid near the model's {target}")
+
+
+def _load_learned_pos(model: nn.Module, table: torch.Tensor, config: Optional[Mapping[str, Any]],
+                      report: LoadReport) -> None:
+    dst = tuple(model.grid)
+    if table.dim() == 2:
+        table = table[None]
+    src = _grid_from_config(config)
+    if src is None or src[0] * src[1] * src[2] != table.shape[1]:
+        src = _guess_grid(table.shape[1], dst)
+    if table.shape[-1] != model.pos_embed.shape[-1]:
+        report.mismatched.append(f"pos_embed {tuple(table.shape)} vs model {tuple(model.pos_embed.shape)}")
+        return
+    resampled = resample_pos_embed(table, src, dst)
+    with torch.no_grad():
+        model.pos_embed.copy_(resampled.to(model.pos_embed.dtype))
+    # keep the learned table in this model's checkpoints (the sinusoid default is rebuilt, not stored)
+    model._non_persistent_buffers_set.discard("pos_embed")
+    report.loaded.append("pos_embed")
+    how = "copied" if src == dst else f"resampled from grid {src} to {dst}"
+    report.notes.append(f"learned pos_embed {how} into the model's table")
+
+
+# -- a pretraining model's encoder ------------------------------------------------------------------------
+
+def init_encoder(model: nn.Module, source: str | Path) -> dict[str, list[str]]:
+    """Initialise a pretraining model's encoder (``model.encoder``) from ``source`` for continued pretraining.
+
+    Shapes must match exactly; a source without the final ``norm`` (a finetuned classifier) leaves the
+    model's fresh norm, and that is reported. Returns {"loaded", "missing", "dropped"}; anything else in the
+    source that has no place in the encoder is an error."""
+    raw, info = read_weights(source)
+    encoder = model.encoder
+    _check_pos_kind(encoder, info["config"], source)
+    state, dropped = encoder_weights(raw)
+    where = info["where"]
+    own = encoder.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    if unexpected:
+        raise CheckpointError(f"{where}: tensors with no place in the encoder: {', '.join(unexpected)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the encoder {tuple(own[k].shape)}")
+    result = encoder.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    missing = list(result.missing_keys)
+    if [k for k in missing if not k.startswith("norm.")]:
+        raise CheckpointError(f"{where}: encoder weights missing: {', '.join(missing)}")
+    return {"loaded": sorted(state), "missing": missing, "dropped": dropped}

@@ -1,0 +1,92 @@
+"""From a dataset to batches: the distributed sampler (its order a function of (seed, epoch) only, resumable
+mid-epoch), the collate function and the training loader."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+class DistributedSampler(Sampler[int]):
+    """Shuffle with a generator seeded by (seed, epoch), pad to a multiple of the world size, stride.
+
+    ``set_start(n)`` skips the first ``n`` indices of this rank's share for the next iteration, which is how
+    a run resumed from a mid-epoch checkpoint continues exactly where it stopped.
+    """
+
+    def __init__(self, dataset_len: int, num_replicas: int, rank: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True) -> None:
+        if dataset_len <= 0:
+            raise ValueError("DistributedSampler: the dataset is empty")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: rank {rank} outside world size {num_replicas}")
+        self.dataset_len = dataset_len
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+        if drop_last:
+            self.per_rank = dataset_len // num_replicas
+            if self.per_rank == 0:
+                raise ValueError(f"DistributedSampler: {dataset_len} samples for {num_replicas} ranks")
+        else:
+            self.per_rank = -(-dataset_len // num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        if not 0 <= start <= self.per_rank:
+            raise ValueError(f"DistributedSampler: start {start} outside 0..{self.per_rank}")
+        self.start = start
+
+    def indices(self) -> list[int]:
+        """This rank's full share for the current epoch (ignoring ``start``)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.dataset_len, generator=g).tolist()
+        else:
+            order = list(range(self.dataset_len))
+        total = self.per_rank * self.num_replicas
+        if total > len(order):
+            # pad by wrapping so every rank does the same number of steps
+            reps = -(-total // len(order))
+            order = (order * reps)[:total]
+        else:
+            order = order[:total]
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``video`` (B, ...) and ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    out: dict[str, Any] = {
+        "video": torch.stack([b["video"] for b in batch]),
+        "label": torch.tensor([int(b["label"]) for b in batch], dtype=torch.long),
+        "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
+        "skipped": [s for b in batch for s in b.get("skipped", ())],
+    }
+    if "view" in batch[0]:
+        out["view"] = torch.tensor([int(b["view"]) for b in batch], dtype=torch.long)
+    return out
+
+
+def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, timeout_s: float,
+                device: torch.device) -> DataLoader:
+    """The training loader. Pinned batches on an accelerator, so the step's ``.to(device, non_blocking=True)``
+    copies asynchronously; persistent_workers=False: each epoch forks fresh workers, which carry the new
+    ``set_epoch``."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
+                      drop_last=True, persistent_workers=False, pin_memory=device.type != "cpu",
+                      timeout=timeout_s if workers > 0 else 0)

@@ -1,0 +1,184 @@
+"""Finetuning and linear probing as a task of the one training loop (``engine/trainer.py``).
+
+The task supplies the classifier (encoder weights from ``finetune.init`` through the checkpoint package's
+loader), layer-wise lr decay groups (timm's, from the classifier's ``group_matcher``: 0 = patch embedding,
+i + 1 = block i, depth + 1 = fc_norm and head, so block i trains at ``base x layer_decay ** (depth - i)``),
+mixup/cutmix with soft targets or label smoothing, repeated sampling (R clips per decoded video), an optional
+fp32 EMA of the weights, one-view validation every ``eval.val_every_epochs`` and the multi-view test at the
+end. Mixup draws come from a generator seeded by the position, like every other draw of the loop.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import Dataset
+
+from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.builders import build_finetune_model, build_split, classifier_of, resolve_lists
+from motionmae_ds.config import ConfigError, FinetuneConfig
+from motionmae_ds.data.sampling import derive_seed
+from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
+from motionmae_ds.runtime import distributed as dist_utils
+from motionmae_ds.train.mixup import VideoMixup
+from motionmae_ds.train.optim import finetune_param_groups
+from motionmae_ds.train.task import Position, StepContext, Task
+from motionmae_ds.train.throughput import FlopCounter
+from motionmae_ds.train.trainer import Trainer
+
+
+class FinetuneTask(Task):
+    kind = "finetune"
+    stat_names = ("loss", "train_top1")
+    rate_key = "clips_per_s"
+    default_dir = "finetune"
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        super().__init__(cfg)
+        self.ema: Optional[ModelEmaV3] = None
+        self.init_report: Optional[str] = None
+
+    def check(self, micro: int) -> None:
+        cfg = self.cfg
+        if cfg.mixup_active and not cfg.finetune.linear_probe and (micro * cfg.data.num_repeats) % 2:
+            raise ConfigError(f"{cfg.source}: mixup needs an even number of clips per micro-batch; "
+                              f"schedule.batch_size={micro} x data.num_repeats={cfg.data.num_repeats} is odd")
+
+    @property
+    def train_list(self) -> str:
+        return self.lists.get("train", "")
+
+    def build_train_set(self) -> Dataset:
+        cfg = self.cfg
+        self.lists = resolve_lists(cfg)
+        if "train" not in self.lists:
+            raise ConfigError(f"{cfg.source}: data.train_list is empty")
+        self.train_set = build_split(cfg, self.lists["train"], "train")
+        self.val_set = build_split(cfg, self.lists["val"], "val") if "val" in self.lists else None
+        self.test_set = build_split(cfg, self.lists["test"], "test") if "test" in self.lists else None
+        return self.train_set
+
+    def build_model(self) -> nn.Module:
+        model = build_finetune_model(self.cfg)
+        self.init_report = self._init_weights(model)
+        return model
+
+    def _init_weights(self, model: nn.Module) -> Optional[str]:
+        init = self.cfg.finetune.init
+        if init.lower() == "none":
+            return None
+        try:
+            report = ckpt.load_weights(classifier_of(model), init, keep_head=self.cfg.finetune.init_keep_head)
+        except ckpt.CheckpointError as exc:
+            raise ConfigError(f"{self.cfg.source}: finetune.init: {exc}") from None
+        if not report.loaded:
+            raise ConfigError(f"{self.cfg.source}: finetune.init={init}: no weight matched the model\n"
+                              + report.summary())
+        return report.summary()
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return finetune_param_groups(model, self.cfg)
+
+    def flop_counter(self) -> FlopCounter:
+        return FlopCounter.finetuning(self.cfg)
+
+    def setup(self, trainer: Trainer) -> None:
+        cfg = self.cfg
+        self.mixup: Optional[VideoMixup] = None
+        if cfg.mixup_active:
+            m = cfg.mixup
+            self.mixup = VideoMixup(cfg.model.num_classes, m.mixup_alpha, m.cutmix_alpha, m.prob, m.switch_prob,
+                                    m.label_smoothing)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif cfg.mixup.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(cfg.mixup.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        if cfg.finetune.model_ema:
+            # fp32 shadow weights: a 0.9999 decay in bf16 would round every update away
+            self.ema = ModelEmaV3(trainer.engine.module, decay=cfg.finetune.model_ema_decay, dtype=torch.float32)
+
+    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        videos, labels = batch["video"], torch.as_tensor(batch["label"])
+        if videos.dim() == 6:  # repeated sampling: (B, R, ...) -> (B * R, ...)
+            labels = labels.repeat_interleave(videos.shape[1])
+            videos = videos.flatten(0, 1)
+        videos, labels = videos.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        targets: torch.Tensor = labels
+        if self.mixup is not None:
+            rng = np.random.default_rng(derive_seed(ctx.seed, ctx.epoch, ctx.micro, ctx.rank, 3))
+            videos, targets = self.mixup(videos, labels, rng)
+        logits = engine(videos)
+        loss = self.criterion(logits.float(), targets)
+        top1 = (logits.detach().argmax(-1) == labels).double().mean()
+        return loss, [loss, top1], videos.shape[0]
+
+    def record(self, means: list[float]) -> dict[str, float]:
+        return {"loss": means[0], "train_top1": 100.0 * means[1]}
+
+    def after_step(self, engine: Any, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(engine.module, step)
+
+    def client_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+
+    def load_client_state(self, state: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+
+    def run_info(self) -> dict[str, Any]:
+        return {"lists": self.lists, "init": self.cfg.finetune.init, "init_report": self.init_report}
+
+    def startup_lines(self) -> list[str]:
+        return [self.init_report] if self.init_report else []
+
+    def describe(self, trainer: Trainer) -> str:
+        cfg = self.cfg
+        mode = "linear probe" if cfg.finetune.linear_probe else "finetune"
+        return (f"{mode}: {len(self.train_set)} training videos x {cfg.data.num_repeats} clips, {trainer.world} "
+                f"rank(s), batch {trainer.micro} x {trainer.accum} x {trainer.world} = {trainer.total_batch}, peak lr "
+                f"{trainer.peak_lr:.3g}, {trainer.steps_per_epoch} steps/epoch, output {trainer.out_dir}")
+
+    # -- evaluation hooks ---------------------------------------------------------------------------------
+    def _evaluate(self, trainer: Trainer, dataset: Any, model: nn.Module) -> tuple[dict[str, Any], Any]:
+        cfg = self.cfg
+        return evaluate(model, dataset, cfg.eval.batch_size, trainer.device, trainer.rank, trainer.world,
+                        num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s)
+
+    def end_epoch(self, trainer: Trainer, pos: Position, last: bool, summary: dict[str, Any]) -> None:
+        every = self.cfg.eval.val_every_epochs
+        if self.val_set is None or not every or not ((pos.epoch + 1) % every == 0 or last):
+            return
+        metrics, _ = self._evaluate(trainer, self.val_set, trainer.engine.module)
+        trainer.log.log({"epoch": pos.epoch, "step": pos.step, "val_top1": metrics["top1"],
+                         "val_top5": metrics["top5"]})
+        trainer.log.info(f"epoch {pos.epoch}: val top-1 {metrics['top1']:.2f} ({metrics['num_videos']} videos)")
+        summary.setdefault("val", []).append(metrics["top1"])
+
+    def finish(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self.test_set is None:
+            return
+        summary["test"] = self._test(trainer, trainer.engine.module, prefix="")
+        if self.ema is not None:
+            summary["test_ema"] = self._test(trainer, self.ema.module, prefix="ema_")
+
+    def _test(self, trainer: Trainer, model: nn.Module, prefix: str) -> dict[str, Any]:
+        metrics, scores = self._evaluate(trainer, self.test_set, model)
+        if dist_utils.is_main():
+            write_results(trainer.out_dir, metrics, scores, record_paths(self.test_set), self.cfg.eval.save_scores,
+                          prefix)
+        trainer.log.info(f"test{' (EMA)' if prefix else ''}: top-1 {metrics['top1']:.2f}, top-5 "
+                         f"{metrics['top5']:.2f} over {metrics['num_videos']} videos x {metrics['views_per_video']} "
+                         f"views -> {trainer.out_dir / (prefix + 'metrics.json')}")
+        return metrics
+
+
+def run_finetuning(cfg: FinetuneConfig, ds_config_path: str | Path, output_dir: Optional[str | Path] = None,
+                   resume: bool = True) -> dict[str, Any]:
+    return Trainer(FinetuneTask(cfg), ds_config_path, output_dir, resume).run()

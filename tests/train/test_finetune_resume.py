@@ -1,0 +1,74 @@
+"""Finetuning resumes like pretraining: kill -9 mid-epoch and the relaunch logs the uninterrupted run's losses;
+a 2-rank checkpoint, converted to DeepSpeed's universal format, resumes on 1 rank."""
+import json
+
+from tests.finetune_support import motion_lists, write_config
+from tests.helpers import ZERO2, assert_same_steps, call_main, kill9, launch, launch_cmd, read_log, start, wait_for
+
+
+def _vals(run_dir):
+    return {r["epoch"]: r["val_top1"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+            if "val_top1" in r}
+
+
+def test_finetune_kill9_mid_epoch_resumes_exactly(tmp_path):
+    lists = motion_lists(tmp_path / "cache")
+    # 24 training videos / batch 2 = 12 steps per epoch on 1 rank; mixup, RandAug, drop path, EMA and a loader
+    # worker, so any draw that depended on the interruption would show in the losses
+    cfg = write_config(tmp_path / "ft.yaml",
+                       data={"train_list": lists["train"], "val_list": lists["val"], "num_workers": 1},
+                       finetune={"model_ema": True, "model_ema_decay": 0.9},
+                       schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
+                       run={"save_every_steps": 4, "save_every_epochs": 1, "keep_last": 2})
+    args = ["--config", cfg, "--deepspeed_config", ZERO2]
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    ref = launch("finetune.py", args + ["--output_dir", ref_dir], ranks=1)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = {r["step"]: r for r in read_log(ref_dir)}
+    assert sorted(reference) == list(range(1, 25))
+
+    proc = start(launch_cmd("finetune.py", args + ["--output_dir", cut_dir], ranks=1), tmp_path / "cut.txt")
+    latest = cut_dir / "checkpoints" / "latest"
+    # a mid-epoch checkpoint of epoch 1 (step 16) and steps past it
+    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000016"
+             and any(r["step"] >= 18 for r in read_log(cut_dir)), 300, "a mid-epoch checkpoint and steps past it", proc)
+    kill9(proc)
+    killed_at = max(r["step"] for r in read_log(cut_dir))
+    assert killed_at < 24, "the run finished before it could be killed"
+    tag = latest.read_text().strip()
+    resumed_step = int(tag.removeprefix("step"))
+    assert resumed_step % 12, "the checkpoint resumed from must be a mid-epoch one"
+
+    again = launch("finetune.py", args + ["--output_dir", cut_dir], ranks=1)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resumed from {cut_dir / 'checkpoints' / tag}" in again.stdout
+    resumed = {r["step"]: r for r in read_log(cut_dir)}
+    assert sorted(resumed) == list(range(1, 25))
+    assert_same_steps(reference, resumed, resumed_step + 1, 24, ("loss", "train_top1", "grad_norm"))
+    assert _vals(cut_dir) == _vals(ref_dir) and set(_vals(ref_dir)) == {0, 1}
+
+
+def test_two_rank_finetune_checkpoint_resumes_on_one_rank(tmp_path):
+    lists = motion_lists(tmp_path / "cache")
+    cfg = write_config(tmp_path / "ft.yaml", data={"train_list": lists["train"], "val_list": lists["val"]},
+                       schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2}, eval={"val_every_epochs": 0})
+    out = tmp_path / "run"
+    args = ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out]
+    # 24 videos: 6 steps per epoch on 2 ranks x batch 2, 12 on 1 rank
+    first = launch("finetune.py", args + ["--set", "schedule.epochs=1"], ranks=2)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step00000006"
+
+    # the converter's main() in this process (its subprocess form is tested in tests/tools)
+    conv = call_main("convert_checkpoint.py", ["--input", ckpts, "--output", ckpts, "--format", "universal"])
+    assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
+    assert (ckpts / "latest").read_text().strip() == "step00000006_universal"
+
+    resumed = launch("finetune.py", args, ranks=1)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from {ckpts / 'step00000006_universal'}" in resumed.stdout
+    steps = read_log(out)
+    assert [r["step"] for r in steps] == list(range(1, 7)) + list(range(7, 19))
+    assert all(r["epoch"] == 1 for r in steps[6:])
+    assert (ckpts / "latest").read_text().strip() == "step00000018"

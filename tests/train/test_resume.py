@@ -1,0 +1,55 @@
+"""kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's (with decoder
+masking on: its draws resume too)."""
+from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, wait_for
+from tests.helpers import run_pretrain as run
+from tests.helpers import start_pretrain as start
+
+
+def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
+    # 12 videos / batch 2 = 6 steps per epoch, 4 epochs; mid-epoch checkpoints every 4 steps; a loader
+    # worker so that worker timing would show if it leaked into the data; decoder masking on, so its draws
+    # (after the encoder mask, from the same generator) must resume exactly too
+    cfg = tiny_config(schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 2},
+                      masking={"kind": "random", "ratio": 0.5, "decoder_ratio": 0.5, "decoder_heads": "complementary"},
+                      data={"num_workers": 1}, model={"drop_path_rate": 0.1},
+                      run={"save_every_steps": 4, "save_every_epochs": 2, "log_every": 1})
+    args = ["--config", cfg, "--deepspeed_config", ZERO2]
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+
+    ref = run(args + ["--output_dir", ref_dir])
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = {r["step"]: r for r in read_log(ref_dir)}
+    assert sorted(reference) == list(range(1, 25))
+
+    proc = start(args + ["--output_dir", cut_dir], log_path=tmp_path / "cut1.txt")
+    latest = cut_dir / "checkpoints" / "latest"
+    # kill once a mid-epoch checkpoint exists (step 8 is in epoch 1) and training went past it
+    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000008"
+             and any(r["step"] >= 10 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
+    kill9(proc)
+    killed_at = max(r["step"] for r in read_log(cut_dir))
+    assert killed_at < 24, "the run finished before it could be killed"
+    resumed_tag = latest.read_text().strip()
+    resumed_step = int(resumed_tag.removeprefix("step"))
+    assert resumed_step % 6 != 0 or resumed_step < killed_at
+
+    again = run(args + ["--output_dir", cut_dir])
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resumed from {cut_dir / 'checkpoints' / resumed_tag}" in again.stdout
+    resumed = {r["step"]: r for r in read_log(cut_dir)}
+    assert sorted(resumed) == list(range(1, 25))
+    assert_same_steps(reference, resumed, resumed_step + 1, 24, ("loss", "loss_frame", "loss_motion", "grad_norm"))
+
+
+def test_no_resume_starts_over(tiny_config, tmp_path):
+    cfg = tiny_config(schedule={"epochs": 1, "warmup_epochs": 0, "batch_size": 2})
+    out = tmp_path / "run"
+    first = run(["--config", cfg, "--output_dir", out], launcher="python")
+    assert first.returncode == 0, first.stderr[-3000:]
+    # same command: everything is done, resumes at the end and trains nothing more
+    second = run(["--config", cfg, "--output_dir", out], launcher="python")
+    assert second.returncode == 0 and "resumed from" in second.stdout
+    assert len(read_log(out)) == 6
+    third = run(["--config", cfg, "--output_dir", out, "--no_resume"], launcher="python")
+    assert third.returncode == 0 and "resumed from" not in third.stdout
+    assert [r["step"] for r in read_log(out)] == list(range(1, 7))
