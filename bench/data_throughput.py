@@ -41,9 +41,10 @@ from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import VideoRecord
 from motionmae_ds.data.sampling import make_generator, train_clip_indices
 from motionmae_ds.data.transforms import TrainTransform
+from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
 
 NUM_FRAMES, STRIDE, SIZE = 16, 4, 224
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 
 def bench_frames(width: int, height: int, frames: int, seed: int):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass
 class ModelSection:
@@ -39,8 +41,8 @@ class DataSection:
     flip: bool = True
     # random-resized-crop area range
     scale: tuple[float, float] = (0.5, 1.0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     decode_backend: str = "auto"
     num_workers: int = 2
     loader_timeout_s: float = 300.0

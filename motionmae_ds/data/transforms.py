@@ -31,10 +31,9 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .sampling import spatial_crop_offsets
+from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .sampling import spatial_crop_offsets
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
 from motionmae_ds.models import targets as tg
 from motionmae_ds.models.decoder import Decoder
 from motionmae_ds.models.masking import MaskCounts
@@ -25,8 +26,6 @@ from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
 DECODER_MODES = ("divide", "shared")
 TARGETS = ("frame", "motion", "frame_motion")
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class MotionMAE(nn.Module):
