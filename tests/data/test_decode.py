@@ -1,17 +1,23 @@
 """Decoding against a forward reference decode of the same real files, and every kind of broken file."""
 from __future__ import annotations
 
-import gc
-import io
 import pickle
-import random
-import sys
 
 import av
 import numpy as np
 import pytest
 import torch
-from videos import GOOD_VIDEOS, make_video, reference_folder_frames, source_frames
+from videos import (
+    ALL_GOOD,
+    DECORD_TRUSTED,
+    EXACT,
+    GOOD_VIDEOS,
+    assert_frames,
+    index_sets,
+    make_video,
+    reference_folder_frames,
+    source_frames,
+)
 
 from motionmae_ds.data.decode import (
     VideoDecodeError,
@@ -25,44 +31,15 @@ from motionmae_ds.data.decode import (
 )
 from motionmae_ds.data.decode.pyav import PyAVReader
 
-# decord is only trusted in containers with timestamps and keyframe indexes
-DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
-# torchcodec's exact mode in MP4 / Matroska / WebM, every codec there
-TORCHCODEC_TRUSTED = DECORD_TRUSTED + ["mp4_mpeg4_bframes"]
-ALL_GOOD = list(GOOD_VIDEOS) + ["avi_named_mp4"]
-# (file, backend) pairs that must be frame-exact: PyAV and auto everywhere, the others where "auto" uses them
-EXACT = ([(n, b) for n in ALL_GOOD for b in ("auto", "pyav")] + [(n, "decord") for n in DECORD_TRUSTED]
-         + [(n, "torchcodec") for n in TORCHCODEC_TRUSTED])
-
-
-def _index_sets(num_frames: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    sets = [
-        [0], [num_frames - 1], list(range(num_frames)),
-        list(range(num_frames - 1, -1, -3)),                   # descending
-        [5 % num_frames, 5 % num_frames, 1, 1, 0],              # repeats, unsorted
-    ]
-    for _ in range(6):
-        start = rng.randrange(num_frames)
-        sets.append([min(start + 2 * k, num_frames - 1) for k in range(8)])  # a clip, last frame repeated
-        sets.append([rng.randrange(num_frames) for _ in range(5)])
-    return sets
-
-
-def _assert_frames(got: torch.Tensor, ref: np.ndarray, indices: list[int]) -> None:
-    assert got.dtype == torch.uint8 and tuple(got.shape) == (len(indices),) + ref.shape[1:]
-    for row, index in enumerate(indices):
-        assert np.array_equal(got[row].numpy(), ref[index]), f"row {row} is not frame {index}"
-
 
 @pytest.mark.parametrize("name,backend", EXACT)
 def test_read_frames_equal_reference(good_videos, reference, name, backend):
     ref = reference(good_videos[name])
-    for indices in _index_sets(len(ref), seed=0):
-        _assert_frames(read_frames(good_videos[name], indices, backend), ref, indices)
+    for indices in index_sets(len(ref), seed=0):
+        assert_frames(read_frames(good_videos[name], indices, backend), ref, indices)
     with VideoReader(good_videos[name], backend) as reader:  # several reads from one open file
-        for indices in _index_sets(len(ref), seed=1):
-            _assert_frames(reader.get(indices), ref, indices)
+        for indices in index_sets(len(ref), seed=1):
+            assert_frames(reader.get(indices), ref, indices)
 
 
 @pytest.mark.parametrize("name", ["avi_bframes", "mpeg_ps", "mpeg_ts", "mp4_mpeg4_bframes"])
@@ -99,7 +76,7 @@ def test_pyav_seeks_without_falling_back_in_seekable_containers(good_videos, ref
     reader = PyAVReader(VideoSource(good_videos[name]))
     try:
         assert reader._seekable
-        for indices in _index_sets(len(ref), seed=2):
+        for indices in index_sets(len(ref), seed=2):
             got = reader._get_by_seeking(sorted(set(indices)))
             assert got is not None and all(np.array_equal(got[i], ref[i]) for i in indices)
     finally:
@@ -123,7 +100,7 @@ def test_auto_follows_content_not_file_name(good_videos, reference):
     reader = VideoReader(good_videos["avi_named_mp4"])
     assert reader.backend == "pyav"
     ref = reference(good_videos["avi_bframes"])
-    _assert_frames(reader.get([40, 3, 30]), ref, [40, 3, 30])
+    assert_frames(reader.get([40, 3, 30]), ref, [40, 3, 30])
     reader.close()
     # H.264: PyAV, whose seek path never decodes a clip's unwanted disposable frames; VP9: decord
     assert VideoReader(good_videos["h264"]).backend == "pyav"
@@ -144,7 +121,7 @@ def test_video_reader_reads_several_views_without_reopening(good_videos, referen
         assert reader.num_frames == 48 and reader.fps == pytest.approx(25.0)
         # ascending views continue the forward decode; the later ones go back and must rewind
         for view in ([0, 4, 8, 12], [12, 16], [30, 44, 47, 47], [20, 2, 33], [47], [0]):
-            _assert_frames(reader.get(view), ref, view)
+            assert_frames(reader.get(view), ref, view)
 
 
 def test_vfr_file_has_irregular_timestamps_and_is_indexed_by_presentation(good_videos, reference):
@@ -168,7 +145,7 @@ def test_grayscale_returns_three_equal_channels(good_videos):
 def test_short_video_never_reads_short(good_videos, reference, backend):
     path = good_videos["short10"]
     indices = [0, 3, 6, 9, 9, 9, 9, 9]  # a clip longer than the video repeats the last frame
-    _assert_frames(read_frames(path, indices, backend), reference(path), indices)
+    assert_frames(read_frames(path, indices, backend), reference(path), indices)
     with pytest.raises(VideoDecodeError, match="frame 10 requested"):
         read_frames(path, [8, 9, 10], backend)
 
@@ -212,7 +189,7 @@ def test_truncated_files_deliver_real_frames_then_raise(bad_videos, good_videos,
     # frames before the cut are bit-identical to those of the intact file
     ref = reference(good_videos[source])
     indices = [info.num_frames - 1, 0, info.num_frames // 2]
-    _assert_frames(read_frames(path, indices, backend), ref, indices)
+    assert_frames(read_frames(path, indices, backend), ref, indices)
     with pytest.raises(VideoDecodeError, match="requested"):
         read_frames(path, [0, full - 1], backend)
     with pytest.raises(VideoDecodeError, match=f"requested but (frame {info.num_frames} is damaged|decoding fails)"):
@@ -229,7 +206,7 @@ def test_decord_on_a_truncated_file_is_right_or_raises(bad_videos, good_videos, 
         except VideoDecodeError as exc:
             assert "decoding failed" in exc.reason
         else:
-            _assert_frames(frames, ref, [0, 5, 9])
+            assert_frames(frames, ref, [0, 5, 9])
 
 
 def test_torchcodec_on_a_truncated_file_delivers_real_frames_then_raises(bad_videos, good_videos, reference):
@@ -237,7 +214,7 @@ def test_torchcodec_on_a_truncated_file_delivers_real_frames_then_raises(bad_vid
     with VideoReader(bad_videos["truncated_mp4"], "torchcodec") as reader:
         assert reader.num_frames < 40  # its scan reads packets, not the header's promise
         good = probe_video(bad_videos["truncated_mp4"], "pyav").num_frames
-        _assert_frames(reader.get([good - 1, 0, 5]), ref, [good - 1, 0, 5])
+        assert_frames(reader.get([good - 1, 0, 5]), ref, [good - 1, 0, 5])
         with pytest.raises(VideoDecodeError, match="requested"):
             reader.get([0, 39])
         for i in range(good, reader.num_frames):
@@ -260,53 +237,6 @@ def test_bad_arguments_raise_value_error(good_videos):
     with pytest.raises(ValueError, match="empty"):
         read_frames(good_videos["h264"], [])
 
-
-class _ClipsFromFiles(torch.utils.data.Dataset):
-    def __init__(self, paths):
-        self.paths = paths
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return read_frames(self.paths[i], [1, 3, 5, 7])
-
-
-def test_reads_inside_dataloader_workers(good_videos, reference):
-    paths = [str(good_videos[n]) for n in ("h264", "vp9", "avi_bframes", "mpeg_ps")]
-    loader = torch.utils.data.DataLoader(_ClipsFromFiles(paths), batch_size=None, num_workers=2, timeout=60)
-    for path, clip in zip(paths, loader):
-        _assert_frames(clip, reference(path), [1, 3, 5, 7])
-
-
-def _destroy_inherited_readers(worker_id):
-    # What a worker's garbage collector does to readers the parent left in a reference cycle.
-    dataset = torch.utils.data.get_worker_info().dataset
-    for reader in dataset.inherited:
-        reader.close()
-    dataset.inherited.clear()
-    gc.collect()
-
-
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
-def test_workers_destroy_readers_the_parent_used(good_videos, reference, backend):
-    # Readers that decoded in the parent and are still alive at the fork: swscale's slice threads (PyAV's
-    # RGB conversion) and decord's decoder thread do not exist in the child, and destroying their copies
-    # there used to hang the worker for ever (the DataLoader timed out).
-    paths = [str(good_videos[n]) for n in ("h264", "vp9", "avi_bframes", "mpeg_ps")]
-    dataset = _ClipsFromFiles(paths)
-    # the parent's readers: four of the backend's exact kinds of file (decord and torchcodec are not exact in AVI)
-    own = [str(good_videos[n]) for n, b in EXACT if b == backend][:4]
-    dataset.inherited = [VideoReader(p, backend=backend) for p in own]
-    for reader in dataset.inherited:
-        reader.get([0, 2])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, timeout=30,
-                                         worker_init_fn=_destroy_inherited_readers)
-    for path, clip in zip(paths, loader):
-        _assert_frames(clip, reference(path), [1, 3, 5, 7])
-    for path, reader in zip(own, dataset.inherited):  # the parent's readers still work
-        _assert_frames(reader.get([4]), reference(path), [4])
-        reader.close()
 
 
 def test_frame_folders_equal_the_images(frame_folders):
@@ -334,7 +264,7 @@ def test_frame_folder_errors_name_the_missing_frame(frame_folders, tmp_path):
 def test_indices_may_be_numpy_or_torch(good_videos, reference):
     ref = reference(good_videos["vp9"])
     for indices in (np.array([7, 1, 7], dtype=np.int64), torch.tensor([7, 1, 7])):
-        _assert_frames(read_frames(good_videos["vp9"], indices), ref, [7, 1, 7])
+        assert_frames(read_frames(good_videos["vp9"], indices), ref, [7, 1, 7])
 
 
 def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
@@ -369,91 +299,20 @@ def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
         for side in (96, 80):
             path = tmp_path / f"sq{side}_0.webm"
             reader = VideoReader(path)
-            _assert_frames(reader.get(indices), reference(path), indices)
+            assert_frames(reader.get(indices), reference(path), indices)
             assert reader.backend == "decord" and not decode.reader._decord_unfit
         return
     ref = reference(paths[0])
     decode.reader._decord_unfit.clear()
     first = VideoReader(paths[0])
     assert first.backend == "decord"  # trusted container and codec: tried first
-    _assert_frames(first.get(indices), ref, indices)
+    assert_frames(first.get(indices), ref, indices)
     assert first.backend == "pyav"
     second = VideoReader(paths[1])
     assert second.backend == "pyav"  # remembered: no decord attempt
-    _assert_frames(second.get(indices), reference(paths[1]), indices)
+    assert_frames(second.get(indices), reference(paths[1]), indices)
     # another size is not affected
     other = VideoReader(make_video(tmp_path / "r64.webm", codec="vp9", num_frames=12, size=(64, 48)))
     assert other.backend == "decord"
 
 
-def _in_memory(path, kind: str):
-    data = path.read_bytes()
-    return {"bytes": data, "memoryview": memoryview(data), "file": io.BytesIO(data)}[kind]
-
-
-@pytest.mark.parametrize("name,backend", EXACT)
-def test_in_memory_sources_equal_reference(good_videos, reference, name, backend):
-    ref = reference(good_videos[name])
-    sets = _index_sets(len(ref), seed=3)[:6]
-    for kind in ("bytes", "memoryview", "file"):
-        with VideoReader(_in_memory(good_videos[name], kind), backend, name=f"shard/{name}") as reader:
-            assert reader.path == f"shard/{name}" and reader.num_frames == len(ref)
-            for indices in sets:
-                _assert_frames(reader.get(indices), ref, indices)
-    # auto picks the same backend for the bytes as for the file
-    assert VideoReader(_in_memory(good_videos[name], "bytes")).backend == VideoReader(good_videos[name]).backend
-    info = probe_video(_in_memory(good_videos[name], "file"), backend)
-    assert info.num_frames == len(ref) and not info.truncated
-
-
-@pytest.mark.parametrize("backend", ["auto", "pyav", "decord", "torchcodec"])
-def test_bad_in_memory_videos_raise_errors_naming_the_member(bad_videos, backend):
-    cases = {"zero_bytes": "empty (0 bytes)", "text_as_mp4": "cannot open", "audio_only": "no video stream"}
-    for case, reason in cases.items():
-        data = bad_videos[case].read_bytes()
-        for call in (lambda data=data: read_frames(data, [0], backend, name="s-000001.tar:k1.mp4"),
-                     lambda data=data: probe_video(data, backend, name="s-000001.tar:k1.mp4")):
-            with pytest.raises(VideoDecodeError) as info:
-                call()
-            assert str(info.value).startswith("s-000001.tar:k1.mp4: ") and "\n" not in str(info.value)
-            if backend != "decord":
-                assert info.value.reason.startswith(reason), (case, info.value.reason)
-    # unnamed bytes are named by their size
-    with pytest.raises(VideoDecodeError, match=r"^<600 bytes>: cannot open"):
-        read_frames(b"<html>" * 100, [0], backend)
-
-
-def test_truncated_bytes_deliver_real_frames_then_raise(bad_videos, good_videos, reference):
-    data = bad_videos["truncated_avi"].read_bytes()
-    info = probe_video(data)
-    assert 0 < info.num_frames < 48 and info.truncated
-    ref = reference(good_videos["avi_bframes"])
-    _assert_frames(read_frames(data, [0, info.num_frames - 1]), ref, [0, info.num_frames - 1])
-    with pytest.raises(VideoDecodeError, match="requested but"):
-        read_frames(data, [info.num_frames], name="member.avi")
-
-
-def test_non_binary_sources_are_type_errors(good_videos):
-    with pytest.raises(TypeError, match="binary mode"):
-        VideoReader(io.StringIO("abc"))
-    with pytest.raises(TypeError, match="path, bytes or a binary file object"):
-        VideoReader(12)
-
-
-def test_torchcodec_missing_is_a_setup_error_not_a_bad_video(good_videos, monkeypatch):
-    # Where torchcodec cannot load, every video would fail the same way: that must stop the run with what to
-    # install (BackendUnavailable is no VideoDecodeError, so the datasets do not count it as a bad video).
-    from motionmae_ds.data.decode import torchcodec as torchcodec_backend
-
-    torchcodec_backend._load.cache_clear()
-    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)  # what an absent package looks like
-    try:
-        with pytest.raises(torchcodec_backend.BackendUnavailable, match="'torchcodec' is unavailable: torchcodec "
-                                                                        "is not installed"):
-            VideoReader(good_videos["h264"], "torchcodec")
-        assert not torchcodec_backend.available()
-        assert VideoReader(good_videos["mp4_mpeg4_bframes"]).backend == "pyav"  # auto never needs it
-    finally:
-        monkeypatch.undo()
-        torchcodec_backend._load.cache_clear()
-    assert torchcodec_backend.available(), torchcodec_backend.unavailable_reason()

@@ -8,11 +8,13 @@ definition of "frame i" throughout the package.
 from __future__ import annotations
 
 import fractions
+import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import av
 import numpy as np
+import torch
 from PIL import Image
 
 # container format, encoder, file suffix
@@ -193,3 +195,36 @@ def reference_folder_frames(
     """Frames of a folder read one by one with PIL, converted to RGB."""
     dirpath = Path(dirpath)
     return np.stack([np.asarray(Image.open(dirpath / template.format(start + i)).convert("RGB")) for i in indices])
+
+
+
+# decord is only trusted in containers with timestamps and keyframe indexes
+DECORD_TRUSTED = ["h264", "h264_faststart", "vp9", "vfr", "gray", "short10"]
+# torchcodec's exact mode in MP4 / Matroska / WebM, every codec there
+TORCHCODEC_TRUSTED = DECORD_TRUSTED + ["mp4_mpeg4_bframes"]
+ALL_GOOD = list(GOOD_VIDEOS) + ["avi_named_mp4"]
+# (file, backend) pairs that must be frame-exact: PyAV and auto everywhere, the others where "auto" uses them
+EXACT = ([(n, b) for n in ALL_GOOD for b in ("auto", "pyav")] + [(n, "decord") for n in DECORD_TRUSTED]
+         + [(n, "torchcodec") for n in TORCHCODEC_TRUSTED])
+
+
+def index_sets(num_frames: int, seed: int) -> list[list[int]]:
+    """Frame index lists that exercise a reader: ends, every frame, descending, repeats, random clips."""
+    rng = random.Random(seed)
+    sets = [
+        [0], [num_frames - 1], list(range(num_frames)),
+        list(range(num_frames - 1, -1, -3)),                   # descending
+        [5 % num_frames, 5 % num_frames, 1, 1, 0],              # repeats, unsorted
+    ]
+    for _ in range(6):
+        start = rng.randrange(num_frames)
+        sets.append([min(start + 2 * k, num_frames - 1) for k in range(8)])  # a clip, last frame repeated
+        sets.append([rng.randrange(num_frames) for _ in range(5)])
+    return sets
+
+
+def assert_frames(got: torch.Tensor, ref: np.ndarray, indices: list[int]) -> None:
+    """``got`` holds exactly the reference frames ``indices``, bit for bit."""
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (len(indices),) + ref.shape[1:]
+    for row, index in enumerate(indices):
+        assert np.array_equal(got[row].numpy(), ref[index]), f"row {row} is not frame {index}"
