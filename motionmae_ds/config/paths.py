@@ -28,7 +28,8 @@ def _check_data_files(cfg: PretrainConfig | FinetuneConfig, list_keys: tuple[str
         value = getattr(cfg.data, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{cfg.source}: data.{key}={value}: file not found")
-    missing = [u for u in shard_urls(cfg.data.shards) if "://" not in u and not Path(u).is_file()] if cfg.data.shards else []
+    urls = shard_urls(cfg.data.shards) if cfg.data.shards else []
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
         raise ConfigError(f"{cfg.source}: data.shards={cfg.data.shards}: {missing[0]}: file not found")
     if cfg.data.root and not Path(cfg.data.root).is_dir():

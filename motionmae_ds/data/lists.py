@@ -139,7 +139,8 @@ def parse_line(
     if values[count_name] <= 0:
         raise ListFormatError(list_path, number, f"{count_name} must be positive, got {values[count_name]}")
     is_dir = fmt == "frame_dir"
-    return VideoRecord(full_path, label, frame_start if is_dir else 0, values[count_name], is_dir, frame_template, number)
+    return VideoRecord(full_path, label, frame_start if is_dir else 0, values[count_name], is_dir, frame_template,
+                       number)
 
 
 def scan_list(
@@ -291,8 +292,9 @@ def clean_list(
 ) -> tuple[CleanSummary, str]:
     """Write ``out_path`` (good entries, true counts) and ``out_path + ".report.txt"`` (every bad line or
     file and why, every truncated file and every corrected count). Truncated files keep their decodable
-    frames unless ``drop_truncated``. ``progress(done, total)`` is called as entries finish. Paths stay as written in the list (relative to ``root``).
-    Lists without counts (path_label) come out as path_frames_label. Returns (summary, report path)."""
+    frames unless ``drop_truncated``. ``progress(done, total)`` is called as entries finish. Paths stay as
+    written in the list (relative to ``root``). Lists without counts (path_label) come out as path_frames_label.
+    Returns (summary, report path)."""
     records, line_errors, fmt = scan_list(list_path, fmt, root, frame_template, frame_start)
     out_fmt = "path_frames_label" if fmt in ("auto", "path_label") else fmt
     summary = CleanSummary(bad_lines=len(line_errors))

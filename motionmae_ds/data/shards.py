@@ -6,11 +6,11 @@ extension, ``KEY.mp4`` (the encoded video, any container), ``KEY.cls`` (the labe
 
 Training reads them *by index*: the shards' tar headers are scanned once (each rank scans every world-size-th
 shard, all ranks get the merged result) into an index of (shard URL, member name, byte offset, size, label,
-frames), and item ``i`` reads its member's bytes with one ranged read and decodes them in memory. So the shards train exactly like a list file:
-the trainer's (seed, epoch) permutation, every rank the same number of batches, bad members skipped, counted
-and named (``SHARD_URL:MEMBER``), and resume at the exact sample (at the same world size and batch: the
-padded length below depends on them). Shards may be local paths or any URL fsspec
-opens with seeking (``s3://``, ``gs://``, ``https://``, ...); WebDataset's streaming-only ``pipe:`` URLs cannot
+frames), and item ``i`` reads its member's bytes with one ranged read and decodes them in memory. So the
+shards train exactly like a list file: the trainer's (seed, epoch) permutation, every rank the same number of
+batches, bad members skipped, counted and named (``SHARD_URL:MEMBER``), and resume at the exact sample (at
+the same world size and batch: the padded length below depends on them). Shards may be local paths or any URL
+fsspec opens with seeking (``s3://``, ``gs://``, ``https://``, ...); WebDataset's streaming-only ``pipe:`` URLs cannot
 be read by byte range and are refused.
 
 Even split: ``ShardClipDataset(..., pad_to=world * micro_batch * accum)`` has ``len`` = the member count

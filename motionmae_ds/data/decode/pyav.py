@@ -159,7 +159,8 @@ class PyAVReader:
                 f"(the container lists {self.num_frames}): {one_line(exc)}",
             ) from None
         raise VideoDecodeError(
-            self.path, f"frame {last} requested but only {decoded} frames decode (the container lists {self.num_frames})"
+            self.path,
+            f"frame {last} requested but only {decoded} frames decode (the container lists {self.num_frames})",
         )
 
     def _get_by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray] | None:
