@@ -5,7 +5,8 @@ B-frames in MP4 too); in AVI and MPEG-PS it loses the last frame and in MPEG-TS 
 frames (tests/data/test_decode.py). On the CPU it is not ahead of decord or PyAV on any kind of file by more
 than the noise (docs/BENCHMARKS.md), so "auto" does not choose it; name it with
 ``data.decode_backend: torchcodec``. It needs FFmpeg 4-8 shared libraries on the system (``libavutil.so.56``
-... ``.so.60``): where they are missing, opening a video raises BackendUnavailable (a setup error, not a bad video) with what to install.
+... ``.so.60``): where they are missing, opening a video raises BackendUnavailable (a setup error, not a bad
+video) with what to install.
 """
 from __future__ import annotations
 
