@@ -14,8 +14,7 @@ from typing import Optional
 
 from motionmae_ds.runtime.errors import EXIT_PREEMPTED
 
-# 0 done, 2 bad config, 3 non-finite loss, 4 bad data, 5 lost peer (engine/failure.py), 75 preempted
-# (EX_TEMPFAIL: "try again later"); launch/slurm_pretrain.sbatch requeues the job on it
+# launch/slurm_pretrain.sbatch requeues the job on this code (runtime/errors.py holds the whole table)
 PREEMPTED_EXIT_CODE = EXIT_PREEMPTED
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
