@@ -1,10 +1,10 @@
 """Convert a DeepSpeed checkpoint (or an HF VideoMAE directory) for use outside this run.
 
-    python launch/convert_checkpoint.py --input runs/x/checkpoints --output x.pth --format plain
-    python launch/convert_checkpoint.py --input runs/x/checkpoints --tag step00000100 --output enc.safetensors \
-        --format encoder --safetensors
-    python launch/convert_checkpoint.py --input runs/x/checkpoints --output x_hf --format hf
-    python launch/convert_checkpoint.py --input runs/x/checkpoints --format universal   # resume at another size
+    python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --output x.pth --format plain
+    python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --tag step00000100 \
+        --output enc.safetensors --format encoder --safetensors
+    python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --output x_hf --format hf
+    python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --format universal  # resume at another size
 
 See docs/CHECKPOINTS.md. Exit codes: 0 written, 2 bad input (one line on stderr, nothing written).
 """
@@ -13,25 +13,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from motionmae_ds.runtime.flags import add_checkpoint, add_option, add_output, add_tag
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MotionMAE checkpoint conversion")
-    p.add_argument("--input", required=True, help="RUN_DIR, RUN_DIR/checkpoints, a tag dir, or an HF VideoMAE dir")
-    p.add_argument("--tag", default=None, help="checkpoint tag (default: the one 'latest' names)")
-    p.add_argument("--output", default=None, help="file (plain, encoder), directory (hf), or checkpoint dir "
-                                                  "(universal; default: the input's)")
-    p.add_argument("--format", required=True, choices=("plain", "encoder", "hf", "universal"))
-    p.add_argument("--safetensors", action="store_true", help="plain/encoder: write safetensors, not a pickle")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    return p.parse_args(argv)
+    add_checkpoint(p, "RUN_DIR, RUN_DIR/checkpoints, a tag dir, or an HF VideoMAE dir", required=True,
+                   old=("--input",))
+    add_tag(p)
+    add_output(p, "file (plain, encoder), directory (hf), or checkpoint dir (universal; default: the checkpoint's)")
+    add_option(p, "--format", required=True, choices=("plain", "encoder", "hf", "universal"))
+    add_option(p, "--safetensors", action="store_true", help="plain/encoder: write safetensors, not a pickle")
+    add_option(p, "--force", action="store_true", help="replace an existing output")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     from motionmae_ds.tools.convert import export
 
     try:
-        written = export(args.input, args.output, args.format, tag=args.tag, use_safetensors=args.safetensors,
+        written = export(args.checkpoint, args.output, args.format, tag=args.tag, use_safetensors=args.safetensors,
                          force=args.force)
     except (ValueError, OSError) as exc:  # ckpt.CheckpointError is a ValueError; OSError: e.g. an unwritable output
         print(f"error: {exc}", file=sys.stderr, flush=True)

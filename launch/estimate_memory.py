@@ -12,19 +12,25 @@ import argparse
 import json
 import sys
 
+from motionmae_ds.runtime.flags import add_config, add_deepspeed_config, add_option, add_set
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config(p, None)
+    add_deepspeed_config(p, None)  # its bucket sizes and overlap_comm count
+    add_set(p)
+    add_option(p, "--nodes", type=int, default=4)
+    add_option(p, "--gpus_per_node", type=int, default=8)
+    add_option(p, "--gpu_gib", type=float, default=80.0, help="device memory (A100 80GB: 80)")
+    add_option(p, "--reserve_gib", type=float, default=6.0,
+               help="kept free for the CUDA context, NCCL buffers and allocator fragmentation")
+    add_option(p, "--frames", type=int, nargs=2, default=(2, 4), help="two small frame counts to measure at")
+    return p
+
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="experiment YAML")
-    p.add_argument("--deepspeed_config", required=True, help="DeepSpeed JSON (bucket sizes, overlap_comm)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--gpus_per_node", type=int, default=8)
-    p.add_argument("--gpu_gib", type=float, default=80.0, help="device memory (A100 80GB: 80)")
-    p.add_argument("--reserve_gib", type=float, default=6.0,
-                   help="kept free for the CUDA context, NCCL buffers and allocator fragmentation")
-    p.add_argument("--frames", type=int, nargs=2, default=(2, 4), help="two small frame counts to measure at")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     from motionmae_ds.config import load_pretrain_config
     from motionmae_ds.runtime.ds_config import load_ds_config
@@ -50,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         "config": args.config, "world_size": world, "params_m": round(params / 1e6, 2),
         "grad_checkpointing": cfg.model.grad_checkpointing,
         "zero_stage": model_states["stage"], "model_states_gib": me.gib(states),
-        "cpu_model_states_gib_per_node": me.gib(model_states["cpu_per_node"]), "zero_buckets_gib": me.gib(buckets), "transient_gib": me.gib(transient),
+        "cpu_model_states_gib_per_node": me.gib(model_states["cpu_per_node"]), "zero_buckets_gib": me.gib(buckets),
+        "transient_gib": me.gib(transient),
         "activation_mib_per_sample_measured": {t: round(b / 2 ** 20, 2) for t, b in zip(fit.frames,
                                                                                          fit.per_sample_bytes)},
         "activation_mib_per_sample": round(fit.bytes_per_sample / 2 ** 20, 1),

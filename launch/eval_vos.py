@@ -2,12 +2,12 @@
 
     python launch/eval_vos.py                                  # the pretraining demo on the embedded set
     python launch/eval_vos.py --checkpoint runs/k400_b/checkpoints --config configs/finetune_k400_vit_base.yaml \
-        --davis /data/DAVIS --split val --out runs/vos_k400_b
+        --davis /data/DAVIS --split val --output_dir runs/vos_k400_b
 
 --checkpoint: any encoder source (run dir, DeepSpeed checkpoint, .pth, HF directory; default: the config's
 finetune.init); the config's model section sizes the encoder. Without --davis, the embedded synthetic set
 (DAVIS layout, made once and cached). A random-init encoder of the same size runs beside it unless
---no_baseline. Writes OUT/<encoder>/results/<seq>/*.png and OUT/<encoder>/metrics.json. Exit codes: 0, 2.
+--no_baseline. Writes OUTPUT_DIR/<encoder>/results/<seq>/*.png and OUTPUT_DIR/<encoder>/metrics.json. Exit codes: 0, 2.
 """
 from __future__ import annotations
 
@@ -19,27 +19,28 @@ from pathlib import Path
 from motionmae_ds.config import ConfigError, load_finetune_config
 from motionmae_ds.eval.vos import PAIRINGS, PropagationSettings, report_lines, run_vos_evaluation, vos_sequences
 from motionmae_ds.runtime.cli import run_entry
+from motionmae_ds.runtime.flags import add_checkpoint, add_config, add_option, add_output_dir, add_set
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MotionMAE frozen-feature video object segmentation")
-    p.add_argument("--checkpoint", default=None, help="encoder weights (default: the config's finetune.init)")
-    p.add_argument("--config", default=None, help="finetuning YAML (default: configs/finetune_demo.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    p.add_argument("--davis", default=None, help="DAVIS-2017 root (default: the embedded synthetic set)")
-    p.add_argument("--split", default="val", help="ImageSets/2017/<split>.txt")
-    p.add_argument("--resolution", default="480p", help="JPEGImages/<resolution>")
-    p.add_argument("--out", default="runs/eval_vos", help="output directory")
-    p.add_argument("--no_baseline", action="store_true", help="skip the random-init encoder")
+    add_checkpoint(p, "encoder weights (default: the config's finetune.init)")
+    add_config(p, "configs/finetune_demo.yaml", what="finetuning")
+    add_set(p)
+    add_option(p, "--davis", default=None, help="DAVIS-2017 root (default: the embedded synthetic set)")
+    add_option(p, "--split", default="val", help="ImageSets/2017/<split>.txt")
+    add_option(p, "--resolution", default="480p", help="JPEGImages/<resolution>")
+    add_output_dir(p, "where results/ and metrics.json go, per encoder", default="runs/eval_vos", old=("--out",))
+    add_option(p, "--no_baseline", action="store_true", help="skip the random-init encoder")
     for f in fields(PropagationSettings):
         kind = type(f.default)
-        p.add_argument(f"--{f.name}", type=kind, default=f.default,
-                       choices=PAIRINGS if f.name == "pairing" else None, help=f"default {f.default}")
-    return p.parse_args(argv)
+        add_option(p, f"--{f.name}", type=kind, default=f.default,
+                   choices=PAIRINGS if f.name == "pairing" else None, help=f"default {f.default}")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         cfg = load_finetune_config(args.config, args.set)
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         sources = {} if source == "none" else {"checkpoint": source}
         if not args.no_baseline or not sources:
             sources["random_init"] = None
-        results = run_vos_evaluation(cfg, sources, sequences, settings, args.out)
+        results = run_vos_evaluation(cfg, sources, sequences, settings, args.output_dir)
         print(f"{len(sequences)} sequences of {where}; {settings}", flush=True)
         print("\n".join(report_lines(results)), flush=True)
-        print(f"-> {args.out}", flush=True)
+        print(f"-> {args.output_dir}", flush=True)
         return 0
 
     return run_entry(body)

@@ -18,17 +18,25 @@ from pathlib import Path
 from motionmae_ds.config import ConfigError, load_finetune_config
 from motionmae_ds.eval.evaluate import evaluate_checkpoint
 from motionmae_ds.runtime.cli import metrics_line, run_entry
+from motionmae_ds.runtime.flags import (
+    add_checkpoint,
+    add_config,
+    add_local_rank,
+    add_option,
+    add_output_dir,
+    add_set,
+)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MotionMAE multi-view evaluation")
-    p.add_argument("--checkpoint", required=True, help="finetune run dir, DeepSpeed checkpoint dir or .pth file")
-    p.add_argument("--config", default=None, help="experiment YAML (default: the run's config.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    p.add_argument("--split", default="test", choices=("test", "val"), help="test: K x 3 views; val: one view")
-    p.add_argument("--output_dir", default=None, help="where metrics.json and predictions.jsonl go")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    add_checkpoint(p, "finetune run dir, DeepSpeed checkpoint dir or .pth file", required=True)
+    add_config(p, "the run's config.yaml")
+    add_set(p)
+    add_option(p, "--split", default="test", choices=("test", "val"), help="test: K x 3 views; val: one view")
+    add_output_dir(p, "where metrics.json and predictions.jsonl go")
+    add_local_rank(p)
+    return p
 
 
 def _run_dir(checkpoint: Path) -> Path:
@@ -40,7 +48,7 @@ def _run_dir(checkpoint: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         checkpoint = Path(args.checkpoint)

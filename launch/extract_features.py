@@ -1,13 +1,14 @@
 """Frozen-encoder features of every video of a list: pooled (and optionally the token grid), safetensors.
 
-    python launch/extract_features.py --checkpoint runs/pretrain_demo --out feats/val        # embedded set, val
+    python launch/extract_features.py --checkpoint runs/pretrain_demo --output_dir feats/val  # embedded set
     deepspeed --num_gpus 8 launch/extract_features.py --checkpoint runs/k400_b/checkpoints \
-        --config configs/finetune_k400_vit_base.yaml --list /data/k400/val.csv --out feats/k400_val --tokens
+        --config configs/finetune_k400_vit_base.yaml --list /data/k400/val.csv --output_dir feats/k400_val --tokens
 
 --checkpoint: run dir, DeepSpeed checkpoint dir, .pth/.safetensors or HF VideoMAE directory ("none": random
 init). The config's model section sizes the encoder and its data section reads the clips (the validation
-clip of the finetuning job). Rerunning with the same --out skips the videos already written.
-Writes OUT/videos/*.safetensors, OUT/index.json and OUT/pooled.safetensors. Exit codes: 0, 2 (bad input).
+clip of the finetuning job). Rerunning with the same --output_dir skips the videos already written.
+Writes OUTPUT_DIR/videos/*.safetensors, OUTPUT_DIR/index.json and OUTPUT_DIR/pooled.safetensors.
+Exit codes: 0, 2 (bad input).
 """
 from __future__ import annotations
 
@@ -17,28 +18,36 @@ import sys
 from motionmae_ds.config import load_finetune_config
 from motionmae_ds.eval.features import extract_features
 from motionmae_ds.runtime.cli import run_entry
+from motionmae_ds.runtime.flags import (
+    add_checkpoint,
+    add_config,
+    add_local_rank,
+    add_option,
+    add_output_dir,
+    add_set,
+)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="MotionMAE frozen-feature extraction")
-    p.add_argument("--checkpoint", required=True, help="encoder weights (any source), or none")
-    p.add_argument("--out", required=True, help="output directory (rerun the same --out to resume)")
-    p.add_argument("--list", default=None, help="list file of videos (default: the config's --split list)")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"), help="which list of the config")
-    p.add_argument("--config", default=None, help="finetuning YAML (default: configs/finetune_demo.yaml)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    p.add_argument("--tokens", action="store_true", help="also store each video's token grid (t, h, w, D)")
-    p.add_argument("--batch_size", type=int, default=None, help="videos per forward (default: eval.batch_size)")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    add_checkpoint(p, "encoder weights (any source), or none", required=True)
+    add_output_dir(p, "where the features go (rerun the same --output_dir to resume)", required=True, old=("--out",))
+    add_option(p, "--list", default=None, help="list file of videos (default: the config's --split list)")
+    add_option(p, "--split", default="val", choices=("train", "val", "test"), help="which list of the config")
+    add_config(p, "configs/finetune_demo.yaml", what="finetuning")
+    add_set(p)
+    add_option(p, "--tokens", action="store_true", help="also store each video's token grid (t, h, w, D)")
+    add_option(p, "--batch_size", type=int, default=None, help="videos per forward (default: eval.batch_size)")
+    add_local_rank(p)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         cfg = load_finetune_config(args.config, args.set)
-        summary = extract_features(cfg, args.checkpoint, args.out, list_file=args.list, split=args.split,
+        summary = extract_features(cfg, args.checkpoint, args.output_dir, list_file=args.list, split=args.split,
                                    tokens=args.tokens, batch_size=args.batch_size)
         if summary.bad:
             print(f"unreadable: {', '.join(b['path'] for b in summary.bad)}", flush=True)

@@ -15,19 +15,25 @@ Exit codes: 0 done, 2 bad config/input, 3 non-finite loss, 4 too many unreadable
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from motionmae_ds.config import load_finetune_config
 from motionmae_ds.eval.evaluate import evaluate_checkpoint
 from motionmae_ds.runtime.cli import metrics_line, output_dir_of, run_entry, training_parser
+from motionmae_ds.runtime.flags import add_checkpoint, add_option
 from motionmae_ds.train.finetune import run_finetuning
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = training_parser("MotionMAE finetuning (DeepSpeed)", "configs/finetune_demo.yaml")
-    p.add_argument("--eval", action="store_true", help="only the multi-view test pass of the run's checkpoint")
-    p.add_argument("--checkpoint", default=None, help="with --eval: weights to test (default: OUTPUT_DIR/checkpoints)")
-    args = p.parse_args(argv)
+    add_option(p, "--eval", action="store_true", help="only the multi-view test pass of the run's checkpoint")
+    add_checkpoint(p, "with --eval: weights to test (default: OUTPUT_DIR/checkpoints)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         cfg = load_finetune_config(args.config, args.set)

@@ -24,7 +24,7 @@ from motionmae_ds.models import (
 from motionmae_ds.models.masking import DECODER_HEADS
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="vit_base", help=f"one of {', '.join(MODEL_SIZES)}")
     p.add_argument("--num_frames", type=int, default=16)
@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--decoder_heads", default="shared", choices=DECODER_HEADS)
     p.add_argument("--decoder_mode", default="divide", choices=("divide", "shared"))
     p.add_argument("--target", default="frame_motion", choices=("frame", "motion", "frame_motion"))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
 
     common = dict(name=args.model, num_frames=args.num_frames, img_size=args.img_size,
                   patch_size=args.patch_size, tubelet_size=args.tubelet_size)

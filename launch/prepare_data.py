@@ -1,7 +1,7 @@
 """Scan a dataset list with the chosen decoder; write a cleaned list with true frame counts and a report.
 
-    python launch/prepare_data.py LIST --root DIR --out CLEAN_LIST [--backend auto|decord|pyav] [--fmt ...]
-    python launch/prepare_data.py LIST --root DIR --reencode OUT_DIR [--short-side 320] [--keyint 16]
+    python launch/prepare_data.py LIST --root DIR --output CLEAN_LIST [--backend auto|decord|pyav] [--fmt ...]
+    python launch/prepare_data.py LIST --root DIR --reencode OUT_DIR [--short_side 320] [--keyint 16]
 The second form re-encodes every video (short side, short GOP; see motionmae_ds/data/reencode.py) and writes
 OUT_DIR/list.txt with true frame counts; a rerun skips the files already done.
 Exit 0 when the scan ran (bad entries are in the .report.txt beside the list), 2 with one line for bad arguments.
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from motionmae_ds.data.decode import BACKENDS
 from motionmae_ds.data.lists import FORMATS, ListFormatError, clean_list
 from motionmae_ds.data.reencode import reencode_list
+from motionmae_ds.runtime.flags import add_option, add_output
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -24,39 +25,45 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"prepare_data: error: {message}\n")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("list", help="list file to scan")
-    parser.add_argument("--out", help="cleaned list to write (report beside it)")
-    parser.add_argument("--reencode", metavar="OUT_DIR", help="re-encode into OUT_DIR instead (list.txt there)")
-    parser.add_argument("--short-side", type=int, default=320)
-    parser.add_argument("--keyint", type=int, default=16, help="frames per GOP of the re-encoded files")
-    parser.add_argument("--crf", type=int, default=23)
-    parser.add_argument("--root", default="", help="data root prefixed to the list's paths")
-    parser.add_argument("--fmt", default="auto", choices=FORMATS)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--frame-template", default="img_{:05d}.jpg")
-    parser.add_argument("--frame-start", type=int, default=1)
-    parser.add_argument("--min-frames", type=int, default=1, help="drop entries with fewer decodable frames")
-    parser.add_argument("--drop-truncated", action="store_true",
-                        help="treat files decoding fewer frames than their container lists as bad")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per file before it counts as bad")
+    add_output(parser, "cleaned list to write (report beside it)", old=("--out",))
+    add_option(parser, "--reencode", metavar="OUT_DIR", help="re-encode into OUT_DIR instead (list.txt there)")
+    add_option(parser, "--short_side", old=("--short-side",), type=int, default=320)
+    add_option(parser, "--keyint", type=int, default=16, help="frames per GOP of the re-encoded files")
+    add_option(parser, "--crf", type=int, default=23)
+    add_option(parser, "--root", default="", help="data root prefixed to the list's paths")
+    add_option(parser, "--fmt", default="auto", choices=FORMATS)
+    add_option(parser, "--backend", default="auto", choices=BACKENDS)
+    add_option(parser, "--frame_template", old=("--frame-template",), default="img_{:05d}.jpg")
+    add_option(parser, "--frame_start", old=("--frame-start",), type=int, default=1)
+    add_option(parser, "--min_frames", old=("--min-frames",), type=int, default=1,
+               help="drop entries with fewer decodable frames")
+    add_option(parser, "--drop_truncated", old=("--drop-truncated",), action="store_true",
+               help="treat files decoding fewer frames than their container lists as bad")
+    add_option(parser, "--workers", type=int, default=os.cpu_count() or 1)
+    add_option(parser, "--timeout", type=float, default=300.0, help="seconds per file before it counts as bad")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not os.path.isfile(args.list):
         parser.error(f"list file not found: {args.list}")
     if args.root and not os.path.isdir(args.root):
         parser.error(f"--root is not a directory: {args.root}")
-    if (args.out is None) == (args.reencode is None):
-        parser.error("give one of --out CLEAN_LIST and --reencode OUT_DIR")
-    if args.reencode is None and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        parser.error(f"--out directory does not exist: {os.path.dirname(os.path.abspath(args.out))}")
+    if (args.output is None) == (args.reencode is None):
+        parser.error("give one of --output CLEAN_LIST and --reencode OUT_DIR")
+    if args.reencode is None and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error(f"--output directory does not exist: {os.path.dirname(os.path.abspath(args.output))}")
     if min(args.workers, args.min_frames, args.short_side, args.keyint) < 1 or args.timeout <= 0:
-        parser.error("--workers, --min-frames, --short-side, --keyint and --timeout must be positive")
+        parser.error("--workers, --min_frames, --short_side, --keyint and --timeout must be positive")
     try:
         args.frame_template.format(1)
     except (IndexError, KeyError, ValueError):
-        parser.error(f"--frame-template must hold one integer field like img_{{:05d}}.jpg, got {args.frame_template!r}")
+        parser.error(f"--frame_template must hold one integer field like img_{{:05d}}.jpg, got {args.frame_template!r}")
     bars: list[tqdm] = []  # made at the first file, so that an unusable list prints only its one line
 
     def progress(done: int, total: int) -> None:
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  timeout=args.timeout, progress=progress)
             print(f"{summary}\nlist:   {out}\nreport: {report}")
             return 0
-        summary, report = clean_list(args.list, args.out, args.root, args.fmt, args.backend, args.frame_template,
+        summary, report = clean_list(args.list, args.output, args.root, args.fmt, args.backend, args.frame_template,
                                      args.frame_start, args.min_frames, args.workers, args.timeout,
                                      args.drop_truncated, progress)
     except ListFormatError as exc:  # the list as a whole is unusable (unreadable, no recognisable format)
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for bar in bars:
             bar.close()
-    print(f"{summary}\nclean list: {args.out}\nreport:     {report}")
+    print(f"{summary}\nclean list: {args.output}\nreport:     {report}")
     return 0
 
 

@@ -11,6 +11,7 @@ Exit codes: 0 done, 2 bad config/input, 3 non-finite loss, 4 too many unreadable
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from motionmae_ds.config import load_pretrain_config
@@ -19,8 +20,12 @@ from motionmae_ds.tools.visualize import save_reconstruction_figure
 from motionmae_ds.train.pretrain import run_pretraining
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return training_parser("MotionMAE pretraining (DeepSpeed)", "configs/pretrain_demo.yaml")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = training_parser("MotionMAE pretraining (DeepSpeed)", "configs/pretrain_demo.yaml").parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     def body() -> int:
         cfg = load_pretrain_config(args.config, args.set)

@@ -1,7 +1,8 @@
 """Reconstruction figures for any video from a pretraining checkpoint (no DeepSpeed engine needed).
 
-    python launch/visualize.py --checkpoint runs/pretrain_demo/checkpoints --video clip.mp4 --out vis_out
-writes OUT/<video>_mask90.png and OUT/<video>_mask95.png (original, mask, predicted, true/pred motion).
+    python launch/visualize.py --checkpoint runs/pretrain_demo/checkpoints --video clip.mp4 \
+        --output_dir vis_out
+writes OUTPUT_DIR/<video>_mask90.png and OUTPUT_DIR/<video>_mask95.png (original, mask, predicted, true/pred motion).
 """
 from __future__ import annotations
 
@@ -9,16 +10,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from motionmae_ds.runtime.flags import add_checkpoint, add_option, add_output_dir, add_tag
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="MotionMAE reconstruction figures")
+    add_checkpoint(p, "a run's checkpoints/ directory", required=True)
+    add_option(p, "--video", required=True, help="video file")
+    add_output_dir(p, "where the PNGs go", required=True, old=("--out",))
+    add_tag(p)
+    add_option(p, "--ratios", type=float, nargs="+", default=[0.9, 0.95], help="mask ratios")
+    add_option(p, "--seed", type=int, default=0, help="mask seed")
+    return p
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="MotionMAE reconstruction figures")
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ directory")
-    p.add_argument("--video", required=True, help="video file")
-    p.add_argument("--out", required=True, help="output directory for PNGs")
-    p.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.95], help="mask ratios")
-    p.add_argument("--seed", type=int, default=0, help="mask seed")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     from motionmae_ds.config import ConfigError
     from motionmae_ds.data.decode import VideoDecodeError
@@ -29,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--video {args.video}: file not found")
         model, cfg = load_pretraining_checkpoint(args.checkpoint, args.tag)
         video = load_clip(cfg, args.video)
-        out = Path(args.out)
+        out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         for ratio in args.ratios:
             path = out / f"{Path(args.video).stem}_mask{round(ratio * 100)}.png"

@@ -24,6 +24,14 @@ from motionmae_ds.runtime.errors import (
     TooManyBadVideosError,
 )
 from motionmae_ds.runtime.failure import guard_peer_failure
+from motionmae_ds.runtime.flags import (
+    add_config,
+    add_deepspeed_config,
+    add_local_rank,
+    add_option,
+    add_output_dir,
+    add_set,
+)
 from motionmae_ds.runtime.preemption import Preempted
 
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2.json"
@@ -32,12 +40,12 @@ DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2.json"
 def training_parser(description: str, default_config: str) -> argparse.ArgumentParser:
     """The arguments every training entry point takes."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", default=None, help=f"experiment YAML (default: {default_config})")
-    p.add_argument("--deepspeed_config", default=str(DEFAULT_DS_CONFIG), help="DeepSpeed JSON (engine settings)")
-    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
-    p.add_argument("--output_dir", default=None, help="run directory (default: run.output_dir or runs/<config>)")
-    p.add_argument("--no_resume", action="store_true", help="start fresh even if checkpoints/latest exists")
-    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    add_config(p, default_config)
+    add_deepspeed_config(p, default=str(DEFAULT_DS_CONFIG))
+    add_set(p)
+    add_output_dir(p, "run directory (default: run.output_dir or runs/<config>)")
+    add_option(p, "--no_resume", action="store_true", help="start fresh even if checkpoints/latest exists")
+    add_local_rank(p)
     return p
 
 
