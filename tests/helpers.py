@@ -10,6 +10,8 @@ check, and take what they need from the tests on their command line.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO2 = REPO / "ds_configs" / "zero2.json"
@@ -142,3 +144,49 @@ def run_pretrain(args: list, ranks: int = 1, launcher: str = "deepspeed", timeou
 def start_pretrain(args: list, ranks: int = 1, log_path: Optional[Path] = None) -> subprocess.Popen:
     """launch/pretrain.py in the background under the ``deepspeed`` launcher, in its own process group."""
     return start(launch_cmd("pretrain.py", args, ranks), log_path)
+
+
+# -- runs in this process ---------------------------------------------------------------------------------------
+# A one-rank gloo group made by the trainer's own init_distributed (its launcher-free path) lives as long as the
+# pytest process: torch keeps one default group per process, and DeepSpeed caches groups made from it. What a run
+# changes besides (the rank variables it exports, signal handlers, the working directory) is put back after each.
+
+_RUN_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def one_rank_process() -> Iterator[None]:
+    """Around a training run in this process: the launcher-free environment, restored afterwards (a later
+    ``python launch/...`` subprocess must not inherit this process's rank variables and port)."""
+    saved_env, cwd = dict(os.environ), os.getcwd()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    for key in _RUN_ENV_KEYS:
+        os.environ.pop(key, None)
+    os.environ["MOTIONMAE_KEEP_FREED_MEMORY"] = "0"  # the run must not retune the test process's allocator
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(cwd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def train_in_process(kind: str, config: str | Path, output_dir: Path, sets: Sequence[str] = (), resume: bool = True,
+                     ds_config: Path = ZERO2, **task_args) -> tuple[dict, str]:
+    """A pretraining (``kind`` "pretrain") or finetuning run in this process, as ``launch/<kind>.py`` runs it
+    without a launcher; (summary, its console lines). Errors propagate as the exceptions the entry point maps
+    to exit codes."""
+    from motionmae_ds.config import load_finetune_config, load_pretrain_config
+    from motionmae_ds.train.finetune import FinetuneTask
+    from motionmae_ds.train.pretrain import PretrainTask
+    from motionmae_ds.train.trainer import Trainer
+
+    load, task_cls = {"pretrain": (load_pretrain_config, PretrainTask),
+                      "finetune": (load_finetune_config, FinetuneTask)}[kind]
+    out, err = io.StringIO(), io.StringIO()
+    with one_rank_process(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        cfg = load(str(config), [str(s) for s in sets])
+        summary = Trainer(task_cls(cfg, **task_args), ds_config, output_dir, resume).run()
+    return summary, out.getvalue()

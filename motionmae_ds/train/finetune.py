@@ -1,4 +1,4 @@
-"""Finetuning and linear probing as a task of the one training loop (``engine/trainer.py``).
+"""Finetuning and linear probing as a task of the one training loop (``train/trainer.py``).
 
 The task supplies the classifier (encoder weights from ``finetune.init`` through the checkpoint package's
 loader), layer-wise lr decay groups (timm's, from the classifier's ``group_matcher``: 0 = patch embedding,
@@ -27,7 +27,8 @@ from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.train.mixup import VideoMixup
 from motionmae_ds.train.optim import finetune_param_groups
-from motionmae_ds.train.task import Position, StepContext, Task
+from motionmae_ds.train.state import TrainState
+from motionmae_ds.train.task import LossResult, RunContext, StepContext, Task
 from motionmae_ds.train.throughput import FlopCounter
 from motionmae_ds.train.trainer import Trainer
 
@@ -87,7 +88,7 @@ class FinetuneTask(Task):
     def flop_counter(self) -> FlopCounter:
         return FlopCounter.finetuning(self.cfg)
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, run: RunContext) -> None:
         cfg = self.cfg
         self.mixup: Optional[VideoMixup] = None
         if cfg.mixup_active:
@@ -101,9 +102,9 @@ class FinetuneTask(Task):
             self.criterion = nn.CrossEntropyLoss()
         if cfg.finetune.model_ema:
             # fp32 shadow weights: a 0.9999 decay in bf16 would round every update away
-            self.ema = ModelEmaV3(trainer.engine.module, decay=cfg.finetune.model_ema_decay, dtype=torch.float32)
+            self.ema = ModelEmaV3(run.engine.module, decay=cfg.finetune.model_ema_decay, dtype=torch.float32)
 
-    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
         videos, labels = batch["video"], torch.as_tensor(batch["label"])
         if videos.dim() == 6:  # repeated sampling: (B, R, ...) -> (B * R, ...)
             labels = labels.repeat_interleave(videos.shape[1])
@@ -138,44 +139,44 @@ class FinetuneTask(Task):
     def startup_lines(self) -> list[str]:
         return [self.init_report] if self.init_report else []
 
-    def describe(self, trainer: Trainer) -> str:
+    def describe(self, run: RunContext) -> str:
         cfg = self.cfg
         mode = "linear probe" if cfg.finetune.linear_probe else "finetune"
-        return (f"{mode}: {len(self.train_set)} training videos x {cfg.data.num_repeats} clips, {trainer.world} "
-                f"rank(s), batch {trainer.micro} x {trainer.accum} x {trainer.world} = {trainer.total_batch}, peak lr "
-                f"{trainer.peak_lr:.3g}, {trainer.steps_per_epoch} steps/epoch, output {trainer.out_dir}")
+        return (f"{mode}: {len(self.train_set)} training videos x {cfg.data.num_repeats} clips, {run.world} "
+                f"rank(s), batch {run.micro} x {run.accum} x {run.world} = {run.total_batch}, peak lr "
+                f"{run.peak_lr:.3g}, {run.steps_per_epoch} steps/epoch, output {run.out_dir}")
 
     # -- evaluation hooks ---------------------------------------------------------------------------------
-    def _evaluate(self, trainer: Trainer, dataset: Any, model: nn.Module) -> tuple[dict[str, Any], Any]:
+    def _evaluate(self, run: RunContext, dataset: Any, model: nn.Module) -> tuple[dict[str, Any], Any]:
         cfg = self.cfg
-        return evaluate(model, dataset, cfg.eval.batch_size, trainer.device, trainer.rank, trainer.world,
+        return evaluate(model, dataset, cfg.eval.batch_size, run.device, run.rank, run.world,
                         num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s)
 
-    def end_epoch(self, trainer: Trainer, pos: Position, last: bool, summary: dict[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, state: TrainState, last: bool, summary: dict[str, Any]) -> None:
         every = self.cfg.eval.val_every_epochs
-        if self.val_set is None or not every or not ((pos.epoch + 1) % every == 0 or last):
+        if self.val_set is None or not every or not ((state.epoch + 1) % every == 0 or last):
             return
-        metrics, _ = self._evaluate(trainer, self.val_set, trainer.engine.module)
-        trainer.log.log({"epoch": pos.epoch, "step": pos.step, "val_top1": metrics["top1"],
-                         "val_top5": metrics["top5"]})
-        trainer.log.info(f"epoch {pos.epoch}: val top-1 {metrics['top1']:.2f} ({metrics['num_videos']} videos)")
+        metrics, _ = self._evaluate(run, self.val_set, run.engine.module)
+        run.log.log({"epoch": state.epoch, "step": state.step, "val_top1": metrics["top1"],
+                     "val_top5": metrics["top5"]})
+        run.log.info(f"epoch {state.epoch}: val top-1 {metrics['top1']:.2f} ({metrics['num_videos']} videos)")
         summary.setdefault("val", []).append(metrics["top1"])
 
-    def finish(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+    def finish(self, run: RunContext, summary: dict[str, Any]) -> None:
         if self.test_set is None:
             return
-        summary["test"] = self._test(trainer, trainer.engine.module, prefix="")
+        summary["test"] = self._test(run, run.engine.module, prefix="")
         if self.ema is not None:
-            summary["test_ema"] = self._test(trainer, self.ema.module, prefix="ema_")
+            summary["test_ema"] = self._test(run, self.ema.module, prefix="ema_")
 
-    def _test(self, trainer: Trainer, model: nn.Module, prefix: str) -> dict[str, Any]:
-        metrics, scores = self._evaluate(trainer, self.test_set, model)
+    def _test(self, run: RunContext, model: nn.Module, prefix: str) -> dict[str, Any]:
+        metrics, scores = self._evaluate(run, self.test_set, model)
         if dist_utils.is_main():
-            write_results(trainer.out_dir, metrics, scores, record_paths(self.test_set), self.cfg.eval.save_scores,
+            write_results(run.out_dir, metrics, scores, record_paths(self.test_set), self.cfg.eval.save_scores,
                           prefix)
-        trainer.log.info(f"test{' (EMA)' if prefix else ''}: top-1 {metrics['top1']:.2f}, top-5 "
-                         f"{metrics['top5']:.2f} over {metrics['num_videos']} videos x {metrics['views_per_video']} "
-                         f"views -> {trainer.out_dir / (prefix + 'metrics.json')}")
+        run.log.info(f"test{' (EMA)' if prefix else ''}: top-1 {metrics['top1']:.2f}, top-5 "
+                     f"{metrics['top5']:.2f} over {metrics['num_videos']} videos x {metrics['views_per_video']} "
+                     f"views -> {run.out_dir / (prefix + 'metrics.json')}")
         return metrics
 
 

@@ -2,29 +2,33 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from tqdm import tqdm
 
 
 class RunLogger:
-    """Writes nothing on ranks other than 0, so callers need no rank checks."""
+    """Writes nothing on ranks other than 0, so callers need no rank checks. Console lines work at once; the
+    files are opened by ``open`` once the run knows the step it resumes from."""
 
-    def __init__(self, out_dir: str | Path, enabled: bool, resume_step: int = 0) -> None:
+    def __init__(self, out_dir: str | Path, enabled: bool) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.tb = None
-        if not enabled:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.out_dir / "log.jsonl"
+
+    def open(self, resume_step: int = 0) -> "RunLogger":
+        """Drop what a killed run logged after ``resume_step`` (everything on a fresh start) and start TensorBoard."""
+        if not self.enabled:
+            return self
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resume_step)
         if resume_step == 0 and (self.out_dir / "tb").is_dir():
             # a fresh start in an old run dir: old curves would overlay the new ones
-            import shutil
-
             shutil.rmtree(self.out_dir / "tb")
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +37,7 @@ class RunLogger:
             self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
         except ImportError:  # tensorboard is in requirements; keep training if an install lacks it
             self.tb = None
+        return self
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites the steps after its checkpoint, so the log reads as one run."""
@@ -76,10 +81,9 @@ class RunLogger:
     def info(self, message: str) -> None:
         if self.enabled:
             # tqdm owns stdout's last line; write above it
-            from tqdm import tqdm
-
             tqdm.write(message, file=sys.stdout)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None

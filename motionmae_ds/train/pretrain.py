@@ -1,16 +1,15 @@
-"""Pretraining as a task of the one training loop (``engine/trainer.py``): MotionMAE on masked clips.
+"""Pretraining as a task of the one training loop (``train/trainer.py``): MotionMAE on masked clips.
 
 The loop owns the engine, schedule, checkpoints, resume and logging; this task supplies the model (optionally
 its encoder initialised from another run or a VideoMAE/HF checkpoint), the clip dataset, the masks (drawn on
 the device from the position's generator) and the per-head losses. Reconstruction figures at every checkpoint
-come from a callable the launcher hands in (``tools/visualize.py``), so the engine never imports tools.
+come from a callable the launcher hands in (``tools/visualize.py``), so the training code never imports tools.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -29,7 +28,7 @@ from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.masking import mask_counts
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.train.optim import param_groups
-from motionmae_ds.train.task import StepContext, Task
+from motionmae_ds.train.task import LossResult, RunContext, StepContext, Task
 from motionmae_ds.train.throughput import FlopCounter
 from motionmae_ds.train.trainer import Trainer
 
@@ -70,7 +69,7 @@ class PretrainTask(Task):
     def flop_counter(self) -> FlopCounter:
         return FlopCounter(self.cfg)
 
-    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
         videos = batch["video"]
         if videos.dim() == 6:  # repeated temporal sampling: (B, R, ...) -> B * R clips, each with its own mask
             videos = videos.flatten(0, 1)
@@ -86,24 +85,24 @@ class PretrainTask(Task):
     def run_info(self) -> dict[str, Any]:
         return {"list_file": self.list_file}
 
-    def describe(self, trainer: Trainer) -> str:
+    def describe(self, run: RunContext) -> str:
         repeats = f" x {self.cfg.data.num_repeats} clips" if self.cfg.data.num_repeats > 1 else ""
-        return (f"{len(self.dataset)} videos, {trainer.world} rank(s), batch {trainer.micro}{repeats} x "
-                f"{trainer.accum} x {trainer.world} = {trainer.total_batch}, peak lr {trainer.peak_lr:.3g}, "
-                f"{trainer.steps_per_epoch} steps/epoch, output {trainer.out_dir}")
+        return (f"{len(self.dataset)} videos, {run.world} rank(s), batch {run.micro}{repeats} x "
+                f"{run.accum} x {run.world} = {run.total_batch}, peak lr {run.peak_lr:.3g}, "
+                f"{run.steps_per_epoch} steps/epoch, output {run.out_dir}")
 
-    def on_checkpoint(self, trainer: Trainer, tag: str) -> None:
+    def on_checkpoint(self, run: RunContext, tag: str) -> None:
         if self.figure is None or not self.cfg.run.visualize:
             return
         # under ZeRO-3 every rank takes part in gathering the weights, and rank 0 draws with a full copy
-        module = ckpt.gathered_module(trainer.engine, lambda: build_pretrain_model(**model_kwargs(self.cfg)))
+        module = ckpt.gathered_module(run.engine, lambda: build_pretrain_model(**model_kwargs(self.cfg)))
         if not dist_utils.is_main():
             return
         try:
             video = self.cfg.data.vis_video or self._first_video()
-            self.figure(module, self.cfg, video, trainer.out_dir / "vis" / f"{tag}.png")
+            self.figure(module, self.cfg, video, run.out_dir / "vis" / f"{tag}.png")
         except Exception as exc:  # a figure must never kill a training run
-            trainer.log.info(f"warning: reconstruction figure for {tag} failed: {type(exc).__name__}: {exc}")
+            run.log.info(f"warning: reconstruction figure for {tag} failed: {type(exc).__name__}: {exc}")
 
     def _first_video(self) -> str:
         d = self.cfg.data

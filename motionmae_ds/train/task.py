@@ -1,31 +1,42 @@
-"""What a task hands the training loop (``engine/trainer.py``): the hooks where pretraining and finetuning differ,
-and the position and step context the loop passes back to them."""
+"""What a task hands the training loop (``train/trainer.py``), and what the loop hands back to it: the hooks where
+pretraining and finetuning differ, the run context they receive and the step context of one micro-step.
+
+The hooks see a ``RunContext`` (the engine, where the run writes, its batch layout), never the trainer, so a task
+depends on nothing of the loop but these types and the ``TrainState`` it is told its position with.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from motionmae_ds.train.logging import RunLogger
+from motionmae_ds.train.state import TrainState
 from motionmae_ds.train.throughput import FlopCounter
 
-if TYPE_CHECKING:  # the trainer imports this module; the hooks only name its type
-    from motionmae_ds.train.trainer import Trainer
+# what a task's loss returns: (loss to backpropagate, the statistics of ``stat_names`` as detached scalars,
+# clips in the batch)
+LossResult = tuple[torch.Tensor, list[torch.Tensor], int]
 
 
 @dataclass
-class Position:
-    """Where the run is: epochs and optimizer steps completed, micro-batches done in the current epoch."""
-    epoch: int = 0
-    step: int = 0
-    micro_in_epoch: int = 0
-    epoch_bad: int = 0
-    epoch_seen: int = 0
-
-    def next_epoch(self) -> None:
-        self.epoch, self.micro_in_epoch, self.epoch_bad, self.epoch_seen = self.epoch + 1, 0, 0, 0
+class RunContext:
+    """The run as a task's hooks see it, once the engine exists."""
+    engine: Any
+    device: torch.device
+    rank: int
+    world: int
+    out_dir: Path
+    log: RunLogger
+    micro: int            # clips (videos, before repeats) per rank and micro-batch
+    accum: int            # micro-batches per optimizer step
+    total_batch: int      # micro x accum x world
+    peak_lr: float
+    steps_per_epoch: int
 
 
 @dataclass
@@ -69,11 +80,11 @@ class Task:
     def flop_counter(self) -> FlopCounter:
         raise NotImplementedError
 
-    def setup(self, trainer: "Trainer") -> None:
+    def setup(self, run: RunContext) -> None:
         """Called once the engine exists (masks, mixup, criterion, EMA)."""
 
-    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, list[torch.Tensor], int]:
-        """(loss to backpropagate, the statistics of ``stat_names`` as detached scalars, clips in the batch)."""
+    def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
+        """The micro-step's loss, its statistics and its clip count (``LossResult``)."""
         raise NotImplementedError
 
     def record(self, means: list[float]) -> dict[str, float]:
@@ -95,14 +106,14 @@ class Task:
     def startup_lines(self) -> list[str]:
         return []
 
-    def describe(self, trainer: "Trainer") -> str:
+    def describe(self, run: RunContext) -> str:
         return ""
 
-    def on_checkpoint(self, trainer: "Trainer", tag: str) -> None:
+    def on_checkpoint(self, run: RunContext, tag: str) -> None:
         """After a checkpoint is written, on every rank (figures)."""
 
-    def end_epoch(self, trainer: "Trainer", pos: Position, last: bool, summary: dict[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, state: TrainState, last: bool, summary: dict[str, Any]) -> None:
         """After an epoch's last step, before its checkpoint (validation)."""
 
-    def finish(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+    def finish(self, run: RunContext, summary: dict[str, Any]) -> None:
         """After the last epoch (the multi-view test)."""
