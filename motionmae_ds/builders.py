@@ -1,5 +1,5 @@
-"""Experiment config -> model, mask generator, datasets. The only place that maps config keys to the
-constructors of the models and data packages."""
+"""Experiment config -> model, encoder, mask generator, datasets, DeepSpeed engine. The only place that maps
+config keys to the constructors of the models and data packages."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from motionmae_ds.checkpoint import init_encoder
+from motionmae_ds.checkpoint import load_into
 from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import ListFormatError, read_list
@@ -18,7 +18,14 @@ from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
 from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.models.masking import build_decoder_mask
+from motionmae_ds.models.registry import resolve_size
+from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
 from motionmae_ds.runtime import distributed as dist_utils
+
+
+def in_chans(cfg: Any) -> int:
+    """Input channels of every model of ``cfg``: the data's normalisation has one mean per channel."""
+    return len(cfg.data.mean)
 
 
 def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -26,8 +33,8 @@ def model_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     m, t = cfg.model, cfg.targets
     return dict(
         name=m.name, num_frames=m.num_frames, img_size=m.img_size, patch_size=m.patch_size,
-        tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-        decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
+        tubelet_size=m.tubelet_size, in_chans=in_chans(cfg), embed_dim=m.embed_dim, depth=m.depth,
+        num_heads=m.num_heads, decoder_embed_dim=m.decoder_embed_dim, decoder_depth=m.decoder_depth,
         decoder_num_heads=m.decoder_num_heads, decoder_mode=m.decoder_mode, pos_embed=m.pos_embed,
         target=t.target, norm_target=t.norm_target, motion_granularity=t.motion_granularity,
         motion_signed=t.motion_signed, loss_type=t.loss_type, loss_weight_frame=t.loss_weight_frame,
@@ -41,27 +48,27 @@ def classifier_kwargs(cfg: Any) -> dict[str, Any]:
     m = cfg.model
     return dict(
         name=m.name, num_classes=m.num_classes, num_frames=m.num_frames, img_size=m.img_size,
-        patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim, depth=m.depth,
-        num_heads=m.num_heads, pos_embed=m.pos_embed, drop_path_rate=m.drop_path_rate,
+        patch_size=m.patch_size, tubelet_size=m.tubelet_size, in_chans=in_chans(cfg), embed_dim=m.embed_dim,
+        depth=m.depth, num_heads=m.num_heads, pos_embed=m.pos_embed, drop_path_rate=m.drop_path_rate,
         head_dropout=m.head_dropout, init_scale=m.init_scale, grad_checkpointing=m.grad_checkpointing)
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
-
+    """The pretraining model, its encoder from ``model.init_encoder`` when one is named."""
     try:
         model = build_pretrain_model(**model_kwargs(cfg))
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
     if cfg.model.init_encoder:
         try:
-            init_encoder(model, cfg.model.init_encoder)
+            load_into(model, cfg.model.init_encoder, "continue_pretraining")
         except Exception as exc:  # one line naming the source, whatever the format's loader raised
             raise ConfigError(f"{cfg.source}: model.init_encoder={cfg.model.init_encoder}: {exc}") from None
     return model
 
 
 def build_masker(cfg: PretrainConfig, grid: tuple[int, int, int]) -> Any:
-
+    """The encoder's mask generator of ``masking.kind`` / ``masking.ratio`` over the token ``grid``."""
     try:
         return build_mask_generator(kind=cfg.masking.kind, grid=grid, ratio=cfg.masking.ratio)
     except ValueError as exc:
@@ -153,7 +160,7 @@ def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callab
 
 
 def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
-
+    """The pretraining dataset over ``list_file`` (or the configured shards)."""
     records, dataset_class = training_records(cfg, list_file, f"data.list_file={list_file}")
     d = cfg.data
     try:
@@ -175,6 +182,21 @@ def build_finetune_model(cfg: Any) -> nn.Module:
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
     return LinearProbe(clf, cfg.finetune.probe_norm) if cfg.finetune.linear_probe else clf
+
+
+def build_encoder(cfg: Any) -> VisionTransformerEncoder:
+    """The pretraining encoder (with its final norm) of a ``FinetuneConfig``'s model section, randomly
+    initialised: what frozen-feature evaluations (features, k-NN, VOS) run."""
+    kw = classifier_kwargs(cfg)
+    try:
+        size = resolve_size(kw["name"], kw["embed_dim"], kw["depth"], kw["num_heads"])
+        encoder = VisionTransformerEncoder(kw["num_frames"], kw["img_size"], kw["patch_size"], kw["tubelet_size"],
+                                           kw["in_chans"], size.embed_dim, size.depth, size.num_heads,
+                                           pos_embed=kw["pos_embed"])
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: model: {exc}") from None
+    encoder.apply(init_vit_weights)
+    return encoder
 
 
 def classifier_of(model: nn.Module) -> nn.Module:

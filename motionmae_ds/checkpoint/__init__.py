@@ -5,7 +5,7 @@ directories (hf). Tools call this package; it never imports them.
 
     from motionmae_ds import checkpoint as ckpt
     ckpt.save(engine, ckpt_dir, ckpt.tag_for(step), client_state)
-    report = ckpt.load_weights(classifier, "runs/pretrain/checkpoints")
+    report = ckpt.load_into(classifier, "runs/pretrain/checkpoints", "finetune")
 """
 from motionmae_ds.checkpoint import hf
 from motionmae_ds.checkpoint.engine_io import gathered_module, load_latest, rng_state, save, set_rng_state
@@ -22,6 +22,8 @@ from motionmae_ds.checkpoint.layout import (
     UNIVERSAL_SUFFIX,
     CheckpointError,
     IncompleteCheckpointError,
+    WeightsDoNotFitError,
+    find_run_dir,
     is_complete,
     is_universal,
     list_tags,
@@ -36,10 +38,10 @@ from motionmae_ds.checkpoint.layout import (
 )
 from motionmae_ds.checkpoint.universal import prepare_resume, rescale_micro_in_epoch, to_universal
 from motionmae_ds.checkpoint.weights import (
+    PURPOSES,
     LoadReport,
     encoder_weights,
-    init_encoder,
-    load_weights,
+    load_into,
     normalise_names,
     read_weights,
 )
@@ -47,11 +49,11 @@ from motionmae_ds.checkpoint.zero import fp32_state_dict, load_model_states, mod
 
 __all__ = [
     "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
-    "OLD_PREFIX", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
-    "CheckpointError", "IncompleteCheckpointError", "LoadReport",
-    "encoder_weights", "fp32_state_dict", "gathered_module", "hf", "init_encoder", "is_complete", "is_universal", "list_tags",
-    "load_latest", "load_model_states", "load_weights", "module_weights", "normalise_names", "prepare_resume",
-    "prune", "read_client_state", "read_latest", "read_pointer", "read_weights", "remove_stale",
+    "OLD_PREFIX", "PURPOSES", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
+    "CheckpointError", "IncompleteCheckpointError", "LoadReport", "WeightsDoNotFitError",
+    "encoder_weights", "find_run_dir", "fp32_state_dict", "gathered_module", "hf", "is_complete", "is_universal",
+    "list_tags", "load_into", "load_latest", "load_model_states", "module_weights", "normalise_names",
+    "prepare_resume", "prune", "read_client_state", "read_latest", "read_pointer", "read_weights", "remove_stale",
     "rescale_micro_in_epoch", "resolve", "rng_state", "save", "saved_world_size", "set_rng_state", "tag_for",
     "to_universal", "write_latest",
 ]

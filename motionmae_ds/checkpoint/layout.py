@@ -46,6 +46,11 @@ class CheckpointError(ValueError):
     """A path or file that is not a usable checkpoint; the message names it and the problem in one line."""
 
 
+class WeightsDoNotFitError(CheckpointError):
+    """The source was read, but its weights do not fill the model as the purpose of the load asks; the
+    message starts with the source."""
+
+
 class IncompleteCheckpointError(CheckpointError, FileNotFoundError):
     """``latest`` names a tag whose directory is missing or half written."""
 
@@ -75,7 +80,6 @@ def is_universal(tag_dir: str | Path) -> bool:
 
 def has_zero_shards(tag_dir: str | Path) -> bool:
     return any(Path(tag_dir).glob(ZERO_SHARDS))
-
 
 
 def saved_world_size(ckpt_dir: str | Path, tag: str) -> Optional[int]:
@@ -169,6 +173,16 @@ def resolve(path: str | Path, tag: Optional[str] = None) -> tuple[Path, str]:
     if not is_complete(path / tag):
         raise CheckpointError(f"{path / tag}: incomplete checkpoint (no {MODEL_STATES})")
     return path, tag
+
+
+def find_run_dir(path: str | Path) -> Optional[Path]:
+    """The run directory (the one holding ``config.yaml``) of a run, checkpoint or tag directory or of a file in
+    one of them; None when there is none."""
+    path = Path(path)
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / RUN_CONFIG).is_file():
+            return candidate
+    return None
 
 
 # -- cleaning up ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Weights from every source we accept, into a classifier (finetuning) or a pretraining model's encoder.
+"""Weights from every source we accept, into a model for one purpose: ``load_into(model, source, purpose)``.
 
 Sources (``read_weights``): a run directory, a DeepSpeed checkpoint directory (``latest`` + tags, written at
 any ZeRO world size, universal or not) or one tag directory; our ``.pth``/``.safetensors`` exports or a
@@ -10,8 +10,8 @@ dropped on purpose; what is left over is reported as missing/unexpected, never s
 Positional tables: ours are fixed sinusoids rebuilt from the token grid, so they are not weights and need
 no conversion when frames or resolution change; but a weight only fits the kind of table it was trained
 with, so a run's recorded ``model.pos_embed`` must match. A *learned* ``pos_embed`` in a checkpoint is
-resampled trilinearly over (t, h, w) to the model's grid and copied into the model's table, which is then
-made part of the state dict so a finetuned checkpoint keeps it.
+resampled trilinearly over (t, h, w) to the model's grid and copied into the model's table, which then
+joins the state dict so a finetuned checkpoint keeps it.
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from motionmae_ds.checkpoint.layout import (
     STRIP_PREFIXES,
     WRAPPER_KEYS,
     CheckpointError,
+    WeightsDoNotFitError,
+    find_run_dir,
     first_line,
     has_zero_shards,
     is_universal,
@@ -49,6 +51,7 @@ from motionmae_ds.checkpoint.zero import (
     module_weights,
     torch_load,
 )
+from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.models.pos_embed import resample_pos_embed
 
 # the run config that our safetensors exports carry in their metadata
@@ -64,9 +67,14 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    weights: str = ""     # which copy of the source was read (file, hf, fp32 master, module)
+    whole: bool = False   # the source held the model's own names and was loaded as it is
 
     def summary(self) -> str:
-        """A few lines: counts, then every missing/unexpected/mismatched name (these are what users check)."""
+        """One line for a whole load; else a few lines: counts, then every missing/unexpected/mismatched name
+        (these are what users check)."""
+        if self.whole:
+            return f"loaded {len(self.loaded)} tensors from {self.source} ({self.weights})"
         lines = [f"loaded {len(self.loaded)} tensors from {self.source}; dropped {len(self.dropped)} "
                  f"(decoder/head/pretraining norm); missing {len(self.missing)}; unexpected "
                  f"{len(self.unexpected)}; shape mismatch {len(self.mismatched)}"]
@@ -149,14 +157,14 @@ def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, to
 
 def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:
     """The run's resolved config.yaml next to its checkpoints, for model states that do not carry one."""
-    for candidate in (ckpt_dir / RUN_CONFIG, ckpt_dir.parent / RUN_CONFIG, ckpt_dir.parent.parent / RUN_CONFIG):
-        if candidate.is_file():
-            try:
-                data = yaml.safe_load(candidate.read_text())
-            except yaml.YAMLError:
-                return None
-            return data if isinstance(data, dict) else None
-    return None
+    run_dir = find_run_dir(ckpt_dir)
+    if run_dir is None:
+        return None
+    try:
+        data = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -214,20 +222,53 @@ def _check_pos_kind(model: nn.Module, config: Optional[Mapping[str, Any]], sourc
                               f"{ours}; set model.pos_embed={theirs}")
 
 
-# -- a classifier -----------------------------------------------------------------------------------------
+# -- into a model ---------------------------------------------------------------------------------------
 
-def load_weights(model: nn.Module, source: str | Path, keep_head: bool = False,
-                 log: Optional[Callable[[str], None]] = None) -> LoadReport:
-    """Load encoder weights (and, with ``keep_head``, a fitting head) from ``source`` into ``model``.
+# what a load is for -> what it loads into and how strict it is (see ``load_into``)
+PURPOSES = ("finetune", "finetune_with_head", "evaluate", "frozen_encoder", "continue_pretraining")
 
-    ``model`` is a ``VideoClassifier`` (names ``patch_embed``, ``blocks.{i}``, ``fc_norm``, ``head``).
+
+def load_into(model: nn.Module, source: str | Path, purpose: str,
+              log: Optional[Callable[[str], None]] = None) -> LoadReport:
+    """Load the weights of ``source`` (any source ``read_weights`` accepts) into ``model`` for ``purpose``:
+
+    - ``finetune``: ``model`` is a ``VideoClassifier``; the encoder is taken, decoders, the pretraining norm
+      and the head are dropped, what does not fit is reported (missing/unexpected/mismatched), not raised;
+      a source of which nothing fits is an error.
+    - ``finetune_with_head``: as ``finetune``, and a head of the model's shape is kept.
+    - ``evaluate``: ``model`` (a classifier or a ``LinearProbe``) must come out whole: a run's own names load as
+      they are, any other source through the ``finetune_with_head`` rules, and must fill every tensor.
+    - ``frozen_encoder``: ``model`` is a ``VisionTransformerEncoder`` with its final norm; every tensor of the
+      source must fit it exactly; a source without the norm (a finetuned classifier) leaves a fresh one.
+    - ``continue_pretraining``: as ``frozen_encoder``, into ``model.encoder`` of a pretraining model.
+
+    Raises ``CheckpointError`` for a source that cannot be read, ``WeightsDoNotFitError`` for one whose weights
+    do not fill the model as the purpose asks.
     """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose={purpose!r} is not one of {', '.join(PURPOSES)}")
     raw, info = read_weights(source)
+    if purpose in ("frozen_encoder", "continue_pretraining"):
+        report = _load_encoder(model.encoder if purpose == "continue_pretraining" else model, raw, info, source)
+    elif purpose == "evaluate":
+        report = _load_whole_classifier(model, raw, info, source)
+    else:
+        report = _load_classifier(model, raw, info, source, keep_head=purpose == "finetune_with_head")
+        if not report.loaded:
+            raise WeightsDoNotFitError(f"{source}: no weight matched the model\n{report.summary()}")
+    if log is not None:
+        log(report.summary())
+    return report
+
+
+def _load_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], info: dict[str, Any], source: str | Path,
+                     keep_head: bool) -> LoadReport:
+    """Encoder weights (and, with ``keep_head``, a fitting head) into a ``VideoClassifier`` (names
+    ``patch_embed``, ``blocks.{i}``, ``fc_norm``, ``head``)."""
     _check_pos_kind(model, info["config"], source)
     state, dropped = normalise_names(raw)
-    report = LoadReport(source=str(source), dropped=dropped)
-    if info.get("weights"):
-        report.notes.append(f"weights: {info['weights']}")
+    report = LoadReport(source=str(source), dropped=dropped, weights=info.get("weights", info["kind"]),
+                        notes=[f"weights: {info['weights']}"] if info.get("weights") else [])
     own = model.state_dict()
     usable: dict[str, torch.Tensor] = {}
     for name, value in state.items():
@@ -259,8 +300,34 @@ def load_weights(model: nn.Module, source: str | Path, keep_head: bool = False,
     new_parts = sorted({k.split(".")[0] for k in result.missing_keys if k.startswith(fresh)})
     if new_parts:
         report.notes.append(f"freshly initialised: {', '.join(new_parts)}")
-    if log is not None:
-        log(report.summary())
+    return report
+
+
+def _load_whole_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], info: dict[str, Any],
+                           source: str | Path) -> LoadReport:
+    """A finetune run's weights under the model's own names (``LinearProbe`` included) as they are; any other
+    classifier checkpoint through the finetuning rules, head kept. Anything left unfilled is an error."""
+    own = model.state_dict()
+    if set(own) <= set(raw):
+        result = model.load_state_dict({k: raw[k] for k in own}, strict=False)
+        if result.missing_keys:
+            raise WeightsDoNotFitError(f"{source}: missing {', '.join(result.missing_keys)}")
+        # a table a finetune run loaded into a fixed-table buffer (a learned pos_embed) is saved with its
+        # weights; the model's own buffer is not part of its state dict, so it is filled here by name
+        tables = {name: buf for name, buf in model.named_buffers() if name not in own and name in raw}
+        for name, buf in tables.items():
+            if tuple(raw[name].shape) != tuple(buf.shape):
+                raise WeightsDoNotFitError(f"{source}: {name} has shape {tuple(raw[name].shape)}, the model "
+                                           f"{tuple(buf.shape)}")
+            with torch.no_grad():
+                buf.copy_(raw[name].to(buf.dtype))
+        return LoadReport(source=str(source), loaded=sorted(own) + sorted(tables), whole=True,
+                          weights=info.get("weights", info["kind"]))
+    if isinstance(model, LinearProbe):
+        raise WeightsDoNotFitError(f"{source}: not a linear-probe checkpoint (no probe_norm/backbone names)")
+    report = _load_classifier(model, raw, info, source, keep_head=True)
+    if report.missing or report.mismatched or any(n.startswith(HEAD_PREFIXES) for n in report.dropped):
+        raise WeightsDoNotFitError(f"{source}: does not hold a complete classifier\n{report.summary()}")
     return report
 
 
@@ -299,35 +366,35 @@ def _load_learned_pos(model: nn.Module, table: torch.Tensor, config: Optional[Ma
     resampled = resample_pos_embed(table, src, dst)
     with torch.no_grad():
         model.pos_embed.copy_(resampled.to(model.pos_embed.dtype))
-    # keep the learned table in this model's checkpoints (the sinusoid default is rebuilt, not stored)
-    model._non_persistent_buffers_set.discard("pos_embed")
+    # a learned table is a weight: register it again as a persistent buffer so that this model's checkpoints
+    # keep it (the fixed default is rebuilt from the grid, not stored)
+    model.register_buffer("pos_embed", model.pos_embed, persistent=True)
     report.loaded.append("pos_embed")
     how = "copied" if src == dst else f"resampled from grid {src} to {dst}"
     report.notes.append(f"learned pos_embed {how} into the model's table")
 
 
-# -- a pretraining model's encoder ------------------------------------------------------------------------
+# -- an encoder ---------------------------------------------------------------------------------------
 
-def init_encoder(model: nn.Module, source: str | Path) -> dict[str, list[str]]:
-    """Initialise a pretraining model's encoder (``model.encoder``) from ``source`` for continued pretraining.
-
-    Shapes must match exactly; a source without the final ``norm`` (a finetuned classifier) leaves the
-    model's fresh norm, and that is reported. Returns {"loaded", "missing", "dropped"}; anything else in the
-    source that has no place in the encoder is an error."""
-    raw, info = read_weights(source)
-    encoder = model.encoder
+def _load_encoder(encoder: nn.Module, raw: Mapping[str, torch.Tensor], info: dict[str, Any],
+                  source: str | Path) -> LoadReport:
+    """Shapes must match exactly; anything in the source with no place in the encoder is an error, and so is
+    a missing tensor other than the final ``norm`` (a finetuned classifier has none: the fresh one stays)."""
     _check_pos_kind(encoder, info["config"], source)
     state, dropped = encoder_weights(raw)
     where = info["where"]
     own = encoder.state_dict()
     unexpected = sorted(k for k in state if k not in own)
     if unexpected:
-        raise CheckpointError(f"{where}: tensors with no place in the encoder: {', '.join(unexpected)}")
+        raise WeightsDoNotFitError(f"{where}: tensors with no place in the encoder: {', '.join(unexpected)}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the encoder {tuple(own[k].shape)}")
+            raise WeightsDoNotFitError(f"{where}: {k} has shape {tuple(v.shape)}, the encoder {tuple(own[k].shape)}")
     result = encoder.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     missing = list(result.missing_keys)
     if [k for k in missing if not k.startswith("norm.")]:
-        raise CheckpointError(f"{where}: encoder weights missing: {', '.join(missing)}")
-    return {"loaded": sorted(state), "missing": missing, "dropped": dropped}
+        raise WeightsDoNotFitError(f"{where}: encoder weights missing: {', '.join(missing)}")
+    report = LoadReport(source=str(source), loaded=sorted(state), missing=missing, dropped=dropped,
+                        weights=info.get("weights", info["kind"]))
+    report.notes += [f"freshly initialised: {', '.join(sorted({k.split('.')[0] for k in missing}))}"] if missing else []
+    return report

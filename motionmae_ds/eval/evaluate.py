@@ -24,10 +24,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from motionmae_ds import checkpoint as ckpt
-from motionmae_ds.builders import build_finetune_model, build_split, classifier_of, resolve_lists
+from motionmae_ds.builders import build_finetune_model, build_split, resolve_lists
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.loader import DistributedSampler
-from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 
@@ -218,27 +217,14 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
 # -- saved weights ----------------------------------------------------------------------------------------
 
 def load_eval_weights(model: nn.Module, source: str | Path) -> str:
-    """Weights of a finetune run (exact module names, strict) or any classifier checkpoint (through the
-    checkpoint package's loader, head kept). Returns a one-line description for the log."""
+    """Weights of a finetune run (exact module names) or any classifier checkpoint (head kept) that fill the
+    whole model. Returns what was loaded, for the log."""
     try:
-        state, info = ckpt.read_weights(source)
-        own = model.state_dict()
-        if set(own) <= set(state):
-            if "pos_embed" in state:
-                # a run initialised from a learned table stored it; make this model's table a state entry too
-                classifier_of(model)._non_persistent_buffers_set.discard("pos_embed")
-            result = model.load_state_dict(state, strict=False)
-            if result.missing_keys:
-                raise ConfigError(f"--checkpoint {source}: missing {', '.join(result.missing_keys)}")
-            return f"loaded {len(own)} tensors from {source} ({info.get('weights', info['kind'])})"
-        if isinstance(model, LinearProbe):
-            raise ConfigError(f"--checkpoint {source}: not a linear-probe checkpoint (no probe_norm/backbone names)")
-        report = ckpt.load_weights(model, source, keep_head=True)
+        return ckpt.load_into(model, source, "evaluate").summary()
+    except ckpt.WeightsDoNotFitError as exc:  # its message starts with the source
+        raise ConfigError(f"--checkpoint {exc}") from None
     except ckpt.CheckpointError as exc:
         raise ConfigError(f"--checkpoint: {exc}") from None
-    if report.missing or report.mismatched or any(n.startswith("head.") for n in report.dropped):
-        raise ConfigError(f"--checkpoint {source}: does not hold a complete classifier\n{report.summary()}")
-    return report.summary()
 
 
 def evaluate_checkpoint(cfg: FinetuneConfig, source: str | Path, output_dir: str | Path,

@@ -1,9 +1,10 @@
 """Frozen-encoder features: the encoder of any weight source, and per-video feature extraction over a list.
 
 The encoder is the pretraining one (patch embedding, blocks, final LayerNorm), sized by a finetuning config's
-``model`` section and filled by ``checkpoint.init_encoder`` from any source the project reads (run dir,
-DeepSpeed checkpoint of any world size, our or VideoMAE's ``.pth``/safetensors, a Hugging Face VideoMAE
-directory). A source without the final norm (a finetuned classifier) keeps a fresh, affine-free one.
+``model`` section (``builders.build_encoder``) and filled by ``checkpoint.load_into(..., "frozen_encoder")``
+from any source the project reads (run dir, DeepSpeed checkpoint of any world size, our or VideoMAE's
+``.pth``/safetensors, a Hugging Face VideoMAE directory). A source without the final norm (a finetuned
+classifier) keeps a fresh, affine-free one.
 
 Extraction reads each video as the finetuning job's validation split does (``builders.build_split(cfg,
 list, "val")``: the config's clip sampling, resize and centre crop), runs the encoder and writes, per video,
@@ -27,16 +28,14 @@ from typing import Any, Optional
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from motionmae_ds import checkpoint as ckpt
-from motionmae_ds.builders import build_split, classifier_kwargs, resolve_lists
+from motionmae_ds.builders import build_encoder, build_split, resolve_lists
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.datasets import DataLoadError
-from motionmae_ds.models.registry import resolve_size
-from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
+from motionmae_ds.models.vit import VisionTransformerEncoder
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 
@@ -50,45 +49,24 @@ _RUNTIME_KEYS = ("num_workers", "loader_timeout_s", "max_bad_fraction", "cache_d
 
 # -- the encoder ------------------------------------------------------------------------------------------
 
-def build_frozen_encoder(cfg: FinetuneConfig) -> VisionTransformerEncoder:
-    """The pretraining encoder (with its final norm) of the config's model section, randomly initialised."""
-    kw = classifier_kwargs(cfg)
-    try:
-        size = resolve_size(kw["name"], kw["embed_dim"], kw["depth"], kw["num_heads"])
-        encoder = VisionTransformerEncoder(kw["num_frames"], kw["img_size"], kw["patch_size"], kw["tubelet_size"],
-                                           3, size.embed_dim, size.depth, size.num_heads, pos_embed=kw["pos_embed"])
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.source}: model: {exc}") from None
-    encoder.apply(init_vit_weights)
-    return encoder
-
-
-class _Holder(nn.Module):
-    """``checkpoint.init_encoder`` fills ``model.encoder``."""
-
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-
 def load_frozen_encoder(cfg: FinetuneConfig, source: Optional[str | Path], seed: int = 0
                         ) -> tuple[VisionTransformerEncoder, str]:
     """(encoder in eval mode, one line saying what was loaded). ``source`` None or "none": random init,
     drawn from ``seed``."""
     torch.manual_seed(seed)
-    encoder = build_frozen_encoder(cfg)
+    encoder = build_encoder(cfg)
     if source is None or str(source) == "none":
         message = f"random init (seed {seed})"
     else:
         if not Path(source).exists():
             raise ConfigError(f"--checkpoint {source}: no such file or directory")
         try:
-            report = ckpt.init_encoder(_Holder(encoder), source)
+            report = ckpt.load_into(encoder, source, "frozen_encoder")
         except (ckpt.CheckpointError, OSError) as exc:
             raise ConfigError(f"--checkpoint {source}: {exc}") from None
-        message = f"{source}: loaded {len(report['loaded'])} encoder tensors"
-        if report["missing"]:
-            message += f"; fresh {', '.join(sorted({k.split('.')[0] for k in report['missing']}))}"
+        message = f"{source}: loaded {len(report.loaded)} encoder tensors"
+        if report.missing:
+            message += f"; fresh {', '.join(sorted({k.split('.')[0] for k in report.missing}))}"
     encoder.requires_grad_(False)
     return encoder.eval(), message
 

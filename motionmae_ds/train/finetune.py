@@ -73,13 +73,13 @@ class FinetuneTask(Task):
         init = self.cfg.finetune.init
         if init.lower() == "none":
             return None
+        purpose = "finetune_with_head" if self.cfg.finetune.init_keep_head else "finetune"
         try:
-            report = ckpt.load_weights(classifier_of(model), init, keep_head=self.cfg.finetune.init_keep_head)
+            report = ckpt.load_into(classifier_of(model), init, purpose)
+        except ckpt.WeightsDoNotFitError as exc:  # its message starts with the source: init
+            raise ConfigError(f"{self.cfg.source}: finetune.init={exc}") from None
         except ckpt.CheckpointError as exc:
             raise ConfigError(f"{self.cfg.source}: finetune.init: {exc}") from None
-        if not report.loaded:
-            raise ConfigError(f"{self.cfg.source}: finetune.init={init}: no weight matched the model\n"
-                              + report.summary())
         return report.summary()
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Run by the tests under the real `deepspeed` launcher: train a tiny MotionMAE a few steps with the engine's
 own pieces (model, param groups, AdamW, ds_config batch filling, atomic checkpoint save) and save a ZeRO-2
 checkpoint; or load the latest checkpoint (universal or not, ZeRO-2 or ZeRO-3 by --deepspeed_config) and dump
-every parameter's gathered fp32 master and Adam moments. Independent of the data pipeline, so the checkpoint tests only need models + engine + DeepSpeed.
+every parameter's gathered fp32 master and Adam moments. Independent of the data pipeline, so the checkpoint
+tests only need models + engine + DeepSpeed.
 
     deepspeed --num_gpus 2 tests/checkpoint/ds_worker.py save --config C --ckpt_dir D --steps 3 [--classifier]
     deepspeed --num_gpus 1 tests/checkpoint/ds_worker.py dump --config C --ckpt_dir D --out state.pt

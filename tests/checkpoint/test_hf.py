@@ -7,7 +7,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
-from motionmae_ds.checkpoint import CheckpointError, init_encoder
+from motionmae_ds.checkpoint import CheckpointError, load_into
 from motionmae_ds.checkpoint.hf import encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.tools.convert import export, videos_to_hf
@@ -120,8 +120,8 @@ def test_hf_pretraining_directory_initialises_our_encoder(tmp_path, qv_bias):
     assert dropped and sorted(in_memory) == sorted(state)
     assert all(torch.equal(in_memory[k], state[k]) for k in state)
     model = build_pretrain_model(**kwargs, **DEC).eval()
-    report = init_encoder(model, tmp_path / "hf_pre")
-    assert report["missing"] == []
+    report = load_into(model, tmp_path / "hf_pre", "continue_pretraining")
+    assert report.missing == []
     videos = clip(2)
     with torch.no_grad():
         theirs = hf.videomae(videos_to_hf(videos)).last_hidden_state

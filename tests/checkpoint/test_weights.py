@@ -1,5 +1,6 @@
-"""Loading pretrained weights into the classifier (ckpt.load_weights): VideoMAE names, prefixes, DeepSpeed
-checkpoints, pos tables; and into a pretraining model's encoder (ckpt.init_encoder, model.init_encoder)."""
+"""Loading pretrained weights (ckpt.load_into) into the classifier: VideoMAE names, prefixes, DeepSpeed
+checkpoints, pos tables; into a pretraining model's encoder (continue_pretraining, model.init_encoder); and
+for evaluation and frozen features."""
 import argparse
 import json
 import textwrap
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from motionmae_ds.builders import build_model
-from motionmae_ds.checkpoint import MODEL_STATES, CheckpointError, init_encoder, load_weights, read_weights
+from motionmae_ds.checkpoint import MODEL_STATES, CheckpointError, load_into, read_weights
 from motionmae_ds.checkpoint.hf import save_hf_videomae
 from motionmae_ds.config import load_pretrain_config
 from motionmae_ds.models import build_classifier, build_pretrain_model
@@ -47,7 +48,7 @@ def test_videomae_pretrain_checkpoint_loads_encoder_and_reports(tmp_path):
     dst = _clf(seed=2)
     head_before = dst.head.weight.detach().clone()
     logs = []
-    report = load_weights(dst, path, log=logs.append)
+    report = load_into(dst, path, "finetune", log=logs.append)
     for name, value in src.state_dict().items():
         if name.startswith(("head.", "fc_norm.")) or name == "blocks.1.mlp.fc2.bias":
             continue
@@ -69,7 +70,7 @@ def test_videomae_finetune_names_with_prefixes(tmp_path, wrapper, prefix):
     torch.save({wrapper: state}, path)
 
     dst = _clf(num_classes=5, seed=4)
-    report = load_weights(dst, path)
+    report = load_into(dst, path, "finetune")
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert {"head.weight", "head.bias"} <= set(report.dropped)
     assert torch.equal(dst.blocks[1].attn.q_bias, src.blocks[1].attn.q_bias)
@@ -77,10 +78,10 @@ def test_videomae_finetune_names_with_prefixes(tmp_path, wrapper, prefix):
 
     # keep_head: same class count loads the head; another class count is reported and left fresh
     same = _clf(num_classes=7, seed=5)
-    assert load_weights(same, path, keep_head=True).missing == []
+    assert load_into(same, path, "finetune_with_head").missing == []
     assert torch.equal(same.head.weight, src.head.weight)
     other = _clf(num_classes=5, seed=5)
-    report = load_weights(other, path, keep_head=True)
+    report = load_into(other, path, "finetune_with_head")
     assert "head.weight" in report.dropped and any("does not fit" in n for n in report.notes)
 
 
@@ -91,7 +92,7 @@ def test_shape_mismatch_is_reported_not_loaded(tmp_path):
     torch.save(state, tmp_path / "x.pth")
     dst = _clf(seed=2)
     before = dst.patch_embed.proj.weight.detach().clone()
-    report = load_weights(dst, tmp_path / "x.pth")
+    report = load_into(dst, tmp_path / "x.pth", "finetune")
     assert report.mismatched == ["patch_embed.proj.weight (48, 3, 4, 16, 16) vs model (48, 3, 2, 16, 16)"]
     assert torch.equal(dst.patch_embed.proj.weight, before)
 
@@ -104,7 +105,7 @@ def test_learned_pos_embed_is_resampled_in_3d(tmp_path):
     state["pos_embed"] = t_vals.expand(2, 4, 4, 48).reshape(1, 32, 48).clone()
     torch.save({"model": state}, tmp_path / "learned.pth")
     dst = _clf(seed=2)  # 32 px / 16 -> (2, 2, 2) grid
-    report = load_weights(dst, tmp_path / "learned.pth")
+    report = load_into(dst, tmp_path / "learned.pth", "finetune")
     assert "pos_embed" in report.loaded and any("(2, 4, 4) to (2, 2, 2)" in n for n in report.notes)
     table = dst.pos_embed.reshape(2, 2, 2, 48)
     assert torch.allclose(table[0], torch.arange(48.0).expand(2, 2, 48))
@@ -114,16 +115,16 @@ def test_learned_pos_embed_is_resampled_in_3d(tmp_path):
 
 def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
-        load_weights(_clf(), tmp_path / "missing.pth")
+        load_into(_clf(), tmp_path / "missing.pth", "finetune")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a run directory"):
-        load_weights(_clf(), tmp_path / "empty")
+        load_into(_clf(), tmp_path / "empty", "finetune")
     (tmp_path / "junk.pth").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pth"):
-        load_weights(_clf(), tmp_path / "junk.pth")
+        load_into(_clf(), tmp_path / "junk.pth", "finetune")
     torch.save({"epoch": 3}, tmp_path / "nostate.pth")
     with pytest.raises(CheckpointError, match="no state dict"):
-        load_weights(_clf(), tmp_path / "nostate.pth")
+        load_into(_clf(), tmp_path / "nostate.pth", "finetune")
 
 
 _SAVE_SCRIPT = textwrap.dedent("""
@@ -162,7 +163,7 @@ def test_deepspeed_checkpoint_of_two_ranks_gives_exact_fp32_encoder(tmp_path):
     reference = torch.load(ref)
 
     dst = build_classifier(num_classes=3, **TINY)
-    report = load_weights(dst, tmp_path / "run")  # the run dir (latest -> tag)
+    report = load_into(dst, tmp_path / "run", "finetune")  # the run dir (latest -> tag)
     assert report.missing == [] and report.unexpected == [] and "fp32 master" in report.summary()
     for name, value in dst.state_dict().items():
         if not name.startswith(("head.", "fc_norm.")):
@@ -194,9 +195,9 @@ def test_pos_embed_kind_of_the_pretraining_run_must_match(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"pos_embed": "sincos_3d"}}))
     with pytest.raises(CheckpointError, match=r"pretrained with model.pos_embed=sincos_3d, this model uses "
                                                   r"sincos_1d; set model.pos_embed=sincos_3d"):
-        load_weights(_clf(seed=2), tmp_path / "run")
+        load_into(_clf(seed=2), tmp_path / "run", "finetune")
     dst = _clf(seed=2, pos_embed="sincos_3d")
-    report = load_weights(dst, tmp_path / "run")
+    report = load_into(dst, tmp_path / "run", "finetune")
     assert "blocks.0.attn.qkv.weight" in report.loaded
     assert torch.equal(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
 
@@ -207,7 +208,7 @@ def test_hf_directory_initialises_the_classifier(tmp_path):
     save_hf_videomae(tmp_path / "hf", source.state_dict(), dict(TINY, num_classes=5))
     torch.manual_seed(1)
     target = build_classifier(num_classes=5, **TINY)
-    report = load_weights(target, tmp_path / "hf", keep_head=True)
+    report = load_into(target, tmp_path / "hf", "finetune_with_head")
     assert not report.missing, report.summary()
     for name, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[name], value), name
@@ -240,4 +241,55 @@ def test_init_encoder_refuses_another_pos_embed_kind(tmp_path):
     model = build_pretrain_model(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3, pos_embed="sincos_3d",
                                  **TINY)
     with pytest.raises(CheckpointError, match="pos_embed=sincos_1d, this model uses sincos_3d"):
-        init_encoder(model, tmp_path / "hf")
+        load_into(model, tmp_path / "hf", "continue_pretraining")
+
+
+def test_evaluate_loads_a_finetuned_learned_table_into_the_fixed_buffer(tmp_path):
+    """A classifier finetuned from a learned table saves it with its weights; evaluation loads the whole model
+    by name, the table included, although a fresh model's table is not part of its state dict."""
+    src = _clf(seed=1)
+    learned = torch.arange(8 * 48, dtype=torch.float32).reshape(1, 8, 48)
+    torch.save({"model": {**src.state_dict(), "pos_embed": learned}}, tmp_path / "learned.pth")
+    finetuned = _clf(seed=2)
+    load_into(finetuned, tmp_path / "learned.pth", "finetune_with_head")
+    torch.save({"module": finetuned.state_dict()}, tmp_path / "finetuned.pth")
+
+    evaluated = _clf(seed=3)
+    assert "pos_embed" not in evaluated.state_dict()
+    report = load_into(evaluated, tmp_path / "finetuned.pth", "evaluate")
+    assert report.whole and "pos_embed" in report.loaded
+    assert report.summary() == f"loaded {len(report.loaded)} tensors from {tmp_path / 'finetuned.pth'} (file)"
+    assert torch.equal(evaluated.pos_embed, learned)
+    for name, value in src.state_dict().items():
+        assert torch.equal(evaluated.state_dict()[name], value), name
+
+
+def test_evaluate_refuses_what_does_not_fill_the_classifier(tmp_path):
+    from motionmae_ds.checkpoint import WeightsDoNotFitError
+    from motionmae_ds.models.classifier import LinearProbe
+
+    src = _clf(seed=1)
+    torch.save(_videomae_pretrain_state(src), tmp_path / "pretrain.pth")  # no head: not a classifier
+    with pytest.raises(WeightsDoNotFitError, match=r"pretrain.pth: does not hold a complete classifier\n"):
+        load_into(_clf(seed=2), tmp_path / "pretrain.pth", "evaluate")
+    torch.save(src.state_dict(), tmp_path / "clf.pth")
+    with pytest.raises(WeightsDoNotFitError, match=r"clf.pth: not a linear-probe checkpoint"):
+        load_into(LinearProbe(_clf(seed=2)), tmp_path / "clf.pth", "evaluate")
+    with pytest.raises(WeightsDoNotFitError, match=r"clf.pth: no weight matched the model"):
+        load_into(_clf(seed=2, embed_dim=96, num_heads=3), tmp_path / "clf.pth", "finetune")
+    with pytest.raises(ValueError, match="purpose='classify' is not one of"):
+        load_into(_clf(), tmp_path / "clf.pth", "classify")
+
+
+def test_frozen_encoder_takes_a_pretraining_models_encoder(tmp_path):
+    from motionmae_ds.models.vit import VisionTransformerEncoder
+
+    torch.manual_seed(0)
+    donor = build_pretrain_model(decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3, **TINY)
+    torch.save({"model": donor.state_dict()}, tmp_path / "donor.pth")
+    encoder = VisionTransformerEncoder(4, 32, 16, 2, 3, 48, 2, 3)
+    report = load_into(encoder, tmp_path / "donor.pth", "frozen_encoder")
+    assert report.missing == [] and len(report.loaded) == len(encoder.state_dict())
+    assert any(n.startswith("space_head.") for n in report.dropped)
+    for name, value in donor.encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name

@@ -3,7 +3,7 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors.torch import load_file
 
-from motionmae_ds.checkpoint import init_encoder, load_weights
+from motionmae_ds.checkpoint import load_into
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.tools.convert import export
 from tests.checkpoint.zero_runs import TINY_DECODER, TINY_ENCODER
@@ -58,7 +58,7 @@ def test_encoder_format_names_and_finetune_loader(zero2_pretrain, tmp_path):
     # the finetuning loader takes it: every encoder tensor lands, only fc_norm/head are new
     clf = build_classifier(name="vit_tiny", num_classes=3, num_frames=4, img_size=32, patch_size=16, tubelet_size=2,
                            embed_dim=48, depth=2, num_heads=3)
-    report = load_weights(clf, out)
+    report = load_into(clf, out, "finetune")
     assert report.missing == [] and report.unexpected == [] and report.mismatched == []
     assert report.dropped == ["norm.weight", "norm.bias"]
     for k, v in clf.state_dict().items():
@@ -67,8 +67,8 @@ def test_encoder_format_names_and_finetune_loader(zero2_pretrain, tmp_path):
 
     # and continued pretraining: a fresh MotionMAE's encoder becomes exactly these weights
     model = build_pretrain_model(**TINY_MODEL)
-    result = init_encoder(model, out)
-    assert result["missing"] == [] and len(result["loaded"]) == len(enc)
+    result = load_into(model, out, "continue_pretraining")
+    assert result.missing == [] and len(result.loaded) == len(enc)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, enc[k]), k
 
@@ -85,7 +85,7 @@ def test_classifier_checkpoint_plain_and_encoder(zero2_classifier, tmp_path):
     # a finetuned encoder has no pretraining norm: continued pretraining keeps the fresh one and says so
     model = build_pretrain_model(**TINY_MODEL)
     fresh_norm = model.encoder.norm.weight.clone()
-    result = init_encoder(model, enc)
-    assert result["missing"] == ["norm.weight", "norm.bias"]
+    result = load_into(model, enc, "continue_pretraining")
+    assert result.missing == ["norm.weight", "norm.bias"]
     assert torch.equal(model.encoder.norm.weight, fresh_norm)
     assert torch.equal(model.encoder.blocks[1].mlp.fc2.weight, state["blocks.1.mlp.fc2.weight"])
