@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from motionmae_ds.checkpoint.layout import RUN_CONFIG, find_run_dir
 from motionmae_ds.config import ConfigError, load_finetune_config
 from motionmae_ds.eval.evaluate import evaluate_checkpoint
 from motionmae_ds.runtime.cli import metrics_line, run_entry
@@ -40,11 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(checkpoint: Path) -> Path:
-    """The run directory a checkpoint path belongs to (where config.yaml sits)."""
-    for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    return checkpoint.parent if checkpoint.is_file() else checkpoint
+    """The run directory a checkpoint path belongs to, else the folder the path names (or sits in)."""
+    return find_run_dir(checkpoint) or (checkpoint.parent if checkpoint.is_file() else checkpoint)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if not checkpoint.exists():
             raise ConfigError(f"--checkpoint {checkpoint}: no such file or directory")
         run_dir = _run_dir(checkpoint)
-        config = args.config or run_dir / "config.yaml"
+        config = args.config or run_dir / RUN_CONFIG
         if not Path(config).is_file():
             raise ConfigError(f"--checkpoint {checkpoint}: no config.yaml in its run directory; pass --config")
         # the weights come from --checkpoint; the run's finetune.init is not read (it may no longer exist)

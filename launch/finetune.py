@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from motionmae_ds.checkpoint.layout import RUN_CHECKPOINTS
 from motionmae_ds.config import load_finetune_config
 from motionmae_ds.eval.evaluate import evaluate_checkpoint
 from motionmae_ds.runtime.cli import metrics_line, output_dir_of, run_entry, training_parser
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_finetune_config(args.config, args.set)
         if args.eval:
             out = output_dir_of(cfg, args.output_dir, "finetune")
-            metrics = evaluate_checkpoint(cfg, args.checkpoint or out / "checkpoints", out / "eval")
+            metrics = evaluate_checkpoint(cfg, args.checkpoint or out / RUN_CHECKPOINTS, out / "eval")
             print(metrics_line("test", metrics, out / "eval"), flush=True)
             return 0
         summary = run_finetuning(cfg, args.deepspeed_config, args.output_dir, resume=not args.no_resume)
