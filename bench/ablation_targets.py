@@ -72,7 +72,8 @@ def make_data(out: Path, num_videos: int, per_class: int) -> dict[str, str]:
             counts[label] += 1
             keep.append(line)
     if min(counts) < per_class:
-        raise SystemExit(f"--labelled_per_class={per_class}: the train split has only {min(counts)} clips of some class")
+        raise SystemExit(f"--labelled_per_class={per_class}: the train split has only {min(counts)} clips of some "
+                         f"class")
     labelled = out / "data" / f"train_labelled_{per_class}.txt"
     labelled.write_text("\n".join(keep) + "\n")
     return {"pretrain": lists["train"], "train": str(labelled), "val": lists["val"], "test": lists["test"]}
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    from motionmae_ds.checkpoint.layout import RUN_CHECKPOINTS
     from motionmae_ds.config import load_finetune_config, load_pretrain_config
     from motionmae_ds.runtime import distributed as dist_utils
     from motionmae_ds.train.finetune import run_finetuning
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_pretrain_config(ROOT / "configs" / "pretrain_demo.yaml",
                                            pretrain_overrides(args, lists, target, g, seed))
                 summary = run_pretraining(cfg, ds_config, run_dir / "pretrain", resume=False)
-                init = str(run_dir / "pretrain" / "checkpoints")
+                init = str(run_dir / "pretrain" / RUN_CHECKPOINTS)
                 print(f"{name} seed {seed}: pretrained, loss {summary['first_loss']:.4f} -> "
                       f"{summary['last_loss']:.4f}", flush=True)
             ft_cfg = load_finetune_config(ROOT / "configs" / "finetune_demo.yaml",
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(header + table)
     print(header + table, flush=True)
 
-    fm = out / f"frame_motion_seed{args.seeds[0]}" / "pretrain" / "checkpoints"
+    fm = out / f"frame_motion_seed{args.seeds[0]}" / "pretrain" / RUN_CHECKPOINTS
     if fm.is_dir():  # the figures come from the project's own tool, run as a user would
         import subprocess
 

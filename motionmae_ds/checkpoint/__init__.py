@@ -17,6 +17,8 @@ from motionmae_ds.checkpoint.layout import (
     LATEST_UNIVERSAL,
     MODEL_STATES,
     OLD_PREFIX,
+    RUN_CHECKPOINTS,
+    RUN_CONFIG,
     TAG_RE,
     TMP_PREFIX,
     UNIVERSAL_SUFFIX,
@@ -49,7 +51,7 @@ from motionmae_ds.checkpoint.zero import fp32_state_dict, load_model_states, mod
 
 __all__ = [
     "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
-    "OLD_PREFIX", "PURPOSES", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
+    "OLD_PREFIX", "PURPOSES", "RUN_CHECKPOINTS", "RUN_CONFIG", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
     "CheckpointError", "IncompleteCheckpointError", "LoadReport", "WeightsDoNotFitError",
     "encoder_weights", "find_run_dir", "fp32_state_dict", "gathered_module", "hf", "is_complete", "is_universal",
     "list_tags", "load_into", "load_latest", "load_model_states", "module_weights", "normalise_names",

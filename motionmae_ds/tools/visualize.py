@@ -139,7 +139,7 @@ def load_pretraining_checkpoint(checkpoint: str | Path, tag: Optional[str] = Non
     if "config" in states:
         cfg = config_from_dict(states["config"], origin=str(ckpt_dir / tag))
     else:
-        cfg = load_pretrain_config(ckpt_dir.parent / "config.yaml")
+        cfg = load_pretrain_config(ckpt_dir.parent / ckpt.RUN_CONFIG)
     model = build_model(cfg)
     # module weights are bf16 copies of the fp32 master; plenty for a figure
     model.load_state_dict(ckpt.module_weights(states, str(ckpt_dir / tag)))

@@ -10,6 +10,8 @@ from typing import Any, Optional
 import yaml
 from tqdm import tqdm
 
+from motionmae_ds.checkpoint.layout import RUN_CONFIG
+
 
 class RunLogger:
     """Writes nothing on ranks other than 0, so callers need no rank checks. Console lines work at once; the
@@ -60,7 +62,7 @@ class RunLogger:
         if not self.enabled:
             return
         data = dict(config)
-        with open(self.out_dir / "config.yaml", "w") as f:
+        with open(self.out_dir / RUN_CONFIG, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
         if extra:
             with open(self.out_dir / "run_info.json", "w") as f:
