@@ -87,8 +87,9 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def output_dir_of(cfg: object, given: str | None, default_stem: str) -> Path:
-    """The run directory a command names: ``--output_dir``, else ``run.output_dir``, else runs/<config stem>."""
+def output_dir_of(cfg: object, given: str | Path | None, default_stem: str) -> Path:
+    """The run directory a command names: ``--output_dir``, else ``run.output_dir``, else runs/<config stem>
+    (``default_stem`` for a config not read from a YAML file). The trainer and the launchers both use this."""
     source = getattr(cfg, "source", "")
     stem = Path(source).stem if source.endswith((".yaml", ".yml")) else default_stem
     return Path(given or cfg.run.output_dir or Path("runs") / stem)
