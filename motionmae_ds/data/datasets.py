@@ -20,13 +20,12 @@ Item layout:
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from .decode import VideoDecodeError, VideoReader, read_frame_folder
+from .decode import VideoDecodeError, VideoReader, count_present_frames, read_frame_folder
 from .sampling import (
     SAMPLINGS,
     eval_indices,
@@ -52,15 +51,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, VideoDecodeError) and exc.reason:
         return exc.reason
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-
-
-def _count_folder_frames(dirpath: str, template: str, start: int) -> int:
-    if not os.path.isdir(dirpath):
-        raise VideoDecodeError(dirpath, "frame folder not found")
-    limit, count = len(os.listdir(dirpath)), 0
-    while count < limit and os.path.exists(os.path.join(dirpath, template.format(start + count))):
-        count += 1
-    return count
 
 
 class VideoClipDataset(Dataset):
@@ -153,7 +143,7 @@ class VideoClipDataset(Dataset):
         if record.num_frames is not None and int(record.num_frames) > 0:
             return int(record.num_frames)
         if reader is None:
-            n = _count_folder_frames(record.path, *self._frame_source(record))
+            n = count_present_frames(record.path, *self._frame_source(record))
         else:
             n = reader.num_frames - int(record.start)
         if n < 1:

@@ -214,11 +214,11 @@ class CleanSummary:
 
 def probe_record(record: VideoRecord, backend: str = "auto") -> tuple[int | None, str]:
     """(usable frame count from ``record.start`` on, note) or (None, reason). Decodes everything."""
-    from motionmae_ds.data.decode import VideoDecodeError, count_folder_frames, probe_video
+    from motionmae_ds.data.decode import VideoDecodeError, count_decodable_frames, probe_video
 
     try:
         if record.is_frame_dir:
-            total = count_folder_frames(record.path, record.frame_template, record.start)
+            total = count_decodable_frames(record.path, record.frame_template, record.start)
             return total, ""
         info = probe_video(record.path, backend)
         total = info.num_frames - record.start

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 import videos
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset
-from motionmae_ds.data.decode import VideoReader
+from motionmae_ds.data.decode import VideoReader, count_decodable_frames, count_present_frames
 from motionmae_ds.data.lists import VideoRecord, read_list
 from motionmae_ds.data.loader import collate_clips
 from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
@@ -227,7 +228,8 @@ def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders,
     lst = tmp_path / "frames.txt"
     lst.write_text(f"{spec['path']} {spec['num_frames']} 1\n")
     ref = videos.reference_folder_frames(spec["path"], range(spec["num_frames"]), spec["template"], spec["start"])
-    keys = [f"data.frame_template={spec['template']}", f"data.frame_start={spec['start']}", "data.list_format=frame_dir"]
+    keys = [f"data.frame_template={spec['template']}", f"data.frame_start={spec['start']}",
+            "data.list_format=frame_dir"]
     cfg = load_pretrain_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48", *keys])
     # pretraining: a random clip loads with nothing skipped (the default template would find no file)
     item = build_dataset(cfg, str(lst), mode="pretrain")[0]
@@ -247,3 +249,14 @@ def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders,
                       ("data.frame_start=-1", "data.frame_start=-1")):
         with pytest.raises(ConfigError, match=what):
             load_pretrain_config(None, [f"data.list_file={lst}", bad])
+
+
+def test_present_frames_are_counted_without_decoding(tmp_path):
+    """The dataset counts frame files that exist (cheap, per sample); the list scan counts those that decode."""
+    for i in range(1, 4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"img_{i:05d}.jpg")
+    (tmp_path / "img_00004.jpg").write_bytes(b"not an image")
+    (tmp_path / "img_00006.jpg").write_bytes(b"after a gap")
+    assert count_present_frames(tmp_path) == 4
+    assert count_decodable_frames(tmp_path) == 3
+    assert count_present_frames(tmp_path, start=5) == 0

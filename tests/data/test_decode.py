@@ -23,7 +23,7 @@ from motionmae_ds.data.decode import (
     VideoDecodeError,
     VideoReader,
     VideoSource,
-    count_folder_frames,
+    count_decodable_frames,
     count_frames,
     probe_video,
     read_frame_folder,
@@ -245,7 +245,7 @@ def test_frame_folders_equal_the_images(frame_folders):
         got = read_frame_folder(spec["path"], indices, spec["template"], spec["start"])
         ref = reference_folder_frames(spec["path"], indices, spec["template"], spec["start"])
         assert got.shape == (4, 48, 64, 3) and np.array_equal(got.numpy(), ref)
-        assert count_folder_frames(spec["path"], spec["template"], spec["start"]) == spec["num_frames"]
+        assert count_decodable_frames(spec["path"], spec["template"], spec["start"]) == spec["num_frames"]
 
 
 def test_frame_folder_errors_name_the_missing_frame(frame_folders, tmp_path):
@@ -258,7 +258,7 @@ def test_frame_folder_errors_name_the_missing_frame(frame_folders, tmp_path):
     with pytest.raises(VideoDecodeError, match="unreadable"):
         read_frame_folder(tmp_path, [0])
     with pytest.raises(VideoDecodeError, match="no readable frame"):
-        count_folder_frames(tmp_path)
+        count_decodable_frames(tmp_path)
 
 
 def test_indices_may_be_numpy_or_torch(good_videos, reference):

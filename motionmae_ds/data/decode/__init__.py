@@ -16,12 +16,12 @@ Modules: ``common`` (error, source, checks), ``pyav``, ``decord``, ``torchcodec`
 """
 from .common import DecodeCounter, Source, VideoDecodeError, VideoSource
 from .decord import DECORD_CODECS
-from .folders import count_folder_frames, read_frame_folder
+from .folders import count_decodable_frames, count_present_frames, read_frame_folder
 from .pyav import SEEKABLE_FORMATS
 from .reader import BACKENDS, VideoInfo, VideoReader, count_frames, probe_video, read_frames
 
 __all__ = [
     "BACKENDS", "DECORD_CODECS", "SEEKABLE_FORMATS", "DecodeCounter", "Source", "VideoDecodeError", "VideoInfo",
-    "VideoReader", "VideoSource", "count_folder_frames", "count_frames", "probe_video", "read_frame_folder",
-    "read_frames",
+    "VideoReader", "VideoSource", "count_decodable_frames", "count_frames", "count_present_frames", "probe_video",
+    "read_frame_folder", "read_frames",
 ]

@@ -34,15 +34,29 @@ def read_frame_folder(
         except FileNotFoundError:
             raise VideoDecodeError(dirpath, f"frame {i} missing: {os.path.basename(name)}") from None
         except Exception as exc:  # noqa: BLE001
-            raise VideoDecodeError(dirpath, f"frame {i} ({os.path.basename(name)}) unreadable: {one_line(exc)}") from None
+            raise VideoDecodeError(dirpath, f"frame {i} ({os.path.basename(name)}) unreadable: "
+                                            f"{one_line(exc)}") from None
     shapes = {f.shape for f in frames.values()}
     if len(shapes) > 1:
         raise VideoDecodeError(dirpath, f"frames differ in size: {sorted(shapes)}")
     return pick(frames, indices)
 
 
-def count_folder_frames(dirpath: str | os.PathLike, template: str = "img_{:05d}.jpg", start: int = 1) -> int:
-    """Consecutive readable images ``template.format(start), template.format(start + 1), ...``.
+def count_present_frames(dirpath: str | os.PathLike, template: str = "img_{:05d}.jpg", start: int = 1) -> int:
+    """Consecutive frame files ``template.format(start), template.format(start + 1), ...`` that exist (0 if
+    none), without opening them: cheap enough for every sample; an unreadable one fails when it is read."""
+    dirpath = str(dirpath)
+    if not os.path.isdir(dirpath):
+        raise VideoDecodeError(dirpath, "frame folder not found")
+    limit, count = len(os.listdir(dirpath)), 0
+    while count < limit and os.path.exists(os.path.join(dirpath, template.format(start + count))):
+        count += 1
+    return count
+
+
+def count_decodable_frames(dirpath: str | os.PathLike, template: str = "img_{:05d}.jpg", start: int = 1) -> int:
+    """Consecutive images ``template.format(start), template.format(start + 1), ...`` that decode: what a
+    list scan trusts.
 
     Stops at the first missing or undecodable file: frames after a gap cannot be addressed by index.
     """
