@@ -1,8 +1,8 @@
 """CPU-only speed paths of the ViT: attention as tiled matmuls and a softmax with a hand-written
 backward, and the tubelet embedding as one GEMM. Each computes exactly what the plain torch op it
-stands for computes (`F.scaled_dot_product_attention`, `nn.Conv3d`); they exist because on this
-2-core CPU the plain ops were measured slower (numbers in each docstring). The model modules pick
-them per call by device and dtype (models/vit.py); nothing here holds state."""
+stands for computes (`F.scaled_dot_product_attention`, `nn.Conv3d`), faster than that op on a CPU
+(each docstring says by how much; bench/model_step.py measures it). The model modules pick them per
+call by device and dtype (models/vit.py); nothing here holds state."""
 from __future__ import annotations
 
 from typing import Optional
@@ -107,16 +107,16 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def prefers_matmul_attention(q: torch.Tensor) -> bool:
-    """The "auto" rule: bf16 on the CPU only. There the fused SDPA kernel ran forward + backward at
-    1568 tokens about 1.4x slower than bf16 matmuls + softmax (bench/model_step.py,
+    """The "auto" rule: bf16 on the CPU only. There bf16 matmuls + softmax run forward + backward at
+    1568 tokens about 1.4x faster than the fused SDPA kernel (bench/model_step.py,
     docs/notes/model-step-speed.md), while in fp32, and on accelerators, the fused kernel wins."""
     return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
 def gemm_tubelet_embed(videos: torch.Tensor, proj: nn.Conv3d) -> torch.Tensor:
     """`proj(videos).flatten(2).transpose(1, 2)` for a stride-equals-kernel Conv3d, computed as one
-    GEMM over the cubes: (B, C, T, H, W) -> (B, tokens, D), tokens in (t h w) order. On the CPU the
-    oneDNN Conv3d (its weight gradient above all) ran several times slower than the same GEMM."""
+    GEMM over the cubes: (B, C, T, H, W) -> (B, tokens, D), tokens in (t h w) order. On the CPU this
+    GEMM is several times faster than oneDNN's Conv3d, whose weight gradient above all is slow."""
     b, c, t, h, w = videos.shape
     tt, ph, pw = proj.kernel_size
     gt, gh, gw = t // tt, h // ph, w // pw

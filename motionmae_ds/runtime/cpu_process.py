@@ -4,10 +4,10 @@ A training step frees and re-allocates the same large activation buffers every i
 any block above its mmap threshold (a dynamic value that starts at 128 KiB and rises only to the largest
 block freed so far, at most 32 MiB) with a fresh ``mmap`` and returns it to the kernel on ``free``; the
 next step then faults every page in again, and with ``M_TRIM_THRESHOLD`` at its 128 KiB default the top
-of the heap is given back as well. Measured on the 2-core machine (bench/model_step.py, docs/notes/model-step-speed.md)
-that page-fault work was a tax proportional to the bytes a step allocates. ``keep_freed_memory`` raises
-both thresholds so freed activations stay in the heap and are reused; the resident set then stays at the
-step's peak, which training reaches anyway.
+of the heap is given back as well. That page-fault work costs time in proportion to the bytes a step
+allocates (bench/model_step.py shows it; docs/notes/model-step-speed.md has the numbers).
+``keep_freed_memory`` raises both thresholds so freed activations stay in the heap and are reused; the
+resident set then stays at the step's peak, which training reaches anyway.
 """
 from __future__ import annotations
 
