@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
         video = Path(lists["test"]).read_text().split()[0]
         subprocess.run([sys.executable, str(ROOT / "launch" / "visualize.py"), "--checkpoint", str(fm),
-                        "--video", video, "--out", str(out / "figures"), "--ratios", "0.9", "0.95"], check=True)
+                        "--video", video, "--output_dir", str(out / "figures"), "--ratios", "0.9", "0.95"], check=True)
     return 0
 
 

@@ -10,7 +10,7 @@ Extraction reads each video as the finetuning job's validation split does (``bui
 list, "val")``: the config's clip sampling, resize and centre crop), runs the encoder and writes, per video,
 ``videos/<index>.safetensors`` with ``pooled`` (D,), the mean of the final tokens, and with ``tokens`` also
 the token grid (t, h, w, D). Video i of the list goes to rank i % world; each file is written under a
-temporary name and renamed, so a rerun with the same ``--out`` skips every video already written and
+temporary name and renamed, so a rerun with the same ``--output_dir`` skips every video already written and
 computes only the rest. A video that cannot be decoded is skipped, logged with its reason and counted (it
 is not replaced by another). At the end rank 0 writes ``index.json`` (settings, per video: index, path,
 label, file; the unreadable ones with reasons) and ``pooled.safetensors`` (``features`` (N, D), ``labels``,
@@ -139,8 +139,8 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         old = json.loads(path.read_text())
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if differ:
-            raise ConfigError(f"--out {out_dir}: holds features of another extraction (differs in "
-                              f"{', '.join(differ)}); use a new --out")
+            raise ConfigError(f"--output_dir {out_dir}: holds features of another extraction (differs in "
+                              f"{', '.join(differ)}); use a new --output_dir")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
@@ -239,6 +239,6 @@ def read_pooled(out_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D), labels (N,)) of an extraction directory."""
     path = Path(out_dir) / POOLED
     if not path.is_file():
-        raise ConfigError(f"{out_dir}: no {POOLED} (run launch/extract_features.py --out {out_dir} first)")
+        raise ConfigError(f"{out_dir}: no {POOLED} (run launch/extract_features.py --output_dir {out_dir} first)")
     with safe_open(str(path), framework="pt") as f:
         return f.get_tensor("features"), f.get_tensor("labels")

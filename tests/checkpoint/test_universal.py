@@ -25,7 +25,7 @@ def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, c
     assert ref["load_universal"] is False and ref["world_size"] == 2
 
     ckpt = shutil.copytree(zero2_pretrain, tmp_path / "run" / "checkpoints")
-    proc = convert_cli("--input", ckpt, "--format", "universal")
+    proc = convert_cli("--checkpoint", ckpt, "--format", "universal")
     assert proc.returncode == 0, proc.stderr
     new_tag = tag + "_universal"
     assert proc.stdout.strip().endswith(f"wrote {ckpt / new_tag}")
@@ -53,7 +53,7 @@ def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, c
     assert sorted(plain) == sorted(consolidated) and all(torch.equal(plain[k], consolidated[k]) for k in plain)
 
     # converting again refuses to overwrite, writes nothing and leaves latest alone
-    again = convert_cli("--input", ckpt, "--tag", tag, "--format", "universal")
+    again = convert_cli("--checkpoint", ckpt, "--tag", tag, "--format", "universal")
     assert again.returncode == 2 and f"{ckpt / new_tag}: exists" in again.stderr
     assert (ckpt / "latest").read_text() == new_tag
 

@@ -44,7 +44,7 @@ def dataset(tmp_path, good_videos, bad_videos):
 def test_cli_writes_true_counts_and_reports_every_bad_entry(dataset, tmp_path):
     root, lst = dataset
     out = tmp_path / "clean.txt"
-    result = _run(str(lst), "--root", str(root), "--out", str(out), "--workers", "2")
+    result = _run(str(lst), "--root", str(root), "--output", str(out), "--workers", "2")
     assert result.returncode == 0, result.stderr
     assert "13 entries: 7 kept, 2 bad lines, 4 bad files, 1 truncated, 0 frame counts corrected" in result.stdout
     n = {k: v["num_frames"] for k, v in GOOD_VIDEOS.items()}
@@ -94,7 +94,7 @@ def test_frame_folders_and_videomae_v2_lists(frame_folders, good_videos, tmp_pat
     (tmp_path / "root").mkdir()
     shutil.copytree(rgb, tmp_path / "root" / rgb.name)
     out = tmp_path / "clean.txt"
-    result = _run(str(lst), "--root", str(tmp_path / "root"), "--out", str(out), "--fmt", "path_start_total")
+    result = _run(str(lst), "--root", str(tmp_path / "root"), "--output", str(out), "--fmt", "path_start_total")
     assert result.returncode == 0, result.stderr
     assert out.read_text().splitlines() == [f"{rgb.name} 1 12", f"{good_videos['h264']} 0 48"]
 
@@ -106,22 +106,22 @@ def test_a_file_that_hangs_the_decoder_times_out_and_the_scan_goes_on(good_video
     lst = tmp_path / "list.txt"
     lst.write_text(f"{fifo} 0\n{good_videos['h264']} 1\n{good_videos['vp9']} 2\n")
     out = tmp_path / "clean.txt"
-    result = _run(str(lst), "--out", str(out), "--workers", "1", "--timeout", "3", timeout=60)
+    result = _run(str(lst), "--output", str(out), "--workers", "1", "--timeout", "3", timeout=60)
     assert result.returncode == 0, result.stderr
     assert out.read_text().splitlines() == [f"{good_videos['h264']} 48 1", f"{good_videos['vp9']} 40 2"]
     assert f"{fifo}: decoder did not finish within 3s" in Path(str(out) + ".report.txt").read_text()
 
 
 @pytest.mark.parametrize("args,message", [
-    (["missing.txt", "--out", "x.txt"], "list file not found: missing.txt"),
-    (["{lst}", "--out", "x.txt", "--backend", "opencv"], "argument --backend: invalid choice"),
-    (["{lst}", "--out", "x.txt", "--root", "/no/such/dir"], "--root is not a directory"),
-    (["{lst}", "--out", "/no/such/dir/x.txt"], "--out directory does not exist"),
-    (["{lst}", "--out", "x.txt", "--workers", "0"], "must be positive"),
-    (["{lst}"], "give one of --out CLEAN_LIST and --reencode OUT_DIR"),
-    (["{lst}", "--out", "x.txt", "--reencode", "{out}"], "give one of --out CLEAN_LIST and --reencode OUT_DIR"),
+    (["missing.txt", "--output", "x.txt"], "list file not found: missing.txt"),
+    (["{lst}", "--output", "x.txt", "--backend", "opencv"], "argument --backend: invalid choice"),
+    (["{lst}", "--output", "x.txt", "--root", "/no/such/dir"], "--root is not a directory"),
+    (["{lst}", "--output", "/no/such/dir/x.txt"], "--output directory does not exist"),
+    (["{lst}", "--output", "x.txt", "--workers", "0"], "must be positive"),
+    (["{lst}"], "give one of --output CLEAN_LIST and --reencode OUT_DIR"),
+    (["{lst}", "--output", "x.txt", "--reencode", "{out}"], "give one of --output CLEAN_LIST and --reencode OUT_DIR"),
     (["{lst}", "--reencode", "{out}", "--keyint", "0"], "must be positive"),
-    (["{lst}", "--out", "{out}"], "cannot tell the list format"),
+    (["{lst}", "--output", "{out}"], "cannot tell the list format"),
 ])
 def test_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, message):
     lst = tmp_path / "list.txt"

@@ -69,7 +69,7 @@ def test_reencode_list_cli_writes_true_counts_reports_failures_and_resumes(tmp_p
     lst.write_text("a.mp4 3\nsub/b.webm 1\nbroken.mp4 2\nbad line here x\na.mov 4\n")
     out = tmp_path / "small"
     cmd = [sys.executable, str(REPO / "launch" / "prepare_data.py"), str(lst), "--root", str(root),
-           "--reencode", str(out), "--short-side", "40", "--keyint", "4", "--workers", "2"]
+           "--reencode", str(out), "--short_side", "40", "--keyint", "4", "--workers", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "5 entries: 2 re-encoded, 0 already done, 1 bad lines, 2 failed" in result.stdout

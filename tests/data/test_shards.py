@@ -132,13 +132,13 @@ def test_make_shards_cli(samples, tmp_path):
     lst = tmp_path / "train.txt"
     lst.write_text("".join(f"{p} {n} {label}\n" for p, label, n in samples[:3]) + f"{samples[3][0]} {samples[3][1]}\n")
     out = tmp_path / "shards"
-    result = subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), str(lst), "--out", str(out),
-                             "--shard-size-mb", "0.01"],
+    result = subprocess.run([sys.executable, str(REPO / "launch" / "make_shards.py"), str(lst),
+                             "--output_dir", str(out), "--shard_size_mb", "0.01"],
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     # mixed formats in one list are a bad line: only the first three entries' format is detected
     assert result.returncode == 2 and f"{lst}:4:" in result.stderr
     lst.write_text("".join(f"{p} {label}\n" for p, label, _ in samples))  # no counts: make_shards decodes
-    result = call_main("make_shards.py", [lst, "--out", out, "--shard-size-mb", "0.01"])
+    result = call_main("make_shards.py", [lst, "--output_dir", out, "--shard_size_mb", "0.01"])
     assert result.returncode == 0, result.stderr
     pattern = result.stdout.split("data.shards: ")[1].strip().strip('"')
     assert f"{len(samples)} videos in" in result.stdout
@@ -146,10 +146,10 @@ def test_make_shards_cli(samples, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["missing.txt", "--out", "o"], "missing.txt:0: list file not found"),
-    (["{lst}", "--out", "o", "--shard-size-mb", "0"], "--shard-size-mb must be positive"),
-    (["{lst}"], "the following arguments are required: --out"),
-    (["{gone}", "--out", "o"], "gone.mp4: file not found"),
+    (["missing.txt", "--output_dir", "o"], "missing.txt:0: list file not found"),
+    (["{lst}", "--output_dir", "o", "--shard_size_mb", "0"], "--shard_size_mb must be positive"),
+    (["{lst}"], "the following arguments are required: --output_dir"),
+    (["{gone}", "--output_dir", "o"], "gone.mp4: file not found"),
 ])
 def test_make_shards_bad_arguments_exit_2_with_one_line(tmp_path, args, message, samples):
     lst = tmp_path / "list.txt"

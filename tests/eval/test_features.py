@@ -39,7 +39,7 @@ def inputs(tmp_path_factory) -> dict:
 
 
 def extract_args(inputs: dict, out: Path, *extra) -> list:
-    return ["--checkpoint", "none", "--config", inputs["config"], "--list", inputs["list"], "--out", out,
+    return ["--checkpoint", "none", "--config", inputs["config"], "--list", inputs["list"], "--output_dir", out,
             "--tokens", *extra]
 
 
@@ -118,6 +118,6 @@ def test_killed_extraction_resumes_without_recomputing_finished_videos(one_rank,
 
 def test_bad_input_is_one_line_and_exit_2(inputs, tmp_path):
     proc = call_main("extract_features.py", ["--checkpoint", "none", "--list", tmp_path / "missing.txt",
-                                             "--out", tmp_path / "o", "--config", inputs["config"]])
+                                             "--output_dir", tmp_path / "o", "--config", inputs["config"]])
     assert proc.returncode == 2
     assert re.fullmatch(r"config error: --list \S+missing\.txt: file not found", proc.stderr.strip())

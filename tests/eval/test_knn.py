@@ -45,9 +45,9 @@ def test_knn_eval_reads_two_extraction_dirs(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "config error: give --checkpoint (and --out), or --train and --test extraction directories"),
+    ([], "config error: give --checkpoint (and --output_dir), or --train and --test extraction directories"),
     (["--train", "/nonexistent/a", "--test", "/nonexistent/b"],
-     "config error: /nonexistent/a: no pooled.safetensors (run launch/extract_features.py --out /nonexistent/a"),
+     "config error: /nonexistent/a: no pooled.safetensors (run launch/extract_features.py --output_dir /nonexistent/a"),
     (["--k", "0", "--train", "a", "--test", "b"], "config error: --k must be >= 1 and --temperature > 0"),
 ])
 def test_knn_eval_bad_input_is_one_line_and_exit_2(args, message):

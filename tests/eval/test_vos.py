@@ -127,7 +127,7 @@ def test_propagation_respects_radius_topk_and_temperature():
 def test_eval_vos_on_a_davis_layout_writes_results_and_scores(tmp_path):
     root = ensure_synthetic_vos(tmp_path / "cache", num_sequences=2, num_frames=5, height=32, width=64)
     out = tmp_path / "out"
-    proc = launch("eval_vos.py", ["--checkpoint", "none", "--davis", root, "--out", out, "--set",
+    proc = launch("eval_vos.py", ["--checkpoint", "none", "--davis", root, "--output_dir", out, "--set",
                                   "model.depth=1", "model.embed_dim=48", "model.num_heads=3"], timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "random_init" / "metrics.json").read_text())

@@ -20,12 +20,12 @@ GUARDED = _HERE / "guarded_pretrain.py"
 
 
 def render_sbatch(hosts: list[str], gpus: int, extra: list[str] = (), **env: str) -> subprocess.CompletedProcess:
-    """The SLURM script's --dry-run output for these hosts (no SLURM needed)."""
+    """The SLURM script's --dry_run output for these hosts (no SLURM needed)."""
     full = run_env()
     for key in ("SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_JOB_ID"):
         full.pop(key, None)
     full.update(MOTIONMAE_HOSTS=" ".join(hosts), GPUS_PER_NODE=str(gpus), **{k: str(v) for k, v in env.items()})
-    return subprocess.run(["bash", str(SBATCH), "--dry-run", *map(str, extra)], cwd=REPO, env=full,
+    return subprocess.run(["bash", str(SBATCH), "--dry_run", *map(str, extra)], cwd=REPO, env=full,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -48,7 +48,7 @@ def test_renders_srun_for_4_nodes_x_8_gpus(tmp_path):
 
 
 def test_bad_node_lists_are_one_line_errors(tmp_path):
-    res = subprocess.run(["bash", str(SBATCH), "--dry-run"], cwd=REPO, capture_output=True, text=True,
+    res = subprocess.run(["bash", str(SBATCH), "--dry_run"], cwd=REPO, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "OUTPUT_DIR": str(tmp_path / "o")}, timeout=30)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "MOTIONMAE_HOSTS" in res.stderr
     res = render_sbatch(HOSTS, gpus=8, OUTPUT_DIR=tmp_path / "o", SLURM_NNODES="2")

@@ -25,7 +25,7 @@ def assert_same(a: dict, b: dict) -> None:
 
 def test_plain_equals_zero_to_fp32_and_loads_without_deepspeed(zero2_pretrain, convert_cli, tmp_path):
     out = tmp_path / "plain.pth"
-    proc = convert_cli("--input", zero2_pretrain, "--output", out, "--format", "plain")
+    proc = convert_cli("--checkpoint", zero2_pretrain, "--output", out, "--format", "plain")
     assert proc.returncode == 0, proc.stderr
     state = torch.load(out, map_location="cpu", weights_only=True)
     ref = reference(zero2_pretrain)

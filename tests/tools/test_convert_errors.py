@@ -39,14 +39,14 @@ def ckpt(zero2_pretrain, tmp_path):
 def test_not_a_checkpoint(convert_cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    assert_fails(convert_cli("--input", tmp_path / "nowhere", "--output", out / "x.pth", "--format", "plain"),
+    assert_fails(convert_cli("--checkpoint", tmp_path / "nowhere", "--output", out / "x.pth", "--format", "plain"),
                  "nowhere: no such file or directory")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_fails(convert("--input", empty, "--output", out / "x.pth", "--format", "plain"),
+    assert_fails(convert("--checkpoint", empty, "--output", out / "x.pth", "--format", "plain"),
                  f"{empty}: not a DeepSpeed checkpoint directory")
     (empty / "weights.pth").write_bytes(b"not a checkpoint")
-    assert_fails(convert("--input", empty / "weights.pth", "--output", out / "x.pth", "--format", "encoder"),
+    assert_fails(convert("--checkpoint", empty / "weights.pth", "--output", out / "x.pth", "--format", "encoder"),
                  "weights.pth: not a DeepSpeed checkpoint directory")
     assert list(out.iterdir()) == []
 
@@ -55,10 +55,11 @@ def test_missing_tag_and_dangling_latest(ckpt, tmp_path):
     before = snapshot(ckpt)
     tag = (ckpt / "latest").read_text().strip()
     for fmt in ("plain", "universal"):
-        assert_fails(convert("--input", ckpt, "--tag", "step00000099", "--output", tmp_path / "o", "--format", fmt),
+        assert_fails(convert("--checkpoint", ckpt, "--tag", "step00000099", "--output", tmp_path / "o",
+                             "--format", fmt),
                      "tag 'step00000099' not found", f"available: {tag}")
     (ckpt / "latest").write_text("step00000042")
-    assert_fails(convert("--input", ckpt, "--output", tmp_path / "o", "--format", "plain"),
+    assert_fails(convert("--checkpoint", ckpt, "--output", tmp_path / "o", "--format", "plain"),
                  "latest: names tag 'step00000042'", "does not exist")
     (ckpt / "latest").write_text(tag)
     assert snapshot(ckpt) == before and not (tmp_path / "o").exists()
@@ -71,7 +72,7 @@ def test_corrupt_shard(ckpt, tmp_path, fmt):
     truncate(shard)
     before = snapshot(ckpt.parent)
     out = tmp_path / "out"
-    args = ["--input", ckpt, "--format", fmt] + (["--output", out] if fmt != "universal" else [])
+    args = ["--checkpoint", ckpt, "--format", fmt] + (["--output", out] if fmt != "universal" else [])
     proc = convert(*args)
     if fmt == "universal":
         assert_fails(proc, f"{ckpt / tag}: ds_to_universal failed")
@@ -85,8 +86,8 @@ def test_corrupt_model_states_and_existing_output(ckpt, tmp_path):
     tag = (ckpt / "latest").read_text().strip()
     out = tmp_path / "x.pth"
     out.write_bytes(b"keep me")
-    assert_fails(convert("--input", ckpt, "--output", out, "--format", "plain"), f"{out}: exists")
+    assert_fails(convert("--checkpoint", ckpt, "--output", out, "--format", "plain"), f"{out}: exists")
     truncate(ckpt / tag / MODEL_STATES)
-    assert_fails(convert("--input", ckpt, "--output", out, "--format", "plain", "--force"),
+    assert_fails(convert("--checkpoint", ckpt, "--output", out, "--format", "plain", "--force"),
                  f"{MODEL_STATES}: corrupt or unreadable checkpoint file")
     assert out.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["run", "x.pth"]

@@ -61,7 +61,7 @@ def test_two_rank_finetune_checkpoint_resumes_on_one_rank(tmp_path):
     assert (ckpts / "latest").read_text().strip() == "step00000006"
 
     # the converter's main() in this process (its subprocess form is tested in tests/tools)
-    conv = call_main("convert_checkpoint.py", ["--input", ckpts, "--output", ckpts, "--format", "universal"])
+    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", ckpts, "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
     assert (ckpts / "latest").read_text().strip() == "step00000006_universal"
 

@@ -49,7 +49,7 @@ def test_two_ranks_partition_optimizer_state(tiny_config, tmp_path, synthetic_ca
     # the figure tool works from the checkpoint alone, for any video file
     video = sorted(synthetic_cache.rglob("*.mp4"))[0]
     vis = subprocess.run([sys.executable, str(REPO / "launch" / "visualize.py"), "--checkpoint",
-                          str(out / "checkpoints"), "--video", str(video), "--out", str(tmp_path / "fig")],
+                          str(out / "checkpoints"), "--video", str(video), "--output_dir", str(tmp_path / "fig")],
                          env=run_env(), capture_output=True, text=True, timeout=120)
     assert vis.returncode == 0, vis.stderr[-2000:]
     from PIL import Image

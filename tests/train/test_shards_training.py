@@ -35,7 +35,7 @@ def _make_shards(tmp_path: Path, list_file: str, corrupt_at: int | None = None) 
         lines.insert(corrupt_at, f"{broken} 12 0")
     lst = tmp_path / "shard_list.txt"
     lst.write_text("\n".join(lines) + "\n")
-    res = call_main("make_shards.py", [lst, "--out", tmp_path / "shards", "--shard-size-mb", "0.02"])
+    res = call_main("make_shards.py", [lst, "--output_dir", tmp_path / "shards", "--shard_size_mb", "0.02"])
     assert res.returncode == 0, res.stderr
     pattern = res.stdout.split("data.shards: ")[1].strip().strip('"')
     assert "{000000.." in pattern  # several shards

@@ -19,7 +19,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_config, tmp_path):
     assert "written by 2 ranks" in refused.stderr and "universal" in refused.stderr
 
     # the converter's main() in this process (its subprocess form is tested in tests/tools)
-    conv = call_main("convert_checkpoint.py", ["--input", ckpts, "--output", ckpts, "--format", "universal"])
+    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", ckpts, "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
     assert (ckpts / "latest").read_text().strip() == "step00000003_universal"
 

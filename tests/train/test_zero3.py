@@ -70,7 +70,7 @@ def test_zero3_kill9_resume_and_conversions(tiny_config, tmp_path):
     # conversions, in this process (their subprocess forms are tested in tests/tools)
     plain_file, enc_file, hf_dir = tmp_path / "plain.pth", tmp_path / "enc.safetensors", tmp_path / "hf"
     for fmt, out, extra in (("plain", plain_file, []), ("encoder", enc_file, ["--safetensors"]), ("hf", hf_dir, [])):
-        done = call_main("convert_checkpoint.py", ["--input", ckpts, "--output", out, "--format", fmt, *extra])
+        done = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", out, "--format", fmt, *extra])
         assert done.returncode == 0, done.stderr
     plain = torch.load(plain_file, map_location="cpu")
     assert plain and all(v.dtype == torch.float32 for v in plain.values())
@@ -82,7 +82,7 @@ def test_zero3_kill9_resume_and_conversions(tiny_config, tmp_path):
 
     # universal: the 2-rank ZeRO-3 checkpoint loads into a 1-rank ZeRO-3 engine, whose gathered fp32 master
     # weights are the plain conversion's, bit for bit
-    uni = call_main("convert_checkpoint.py", ["--input", ckpts, "--format", "universal"])
+    uni = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--format", "universal"])
     assert uni.returncode == 0, uni.stderr
     assert latest.read_text().strip() == final + ckpt.UNIVERSAL_SUFFIX
     assert ckpt.is_universal(ckpts / (final + ckpt.UNIVERSAL_SUFFIX))
