@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine
 
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import VideoRecord
@@ -273,8 +273,7 @@ def main() -> None:
             rows.append((f"{width}x{height}", label, o, b, o / b))
         at_scale += scale_rows(f"{width}x{height}", paths, out, args, mask)
         repeated += repeat_rows(f"{width}x{height}", paths, base, args, mask)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, 1 thread; {args.repeats} repeats x {args.clips} clips, median, {args.clock} clock")
+    print(f"machine: {machine(1)}; {args.repeats} repeats x {args.clips} clips, median, {args.clock} clock")
     print("| video | stage | ours clips/s | VideoMAE-style clips/s | speed-up |")
     print("|---|---|---|---|---|")
     for name, label, o, b, ratio in rows:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine
 from data_throughput import bench_frames
 
 from motionmae_ds.data.decode import BACKENDS, VideoDecodeError, VideoReader
@@ -109,8 +109,7 @@ def main() -> None:
                 for b in backends:
                     times[b].append(1000 * total[b] / len(reads))
             rows.append((kind, repeats, {b: (statistics.median(times[b]), verdict[b]) for b in backends}))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, 1 thread; {args.size}, {args.frames} frames, {args.repeats} runs x {args.reads} reads")
+    print(f"machine: {machine(1)}; {args.size}, {args.frames} frames, {args.repeats} runs x {args.reads} reads")
     print("| file | clips per read | " + " | ".join(f"{b} ms" for b in backends) + " |")
     print("|---|---|" + "---|" * len(backends))
     for kind, repeats, cells in rows:

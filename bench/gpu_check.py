@@ -10,8 +10,9 @@ What it records:
   run by pytest in a subprocess; without CUDA they are only collected (they cannot run there);
 - pretraining steps through the real DeepSpeed engine (ZeRO-2, bf16, ``ds_configs/zero2.json``, the trainer's
   AdamW) of ViT-B and ViT-L at 16x224, activation checkpointing off and on, torch.compile of the blocks
-  (``run.compile``) off and on (ViT-B; each compile costs a minute or more), and HF ``VideoMAEForPreTraining`` at the same batch through the same engine: step
-  time, clips/s, achieved TFLOP/s (the model's analytic FLOPs), MFU, peak device memory;
+  (``run.compile``) off and on (ViT-B; each compile costs a minute or more), and HF ``VideoMAEForPreTraining``
+  at the same batch through the same engine: step time, clips/s, achieved TFLOP/s (the model's analytic FLOPs),
+  MFU, peak device memory;
 - the training data loader's clips/s with N workers (pinned memory on CUDA) on the embedded synthetic MP4 set,
   beside the step rates.
 Each case is caught on its own: a failure (an OOM, a missing wheel) is written into its row, the rest still runs.
@@ -39,6 +40,7 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
+from common import cpu_name, hf_videomae_pretraining, sync  # noqa: E402  (bench/common.py)
 
 FULL = {"frames": 16, "img_size": 224, "mask_ratio": 0.9, "models": ("vit_base", "vit_large"),
         "batch": {"vit_base": 32, "vit_large": 16}, "compile_models": ("vit_base",), "warmup": 3, "steps": 10,
@@ -72,13 +74,14 @@ def environment() -> dict[str, Any]:
         "decord": _version("decord"), "torchcodec": _version("torchcodec"),
     }
     if cuda:
-        env.update(device=torch.cuda.get_device_name(0), capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+        env.update(device=torch.cuda.get_device_name(0),
+                   capability=".".join(map(str, torch.cuda.get_device_capability(0))),
                    memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1),
                    bf16=torch.cuda.is_bf16_supported(), nccl=".".join(map(str, torch.cuda.nccl.version())),
                    flash_sdp=torch.backends.cuda.flash_sdp_enabled(),
                    efficient_sdp=torch.backends.cuda.mem_efficient_sdp_enabled())
     else:
-        env.update(device=platform.processor() or "cpu", bf16=True, nccl=None)
+        env.update(device=cpu_name(), bf16=True, nccl=None)
     return env
 
 
@@ -139,29 +142,14 @@ def _reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def hf_pretrain_model(cfg: Any) -> torch.nn.Module:
     """transformers.VideoMAEForPreTraining with our model's sizes (registry or overrides) and SDPA attention."""
-    from transformers import VideoMAEConfig, VideoMAEForPreTraining
-
     from motionmae_ds.models import resolve_size
 
     m = cfg.model
     s = resolve_size(m.name, m.embed_dim, m.depth, m.num_heads, m.decoder_embed_dim, m.decoder_depth,
                      m.decoder_num_heads)
-    config = VideoMAEConfig(
-        image_size=m.img_size, patch_size=m.patch_size, num_channels=3, num_frames=m.num_frames,
-        tubelet_size=m.tubelet_size, hidden_size=s.embed_dim, num_hidden_layers=s.depth,
-        num_attention_heads=s.num_heads, intermediate_size=4 * s.embed_dim, hidden_act="gelu",
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, qkv_bias=True,
-        use_mean_pooling=False, decoder_hidden_size=s.decoder_embed_dim, decoder_num_hidden_layers=s.decoder_depth,
-        decoder_num_attention_heads=s.decoder_num_heads, decoder_intermediate_size=4 * s.decoder_embed_dim,
-        norm_pix_loss=False, attn_implementation="sdpa")
-    return VideoMAEForPreTraining(config)
+    return hf_videomae_pretraining(s, m.num_frames, m.img_size, m.patch_size, m.tubelet_size)
 
 
 def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]:
@@ -220,13 +208,13 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
     t0 = time.perf_counter()
     for _ in range(p["warmup"]):
         step()
-    _sync(device)
+    sync(device)
     warmup_s = time.perf_counter() - t0
     times = []
     for _ in range(p["steps"]):
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     flops = TRAIN_FLOPS_PER_MAC * float(macs) * batch
@@ -264,7 +252,7 @@ def loader_case(cfg: Any, workers: int, batches: int) -> dict[str, Any]:
     for b in it:
         b["video"].to(device, non_blocking=True)
         clips += len(b["video"])
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     return {"workers": workers, "batch": batch, "clips": clips, "clips_per_s": round(clips / seconds, 2),
             "pinned": pinned, "videos": len(dataset)}

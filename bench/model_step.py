@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Callable, Optional
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 import torch  # noqa: E402
+from common import hf_videomae_pretraining, machine, sync  # noqa: E402  (bench/common.py)
 
 from motionmae_ds.models import (  # noqa: E402
     MODEL_SIZES,
@@ -103,29 +103,10 @@ class MemoryProbe:
         return acc.max_memory_allocated() - self.before
 
 
-def sync(device: torch.device) -> None:
-    if device.type != "cpu":
-        accelerator().synchronize()
-
-
 # -- models -----------------------------------------------------------------------------------
 def hf_pretrain_model(args: argparse.Namespace) -> torch.nn.Module:
     """VideoMAEForPreTraining with our registry's dimensions and SDPA attention."""
-    from transformers import VideoMAEConfig, VideoMAEForPreTraining
-
-    s = MODEL_SIZES[args.model]
-    config = VideoMAEConfig(
-        image_size=args.img_size, patch_size=16, num_channels=3, num_frames=args.num_frames, tubelet_size=2,
-        hidden_size=s.embed_dim, num_hidden_layers=s.depth, num_attention_heads=s.num_heads,
-        intermediate_size=4 * s.embed_dim, hidden_act="gelu", hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, layer_norm_eps=1e-6, qkv_bias=True, use_mean_pooling=False,
-        decoder_hidden_size=s.decoder_embed_dim, decoder_num_hidden_layers=s.decoder_depth,
-        decoder_num_attention_heads=s.decoder_num_heads, decoder_intermediate_size=4 * s.decoder_embed_dim,
-        norm_pix_loss=False, attn_implementation="sdpa")
-    model = VideoMAEForPreTraining(config)
-    if model.config._attn_implementation != "sdpa":
-        raise RuntimeError(f"HF VideoMAE runs {model.config._attn_implementation!r} attention, not sdpa")
-    return model
+    return hf_videomae_pretraining(MODEL_SIZES[args.model], args.num_frames, args.img_size)
 
 
 def ours_kwargs(args: argparse.Namespace, target: str) -> dict:
@@ -411,15 +392,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def machine(threads: int) -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -429,7 +401,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args._memory_child:
         pretrain_memory_child(args)
         return
-    # The timing process allocates like our trainer does (engine/cpu_process.py): on the CPU, glibc keeps
+    # The timing process allocates like our trainer does (runtime/cpu_process.py): on the CPU, glibc keeps
     # freed blocks for reuse. Every variant, HF's included, runs in this one process under the same setting.
     kept = accelerator().device_name() == "cpu" and keep_freed_memory()
     header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine(args.threads)}"

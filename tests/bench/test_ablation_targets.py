@@ -1,5 +1,4 @@
 """bench/ablation_targets.py: the labelled subset and the configs it hands to the engines."""
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -7,11 +6,10 @@ import pytest
 
 from motionmae_ds.config import load_finetune_config, load_pretrain_config
 from motionmae_ds.data.lists import read_list
+from tests.bench.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("ablation_targets", ROOT / "bench" / "ablation_targets.py")
-ablation = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablation)
+ablation = load_script("ablation_targets")
 
 
 def test_labelled_subset_is_balanced_and_from_train(tmp_path):

@@ -1,22 +1,19 @@
 """bench/gpu_check.py in its dry mode (chosen by itself without CUDA): one real run writes its JSON and table with
 every part filled, and a failing case becomes a row with its error instead of stopping the check."""
-import importlib.util
 import json
 import subprocess
 import sys
 
 import torch
 
+from tests.bench.scripts import load_script
 from tests.helpers import REPO, run_env
 
 SCRIPT = REPO / "bench" / "gpu_check.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_check")
 
 
 def test_dry_mode_writes_the_json_and_the_table(tmp_path):

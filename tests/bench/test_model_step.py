@@ -1,7 +1,6 @@
 """bench/model_step.py for real at a tiny size: the CLI end to end, the FLOP bookkeeping, and that
 Hugging Face's VideoMAEForPreTraining forward does exactly the work our counter assigns to (b)."""
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from motionmae_ds.models import build_mask_generator, build_pretrain_model, pretrain_macs
+from tests.bench.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "model_step.py"
@@ -20,10 +20,7 @@ TINY = ["--model", "vit_tiny", "--num_frames", "4", "--img_size", "32", "--batch
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("model_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("model_step")
 
 
 def counted_macs(fn) -> int:
@@ -78,7 +75,8 @@ def test_pretrain_cli_measures_all_variants(tmp_path):
     # the round-by-round ratios pair the times of one round: (b)/(c) FLOP/s = t_c / t_b at equal work
     paired = sorted(c / b for b, c in zip(rows["b"]["times"], rows["c"]["times"]))
     line = next(s for s in stdout.splitlines() if s.startswith("(b)/(c)"))
-    assert f"per round: median {(paired[0] + paired[1]) / 2:.2f}, range {paired[0]:.2f}-{paired[1]:.2f} over 2 rounds" in line
+    assert (f"per round: median {(paired[0] + paired[1]) / 2:.2f}, range {paired[0]:.2f}-{paired[1]:.2f} "
+            f"over 2 rounds") in line
     line = next(s for s in stdout.splitlines() if s.startswith("(a)/(b)"))
     paired = sorted(a / b for a, b in zip(rows["a"]["times"], rows["b"]["times"]))
     assert f"median {(paired[0] + paired[1]) / 2:.2f}, range {paired[0]:.2f}-{paired[1]:.2f}" in line
