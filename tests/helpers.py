@@ -156,28 +156,34 @@ _RUN_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR"
 
 @contextlib.contextmanager
 def one_rank_process() -> Iterator[None]:
-    """Around a training run in this process: the launcher-free environment, restored afterwards (a later
-    ``python launch/...`` subprocess must not inherit this process's rank variables and port)."""
-    saved_env, cwd = dict(os.environ), os.getcwd()
+    """Around a training run in this process: the launcher-free environment and one torch thread, as ``run_env``
+    gives the runs tests start (two threads on the shared 2-core machine ran the tiny model ~9x slower), all
+    restored afterwards (a later ``python launch/...`` subprocess must not inherit this process's rank variables
+    and port)."""
+    import torch
+
+    saved_env, cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     for key in _RUN_ENV_KEYS:
         os.environ.pop(key, None)
     os.environ["MOTIONMAE_KEEP_FREED_MEMORY"] = "0"  # the run must not retune the test process's allocator
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
         os.chdir(cwd)
+        torch.set_num_threads(threads)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 
 
 def train_in_process(kind: str, config: str | Path, output_dir: Path, sets: Sequence[str] = (), resume: bool = True,
-                     ds_config: Path = ZERO2, **task_args) -> tuple[dict, str]:
+                     ds_config: Path = ZERO2, task: Optional[type] = None, **task_args) -> tuple[dict, str]:
     """A pretraining (``kind`` "pretrain") or finetuning run in this process, as ``launch/<kind>.py`` runs it
-    without a launcher; (summary, its console lines). Errors propagate as the exceptions the entry point maps
-    to exit codes."""
+    without a launcher; (summary, its console lines). ``task`` replaces the kind's Task class (a subclass that
+    adds a test's hook). Errors propagate as the exceptions the entry point maps to exit codes."""
     from motionmae_ds.config import load_finetune_config, load_pretrain_config
     from motionmae_ds.train.finetune import FinetuneTask
     from motionmae_ds.train.pretrain import PretrainTask
@@ -188,5 +194,5 @@ def train_in_process(kind: str, config: str | Path, output_dir: Path, sets: Sequ
     out, err = io.StringIO(), io.StringIO()
     with one_rank_process(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         cfg = load(str(config), [str(s) for s in sets])
-        summary = Trainer(task_cls(cfg, **task_args), ds_config, output_dir, resume).run()
+        summary = Trainer((task or task_cls)(cfg, **task_args), ds_config, output_dir, resume).run()
     return summary, out.getvalue()
