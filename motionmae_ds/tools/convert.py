@@ -30,11 +30,6 @@ from motionmae_ds.checkpoint.weights import SAFETENSORS_CONFIG_KEY
 FORMATS = ("plain", "encoder", "hf", "universal")
 
 
-def videos_to_hf(videos: torch.Tensor) -> torch.Tensor:
-    """Our (B, C, T, H, W) clips as HF's (B, T, C, H, W) ``pixel_values``, to run an ``hf`` export."""
-    return videos.permute(0, 2, 1, 3, 4)
-
-
 def _write_file(path: Path, state: Mapping[str, torch.Tensor], use_safetensors: bool,
                 config: Optional[Mapping[str, Any]]) -> Path:
     # clone: consolidated ZeRO tensors are views of one flat buffer, which torch.save would store whole

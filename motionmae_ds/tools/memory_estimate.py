@@ -1,17 +1,16 @@
 """Per-GPU memory of a pretraining recipe: model states, ZeRO buffers, activations; and step FLOPs.
 
-Model states come from DeepSpeed's estimators for the JSON's ZeRO stage (2 or 3) and offload settings. Activations are measured, not modelled: a forward +
-backward of the recipe's model (full width and depth, bf16, SDPA attention as on a GPU, activation
-checkpointing as configured) runs on the CPU at a few small frame counts under a dispatch mode that counts
-the bytes of every live tensor storage. The peak minus weights and gradients, per sample (slope over two
-batch sizes), is fitted as a + b * frames and evaluated at the recipe's frame count. Linear is exact in
-shape here: with SDPA no tokens x tokens matrix is kept, so every tensor is tokens x width, and tokens
-(encoder: visible ones, decoders: all, or with decoder masking the visible and the kept masked ones) grow
-linearly with frames.
+Model states come from DeepSpeed's estimators for the JSON's ZeRO stage (2 or 3) and offload settings.
+Activations are measured, not modelled: a forward + backward of the recipe's model (full width and depth,
+bf16, SDPA attention as on a GPU, activation checkpointing as configured) runs on the CPU at a few small frame
+counts under a dispatch mode that counts the bytes of every live tensor storage. The peak minus weights and
+gradients, per sample (slope over two batch sizes), is fitted as a + b * frames and evaluated at the recipe's
+frame count. Linear is exact in shape here: with SDPA no tokens x tokens matrix is kept, so every tensor is
+tokens x width, and tokens (encoder: visible ones, decoders: all, or with decoder masking the visible and the
+kept masked ones) grow linearly with frames.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import weakref
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from motionmae_ds.builders import build_decoder_masker, build_masker, mask_kwarg
 from motionmae_ds.config import PretrainConfig, batch_layout
 from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.flops import TRAIN_FLOPS_PER_MAC, pretrain_macs
+from motionmae_ds.runtime.ds_config import offload_device, zero_stage
 
 GiB = 1024 ** 3
 # 2 bytes (bf16) per bucket element; DeepSpeed documents 4.5x the bucket sizes with overlap_comm
@@ -113,12 +113,6 @@ def fit_activation_bytes(cfg: PretrainConfig, frames: tuple[int, int], batches: 
     return ActivationFit(list(frames), per_sample, intercept, slope, cfg.model.num_frames)
 
 
-def model_state_bytes(num_params: int, gpus_per_node: int, num_nodes: int) -> int:
-    """DeepSpeed's ZeRO-2 estimate per GPU without offload: bf16 weights + partitioned fp32 master,
-    Adam moments and gradients."""
-    return model_states(num_params, gpus_per_node, num_nodes, {"zero_optimization": {"stage": 2}})["gpu"]
-
-
 def model_states(num_params: int, gpus_per_node: int, num_nodes: int, ds_config: dict[str, Any],
                  largest_layer_params: int = 0) -> dict[str, int]:
     """Per-GPU and per-node CPU bytes of the model states under the JSON's ZeRO stage and offload settings,
@@ -127,8 +121,6 @@ def model_states(num_params: int, gpus_per_node: int, num_nodes: int, ds_config:
     ZeRO-3 partitions the weights too (18 bytes/param over all GPUs) and gathers one layer at a time
     (``largest_layer_params``, 4 bytes each), or keeps only that layer on the GPU when ``offload_param`` moves
     the weights to the CPU as well. Our models are built whole and then partitioned (no ``zero.Init``)."""
-    from motionmae_ds.runtime.ds_config import offload_device, zero_stage
-
     stage = zero_stage(ds_config)
     opt_off = offload_device(ds_config, "optimizer") != "none"
     if stage == 3:
@@ -150,8 +142,6 @@ def model_states(num_params: int, gpus_per_node: int, num_nodes: int, ds_config:
 def bucket_bytes(ds_config: dict[str, Any]) -> int:
     """ZeRO communication buffers (bf16) from the JSON's bucket sizes: ZeRO-2's reduce and all-gather buckets,
     ZeRO-3's reduce bucket and parameter prefetch bucket."""
-    from motionmae_ds.runtime.ds_config import zero_stage
-
     zero = ds_config.get("zero_optimization", {})
     other = "stage3_prefetch_bucket_size" if zero_stage(ds_config) == 3 else "allgather_bucket_size"
     elements = int(float(zero.get("reduce_bucket_size", 5e8))) + int(float(zero.get(other, 5e8)))
@@ -200,11 +190,6 @@ def micro_candidates(cfg: PretrainConfig, world_size: int) -> list[int]:
     share = total // world_size
     fitting = [m for m in range(1, share // clips + 1) if share % (m * clips) == 0]
     return fitting if total % world_size == 0 and fitting else [1]
-
-
-def replace_model(cfg: PretrainConfig, **changes: Any) -> PretrainConfig:
-    """A copy of cfg with model fields changed (tests measure a narrow model)."""
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 
 
 def gib(n: float) -> float:

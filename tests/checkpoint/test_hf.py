@@ -10,9 +10,10 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVide
 from motionmae_ds.checkpoint import CheckpointError, load_into
 from motionmae_ds.checkpoint.hf import encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae
 from motionmae_ds.models import build_classifier, build_pretrain_model
-from motionmae_ds.tools.convert import export, videos_to_hf
+from motionmae_ds.tools.convert import export
 from tests.checkpoint.zero_runs import TINY_DECODER as DEC
 from tests.checkpoint.zero_runs import TINY_ENCODER as ENC
+from tests.checkpoint.zero_runs import videos_to_hf
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import launch
 
@@ -84,3 +85,8 @@ def convert_cli():
 @pytest.fixture(scope="session")
 def worker():
     return deepspeed_run
+
+
+def videos_to_hf(videos: torch.Tensor) -> torch.Tensor:
+    """Our (B, C, T, H, W) clips as transformers' VideoMAE takes them: (B, T, C, H, W) ``pixel_values``."""
+    return videos.permute(0, 2, 1, 3, 4)

@@ -8,7 +8,8 @@ from transformers import VideoMAEForVideoClassification
 
 from motionmae_ds.checkpoint import fp32_state_dict, read_client_state, resolve
 from motionmae_ds.models import build_classifier
-from motionmae_ds.tools.convert import export, videos_to_hf
+from motionmae_ds.tools.convert import export
+from tests.checkpoint.zero_runs import videos_to_hf
 
 FINETUNE = {
     "model": {"name": "vit_tiny", "num_classes": 4, "num_frames": 4, "img_size": 32, "patch_size": 16,

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from launchers import REPO
 
 from motionmae_ds.builders import build_model
 from motionmae_ds.config import config_from_dict, load_pretrain_config
 from motionmae_ds.tools import memory_estimate as me
+from tests.helpers import REPO
 
 
 def _tiny(masking=None, **model):
@@ -36,7 +36,8 @@ def test_activation_bytes_are_linear_in_frames_and_batch():
     # and the step's peak sits in a different phase than at 4+ frames (per-sample bytes 101k there against
     # 250k / 375k / 500k / 750k at 4 / 6 / 8 / 12 frames), so it is not on the line.
     cfg = _tiny(grad_checkpointing=True)
-    fit = me.fit_activation_bytes(me.replace_model(cfg, num_frames=8), frames=(4, 6))
+    at_8_frames = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_frames=8))
+    fit = me.fit_activation_bytes(at_8_frames, frames=(4, 6))
     assert fit.target_frames == 8 and fit.slope > 0
     for frames in (8, 12):
         measured = (me.peak_step_bytes(cfg, frames, 3) - me.peak_step_bytes(cfg, frames, 1)) / 2
@@ -45,7 +46,7 @@ def test_activation_bytes_are_linear_in_frames_and_batch():
 
 def test_model_states_buckets_and_micro_batch_by_hand():
     # DeepSpeed ZeRO-2, no offload: 2 bytes/param bf16 weights + 18 bytes/param partitioned over 32 GPUs
-    assert me.model_state_bytes(1_000_000, 8, 4) == 2_000_000 + 562_500
+    assert me.model_states(1_000_000, 8, 4, {"zero_optimization": {"stage": 2}})["gpu"] == 2_000_000 + 562_500
     ds = json.loads((REPO / "ds_configs" / "zero2_vitl_32gpu.json").read_text())
     assert me.bucket_bytes(ds) == int(4e8 * 2 * 4.5)
     ds["zero_optimization"]["overlap_comm"] = False
