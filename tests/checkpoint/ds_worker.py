@@ -16,7 +16,7 @@ import torch
 
 from motionmae_ds import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 CLASSIFIER_CLASSES = 5
