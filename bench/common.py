@@ -1,11 +1,12 @@
 """What the bench scripts share: the Hugging Face VideoMAE model they compare ours against, waiting for the
-device, and the machine line of their reports. The scripts run as ``python bench/<script>.py``, which puts
-bench/ on the import path, so they import this file as ``common``."""
+device, the peak memory of a step, and the machine line of their reports. The scripts run as
+``python bench/<script>.py``, which puts bench/ on the import path, so they import this file as ``common``."""
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+from typing import Any
 
 import torch
 
@@ -32,12 +33,52 @@ def hf_videomae_pretraining(size: ModelSize, num_frames: int, img_size: int, pat
     return model
 
 
+def accelerator() -> Any:
+    """DeepSpeed's accelerator (imported on first use: the scripts' --help should not wait for DeepSpeed)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator()
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so that a timer read next covers it (a no-op on the CPU)."""
     if device.type != "cpu":
-        from deepspeed.accelerator import get_accelerator
+        accelerator().synchronize()
 
-        get_accelerator().synchronize()
+
+class MemoryProbe:
+    """Peak memory of one step above what was held before it: `max_memory_allocated` on an
+    accelerator, the kernel's resident-set high-water mark (VmHWM, reset through clear_refs) on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.before = 0
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"/proc/self/status has no {key}")
+
+    def start(self) -> None:
+        if self.device.type == "cpu":
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.before = self._status_kib("VmRSS") * 1024
+        else:
+            acc = accelerator()
+            acc.synchronize()
+            acc.reset_peak_memory_stats()
+            self.before = acc.memory_allocated()
+
+    def peak_delta(self) -> int:
+        if self.device.type == "cpu":
+            return self._status_kib("VmHWM") * 1024 - self.before
+        acc = accelerator()
+        acc.synchronize()
+        return acc.max_memory_allocated() - self.before
 
 
 def cpu_name() -> str:

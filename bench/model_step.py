@@ -38,7 +38,7 @@ from typing import Callable, Optional
 FIXED_MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 import torch  # noqa: E402
-from common import hf_videomae_pretraining, machine, sync  # noqa: E402  (bench/common.py)
+from common import MemoryProbe, accelerator, hf_videomae_pretraining, machine, sync  # noqa: E402
 
 from motionmae_ds.models import (  # noqa: E402
     MODEL_SIZES,
@@ -59,48 +59,6 @@ VARIANTS = {"a": "ours, both heads", "b": "ours, frame only", "c": "HF VideoMAEF
             "f": "ours, both heads, decoder masking, complementary"}
 # decoder masking of the variants that have it: masking.decoder_heads
 DECODER_HEADS_OF = {"e": "shared", "f": "complementary"}
-
-
-# -- device and memory probes -----------------------------------------------------------------
-def accelerator():
-    from deepspeed.accelerator import get_accelerator
-
-    return get_accelerator()
-
-
-class MemoryProbe:
-    """Peak memory of one step above what was held before it: `max_memory_allocated` on an
-    accelerator, the kernel's resident-set high-water mark (VmHWM, reset through clear_refs) on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.before = 0
-
-    @staticmethod
-    def _status_kib(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"/proc/self/status has no {key}")
-
-    def start(self) -> None:
-        if self.device.type == "cpu":
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-            self.before = self._status_kib("VmRSS") * 1024
-        else:
-            acc = accelerator()
-            acc.synchronize()
-            acc.reset_peak_memory_stats()
-            self.before = acc.memory_allocated()
-
-    def peak_delta(self) -> int:
-        if self.device.type == "cpu":
-            return self._status_kib("VmHWM") * 1024 - self.before
-        acc = accelerator()
-        acc.synchronize()
-        return acc.max_memory_allocated() - self.before
 
 
 # -- models -----------------------------------------------------------------------------------
