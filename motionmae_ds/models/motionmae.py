@@ -3,6 +3,7 @@ head (masked frame pixels) and the time head (masked temporal differences), each
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
@@ -26,6 +27,29 @@ from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
 DECODER_MODES = ("divide", "shared")
 TARGETS = ("frame", "motion", "frame_motion")
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss}
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """The tokens one decoder runs on and its loss averages over. ``order`` (B, V + M): the V visible token
+    ids (ascending), then the M masked ones to decode (ascending); with decoder masking the masked & kept ones,
+    samples that keep fewer padded with masked-not-kept ids. ``key_mask`` (B, V + M) False at padding and
+    ``valid`` (B, M) True at real tokens, both None when nothing is padded; ``num_decoded`` (B,) real decoded
+    tokens per sample, None when every masked token is decoded."""
+
+    order: torch.Tensor
+    num_visible: int
+    key_mask: Optional[torch.Tensor] = None
+    valid: Optional[torch.Tensor] = None
+    num_decoded: Optional[torch.Tensor] = None
+
+    @property
+    def visible_ids(self) -> torch.Tensor:
+        return self.order[:, :self.num_visible]
+
+    @property
+    def decoded_ids(self) -> torch.Tensor:
+        return self.order[:, self.num_visible:]
 
 
 class MotionMAE(nn.Module):
@@ -94,16 +118,15 @@ class MotionMAE(nn.Module):
         if decoder_mode == "divide":
             # Only the heads a target needs exist: an idle head would hold parameters without grads.
             if self.train_frame:
-                self.space_head = Decoder(**decoder_kwargs)
+                self.space_head = Decoder(heads={"frame": "head"}, **decoder_kwargs)
             if self.train_motion:
-                self.time_head = Decoder(**decoder_kwargs)
+                self.time_head = Decoder(heads={"motion": "head"}, **decoder_kwargs)
         else:
-            names = [n for n, on in (("head_frame", self.train_frame), ("head_motion", self.train_motion)) if on]
-            self.decoder = Decoder(head_names=names, **decoder_kwargs)
+            kinds = [k for k, on in (("frame", self.train_frame), ("motion", self.train_motion)) if on]
+            self.decoder = Decoder(heads={k: f"head_{k}" for k in kinds}, **decoder_kwargs)
         self.apply(init_vit_weights)
-        for module in self.modules():
-            if isinstance(module, Decoder):
-                nn.init.trunc_normal_(module.mask_token, std=0.02)
+        for decoder in self.decoders():
+            nn.init.trunc_normal_(decoder.mask_token, std=0.02)
 
     # -- patches and targets -------------------------------------------------------------------
     def patchify(self, videos: torch.Tensor) -> torch.Tensor:
@@ -132,92 +155,86 @@ class MotionMAE(nn.Module):
         return self._finish_target(diff)
 
     # -- forward -------------------------------------------------------------------------------
+    def decoders(self) -> list[Decoder]:
+        """The decoders that exist (divide: space_head then time_head, each only if trained; shared: one)."""
+        if self.decoder_mode == "shared":
+            return [self.decoder]
+        return [m for m in (getattr(self, "space_head", None), getattr(self, "time_head", None)) if m is not None]
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
+        for module in (self.encoder, *self.decoders()):
             module.set_grad_checkpointing(enabled)
 
     def set_attention_backend(self, name: str) -> None:
         """The attention path (vit.ATTENTION_BACKENDS) of the encoder and every decoder."""
-        for module in (self.encoder, *[m for m in self.modules() if isinstance(m, Decoder)]):
+        for module in (self.encoder, *self.decoders()):
             module.set_attention_backend(name)
-
-    def _token_order(self, mask: torch.Tensor, static: Optional[MaskCounts] = None) -> tuple[torch.Tensor, int]:
-        """Visible token ids then masked ones, each ascending, and the visible count; both heads
-        share this bookkeeping."""
-        n_masked, _ = self._masked_count(mask, static=static)
-        order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
-        return order, self.num_tokens - n_masked
-
-    def _masked_count(self, mask: torch.Tensor, counts: Sequence[torch.Tensor] = (),
-                      static: Optional[MaskCounts] = None) -> tuple[int, list[int]]:
-        """Check the mask and return its per-row masked count, with (min, max) of each of ``counts`` (B,):
-        from ``static`` (no device read), or read from the device in one transfer (one host sync)."""
-        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
-            raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
-                                   f"{tuple(mask.shape)}")
-        if static is not None:
-            if not 0 < static.num_masked < self.num_tokens:
-                raise ModelConfigError(f"counts.num_masked={static.num_masked} must be in 1..{self.num_tokens - 1}")
-            if counts and (static.kept_min is None or static.kept_max is None):
-                raise ModelConfigError("decoder_keep with counts needs counts.kept_min/kept_max "
-                                       "(masking.mask_counts with the decoder mask generator)")
-            return static.num_masked, [static.kept_min, static.kept_max] * len(counts)
-        lo, hi, *extra = torch.stack([v for c in (mask.sum(dim=1), *counts) for v in c.aminmax()]).tolist()
-        if lo != hi or not 0 < lo < self.num_tokens:
-            raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
-                                   f"got counts from {lo} to {hi}")
-        return lo, extra
-
-    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return LOSSES[self.loss_type](pred.float(), target).float()
-
-    def _head_loss(self, pred: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None,
-                   count: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """One head's loss on fp32 predictions: the mean over every (token, value), or with ``valid`` (B, M)
-        only over the real tokens (``count`` (B,) of them per sample) of a padded batch."""
-        # Per-token normalisation commutes with the gather, so only the decoded tokens pay for it.
-        if self.norm_target:
-            target = tg.normalize_per_token(target, self.in_chans)
-        if valid is None:
-            return self._loss(pred, target)
-        per_token = LOSSES[self.loss_type](pred, target, reduction="none").sum(dim=-1)
-        return (per_token * valid).sum() / (count.sum().clamp_min(1).to(torch.float32) * pred.shape[-1])
 
     def forward(self, videos: torch.Tensor, mask: torch.Tensor, return_pred: bool = False,
                 decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None,
                 counts: Optional[MaskCounts] = None) -> dict[str, torch.Tensor]:
-        if decoder_keep is not None:
-            if return_pred:
-                raise ModelConfigError("return_pred shows every masked token: call it without decoder_keep")
-            return self._forward_decoder_masked(videos, mask, decoder_keep, counts)
-        order, n_vis = self._token_order(mask, counts)
-        x_vis = self.encoder(videos, order[:, :n_vis])
+        if return_pred and decoder_keep is not None:
+            raise ModelConfigError("return_pred shows every masked token: call it without decoder_keep")
+        plans = self.plan_tokens(mask, decoder_keep, counts)
+        # every plan lists the same visible tokens first
+        x_vis = self.forward_encoder(videos, next(iter(plans.values())).visible_ids)
+        preds = self.forward_decoder(x_vis, plans)
+        return self.forward_loss(videos, preds, plans, return_pred)
 
+    def plan_tokens(self, mask: torch.Tensor,
+                    decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None,
+                    counts: Optional[MaskCounts] = None) -> dict[str, TokenPlan]:
+        """Each trained head's TokenPlan ("frame", "motion"); heads that decode the same tokens share one plan
+        object. No decoder_keep keeps every masked token: one plan, no padding."""
+        keeps = self._head_keeps(mask, decoder_keep)
+        kept_sets = {}  # per distinct keep tensor (None: every masked token) its masked & kept tokens
+        for keep in keeps.values():
+            if id(keep) not in kept_sets:
+                kept_sets[id(keep)] = None if keep is None else mask & keep
+        sizes = {key: None if kept is None else kept.sum(dim=1) for key, kept in kept_sets.items()}
+        set_counts = self._check_counts(mask, list(sizes.values()), counts)
+        plans = {}
+        for (key, kept), set_count in zip(kept_sets.items(), set_counts):
+            n_vis = self.num_tokens - set_count.num_masked
+            # visible (ascending), then masked & kept (ascending), then the other masked tokens, which pad
+            # samples that keep fewer than the batch's most (with static counts: than the bound)
+            rank = mask.to(torch.int8) if kept is None else mask.to(torch.int8) * 2 - kept.to(torch.int8)
+            order = torch.argsort(rank, dim=1, stable=True)[:, :n_vis + set_count.kept_max]
+            valid = key_mask = None
+            if set_count.kept_min != set_count.kept_max or set_count.kept_max == 0:
+                valid = torch.arange(set_count.kept_max, device=mask.device)[None] < sizes[key][:, None]
+                visible = torch.ones(mask.shape[0], n_vis, dtype=torch.bool, device=mask.device)
+                key_mask = torch.cat([visible, valid], dim=1)
+            plans[key] = TokenPlan(order, n_vis, key_mask, valid, sizes[key])
+        return {kind: plans[id(keep)] for kind, keep in keeps.items()}
+
+    def forward_encoder(self, videos: torch.Tensor, visible_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(videos, visible_ids)
+
+    def forward_decoder(self, x_vis: torch.Tensor, plans: Mapping[str, TokenPlan]) -> dict[str, torch.Tensor]:
+        """Predictions by name ("frame", "motion"), (B, M, patch_dim) in each plan's decoded order."""
         preds = {}
-        if self.decoder_mode == "divide":
-            if self.train_frame:
-                preds["frame"] = self.space_head.head(self.space_head(x_vis, order))
-            if self.train_motion:
-                preds["motion"] = self.time_head.head(self.time_head(x_vis, order))
-        else:
-            features = self.decoder(x_vis, order)
-            for kind in ("frame", "motion"):
-                if hasattr(self.decoder, f"head_{kind}"):
-                    preds[kind] = getattr(self.decoder, f"head_{kind}")(features)
+        for decoder in self.decoders():
+            plan = plans[next(iter(decoder.heads))]  # a shared decoder's heads share one plan
+            preds.update(decoder(x_vis, plan.order, plan.key_mask))
+        return preds
 
+    def forward_loss(self, videos: torch.Tensor, preds: Mapping[str, torch.Tensor],
+                     plans: Mapping[str, TokenPlan], return_pred: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted sum of the heads' losses, each the mean error over its decoded masked tokens."""
         zero = torch.zeros((), dtype=torch.float32, device=videos.device)
         out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
         if return_pred:  # every token's target, for figures
             full = self._pixel_targets(videos, frame=True, motion=True)
-            masked_ids = order[:, n_vis:, None].expand(-1, -1, self.patch_dim)
-            targets = {k: torch.gather(v, 1, masked_ids) for k, v in full.items()}
-        else:  # training: only the masked tokens' targets are ever materialised
+            decoded = next(iter(plans.values())).decoded_ids[..., None].expand(-1, -1, self.patch_dim)
+            targets = {k: torch.gather(v, 1, decoded) for k, v in full.items()}
+        else:  # training: only the decoded tokens' targets are ever materialised
             targets = self._pixel_targets(videos, frame=self.train_frame, motion=self.train_motion,
-                                          token_ids=order[:, n_vis:])
+                                          token_ids={kind: plan.decoded_ids for kind, plan in plans.items()})
         weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
         for kind, pred in preds.items():
             pred = pred.float()
-            out[f"loss_{kind}"] = self._head_loss(pred, targets[kind])
+            out[f"loss_{kind}"] = self._head_loss(pred, targets[kind], plans[kind])
             out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
             if return_pred:
                 out[f"pred_{kind}"] = pred
@@ -226,19 +243,28 @@ class MotionMAE(nn.Module):
                         for k, v in full.items()})
         return out
 
+    def _head_loss(self, pred: torch.Tensor, target: torch.Tensor, plan: TokenPlan) -> torch.Tensor:
+        """One head's loss on fp32 predictions: the mean over every (token, value), or over the real tokens
+        only when the plan pads."""
+        # Per-token normalisation commutes with the gather, so only the decoded tokens pay for it.
+        if self.norm_target:
+            target = tg.normalize_per_token(target, self.in_chans)
+        if plan.valid is None:
+            return LOSSES[self.loss_type](pred, target).float()
+        per_token = LOSSES[self.loss_type](pred, target, reduction="none").sum(dim=-1)
+        return (per_token * plan.valid).sum() / (plan.num_decoded.sum().clamp_min(1).to(torch.float32)
+                                                 * pred.shape[-1])
+
     @torch.no_grad()
     def _pixel_targets(self, videos: torch.Tensor, frame: bool, motion: bool,
-                       token_ids: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None
-                       ) -> dict[str, torch.Tensor]:
+                       token_ids: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """Un-normalised patches of the frames and of their differences from one [0, 1] copy of the clip:
-        every token (B, N, P), or only ``token_ids`` (B, M) -> (B, M, P) (one tensor for both, or one per
-        kind), read straight from the clip without patchifying every token first. Each target is
-        materialised once per step."""
+        every token (B, N, P), or only ``token_ids[kind]`` (B, M) -> (B, M, P), read straight from the clip
+        without patchifying every token first. Each target is materialised once per step."""
         def patches(x: torch.Tensor, kind: str) -> torch.Tensor:
             if token_ids is None:
                 return self.patchify(x)
-            ids = token_ids[kind] if isinstance(token_ids, Mapping) else token_ids
-            return tg.patches_at(x, ids, self.patch_size, self.tubelet_size)
+            return tg.patches_at(x, token_ids[kind], self.patch_size, self.tubelet_size)
 
         pixels = self.unnormalize(videos)
         targets = {}
@@ -249,17 +275,20 @@ class MotionMAE(nn.Module):
             targets["motion"] = patches(diff, "motion")
         return targets
 
-    # -- decoder masking -----------------------------------------------------------------------
-    def _head_keeps(self, mask: torch.Tensor, decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]]
-                    ) -> dict[str, torch.Tensor]:
+    # -- checks --------------------------------------------------------------------------------
+    def _head_keeps(self, mask: torch.Tensor, decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor], None]
+                    ) -> dict[str, Optional[torch.Tensor]]:
+        """Each trained head's decoder keep, or None for every head when decoder masking is off."""
         kinds = [k for k, on in (("frame", self.train_frame), ("motion", self.train_motion)) if on]
+        if decoder_keep is None:
+            return dict.fromkeys(kinds)
         if isinstance(decoder_keep, Mapping):
             missing = [k for k in kinds if k not in decoder_keep]
             if missing:
                 raise ModelConfigError(f"decoder_keep has no entry for the {', '.join(missing)} head")
             keeps = {k: decoder_keep[k] for k in kinds}
         else:
-            keeps = {k: decoder_keep for k in kinds}
+            keeps = dict.fromkeys(kinds, decoder_keep)
         for kind, keep in keeps.items():
             if keep.dtype != torch.bool or tuple(keep.shape) != tuple(mask.shape):
                 raise ModelConfigError(f"decoder_keep[{kind!r}] must be bool {tuple(mask.shape)} like the mask, "
@@ -269,54 +298,29 @@ class MotionMAE(nn.Module):
                                    "decoder_keep (masking.decoder_heads: shared)")
         return keeps
 
-    def _forward_decoder_masked(self, videos: torch.Tensor, mask: torch.Tensor,
-                                decoder_keep: Union[torch.Tensor, Mapping[str, torch.Tensor]],
-                                static: Optional[MaskCounts] = None) -> dict[str, torch.Tensor]:
-        keeps = self._head_keeps(mask, decoder_keep)
-        # one token set per distinct keep tensor (shared heads: one)
-        sets: dict[int, torch.Tensor] = {}
-        for keep in keeps.values():
-            sets.setdefault(id(keep), mask & keep)
-        counts = {key: sup.sum(dim=1) for key, sup in sets.items()}
-        n_masked, kept_stats = self._masked_count(mask, list(counts.values()), static)
-        n_vis = self.num_tokens - n_masked
-        b = mask.shape[0]
-        plans = {}
-        for (key, sup), (k_lo, k_hi) in zip(sets.items(), zip(kept_stats[::2], kept_stats[1::2])):
-            # visible (ascending), then masked & kept (ascending), then the other masked tokens, which pad
-            # samples that keep fewer than the batch's most (with static counts: than the bound)
-            rank = mask.to(torch.int8) * 2 - sup.to(torch.int8)
-            order = torch.argsort(rank, dim=1, stable=True)[:, :n_vis + k_hi]
-            valid = key_mask = None
-            if k_lo != k_hi or k_hi == 0:
-                valid = torch.arange(k_hi, device=mask.device)[None] < counts[key][:, None]
-                key_mask = torch.cat([torch.ones(b, n_vis, dtype=torch.bool, device=mask.device), valid], dim=1)
-            plans[key] = (order, key_mask, valid, counts[key])
-        visible_ids = next(iter(plans.values()))[0][:, :n_vis]
-        x_vis = self.encoder(videos, visible_ids)
-
-        plan_of = {kind: plans[id(keep)] for kind, keep in keeps.items()}
-        preds = {}
-        if self.decoder_mode == "divide":
-            heads = {"frame": getattr(self, "space_head", None), "motion": getattr(self, "time_head", None)}
-            for kind, (order, key_mask, _, _) in plan_of.items():
-                preds[kind] = heads[kind].head(heads[kind](x_vis, order, key_mask))
-        else:
-            order, key_mask, _, _ = next(iter(plan_of.values()))
-            features = self.decoder(x_vis, order, key_mask)
-            for kind in plan_of:
-                preds[kind] = getattr(self.decoder, f"head_{kind}")(features)
-
-        targets = self._pixel_targets(videos, frame=self.train_frame, motion=self.train_motion,
-                                      token_ids={kind: plan[0][:, n_vis:] for kind, plan in plan_of.items()})
-        zero = torch.zeros((), dtype=torch.float32, device=videos.device)
-        out = {"loss": zero, "loss_frame": zero, "loss_motion": zero}
-        weights = {"frame": self.loss_weight_frame, "motion": self.loss_weight_motion}
-        for kind, pred in preds.items():
-            _, _, valid, count = plan_of[kind]  # valid None: every sample keeps the same count
-            out[f"loss_{kind}"] = self._head_loss(pred.float(), targets[kind], valid, count)
-            out["loss"] = out["loss"] + weights[kind] * out[f"loss_{kind}"]
-        return out
+    def _check_counts(self, mask: torch.Tensor, kept_sizes: Sequence[Optional[torch.Tensor]],
+                      counts: Optional[MaskCounts]) -> list[MaskCounts]:
+        """Check the mask and return the counts each kept set obeys (``kept_sizes``: (B,) masked & kept per
+        sample, None for a set that keeps every masked token): ``counts`` (no device read), or the actual
+        counts read from the device in one transfer (one host sync)."""
+        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
+            raise ModelConfigError(f"mask must be bool (B, {self.num_tokens}), got {mask.dtype} "
+                                   f"{tuple(mask.shape)}")
+        if counts is not None:
+            if not 0 < counts.num_masked < self.num_tokens:
+                raise ModelConfigError(f"counts.num_masked={counts.num_masked} must be in 1..{self.num_tokens - 1}")
+            if any(s is not None for s in kept_sizes) and (counts.kept_min is None or counts.kept_max is None):
+                raise ModelConfigError("decoder_keep with counts needs counts.kept_min/kept_max "
+                                       "(masking.mask_counts with the decoder mask generator)")
+            every = MaskCounts(counts.num_masked, counts.num_masked, counts.num_masked)
+            return [every if s is None else counts for s in kept_sizes]
+        read = [s for s in kept_sizes if s is not None]
+        lo, hi, *bounds = torch.stack([v for c in (mask.sum(dim=1), *read) for v in c.aminmax()]).tolist()
+        if lo != hi or not 0 < lo < self.num_tokens:
+            raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
+                                   f"got counts from {lo} to {hi}")
+        read_bounds = iter(zip(bounds[::2], bounds[1::2]))
+        return [MaskCounts(lo, lo, lo) if s is None else MaskCounts(lo, *next(read_bounds)) for s in kept_sizes]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay beyond the usual 1-D ones (mask tokens are 3-D)."""

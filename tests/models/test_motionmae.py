@@ -42,8 +42,7 @@ def test_decoder_equals_full_sequence_in_token_order(videos, half_mask, tiny, mo
     places (with the position of each place) must give the same masked predictions."""
     model = build_pretrain_model(**tiny, decoder_mode=mode).eval()
     out = model(videos, half_mask, return_pred=True)
-    order, n_vis = model._token_order(half_mask)
-    x_vis = model.encoder(videos, order[:, :n_vis])
+    x_vis = model.encoder(videos, model.plan_tokens(half_mask)["frame"].visible_ids)
     decoders = ({"frame": (model.space_head, "head"), "motion": (model.time_head, "head")} if mode == "divide"
                 else {"frame": (model.decoder, "head_frame"), "motion": (model.decoder, "head_motion")})
     for kind, (dec, head) in decoders.items():

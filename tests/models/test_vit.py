@@ -112,8 +112,8 @@ def test_encoder_sees_only_visible_tokens(videos, half_mask, tiny):
     model = build_pretrain_model(**tiny).eval()
     seen = []
     model.encoder.blocks[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
-    order, n_vis = model._token_order(half_mask)
-    out = model.encoder(videos, order[:, :n_vis])
+    visible_ids = model.plan_tokens(half_mask)["frame"].visible_ids
+    out = model.encoder(videos, visible_ids)
     assert seen == [(2, 4, 192)]
     # Reference: embed everything, keep the visible rows by boolean indexing, run the blocks.
     x = model.encoder.embed(videos)[~half_mask].reshape(2, 4, 192)
@@ -123,4 +123,4 @@ def test_encoder_sees_only_visible_tokens(videos, half_mask, tiny):
     # Masked pixels cannot reach the encoder output.
     changed = videos.clone()
     changed[0, :, 0:2, 0:16, 0:16] += 5.0  # token 0 of sample 0 is masked
-    torch.testing.assert_close(model.encoder(changed, order[:, :n_vis]), out, rtol=0, atol=0)
+    torch.testing.assert_close(model.encoder(changed, visible_ids), out, rtol=0, atol=0)
