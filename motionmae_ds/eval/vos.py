@@ -10,7 +10,7 @@ annotation, area-averaged to the grid, is the initial soft label map. For every 
 takes its ``topk`` most similar context positions within ``radius`` grid cells (Euclidean), softmaxes their
 similarities / ``temperature`` and averages their soft labels. The soft maps are upsampled bilinearly to the
 full frame and the argmax is the prediction, written as palette PNGs in DAVIS's results layout and scored
-with J and F (``engine/vos_metrics.py``). Defaults are CRW's: 20 frames, top-10, radius 12, temperature 0.05.
+with J and F (``eval/vos_metrics.py``). Defaults are CRW's: 20 frames, top-10, radius 12, temperature 0.05.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature extraction (engine/features.py, launch/extract_features.py): real MP4s and an unreadable file, a
+"""Feature extraction (eval/features.py, launch/extract_features.py): real MP4s and an unreadable file, a
 2-rank run under the real deepspeed launcher equal to the 1-rank run, and resume after a SIGKILL."""
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_killed_extraction_resumes_without_recomputing_finished_videos(one_rank,
     import sys
 
     out = inputs["root"] / "killed"
-    script = REPO / "tests" / "engine" / "killed_extraction.py"
+    script = REPO / "tests" / "eval" / "killed_extraction.py"
     args = [str(a) for a in extract_args(inputs, out, "--batch_size", "1")]
     proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True,
                           env=run_env(MOTIONMAE_TEST_KILL_AFTER="3"), timeout=240)

@@ -1,4 +1,4 @@
-"""Weighted k-NN (engine/knn.py, launch/knn_eval.py) against votes computed by hand."""
+"""Weighted k-NN (eval/knn.py, launch/knn_eval.py) against votes computed by hand."""
 from __future__ import annotations
 
 import json
