@@ -1,5 +1,6 @@
-"""Training from WebDataset shards through the real launchers: 2-rank pretraining over 13 members (one corrupt),
-which does not divide by the ranks; kill -9 and resume over the shards; finetuning from shards; bad settings."""
+"""Training from WebDataset shards: 2-rank pretraining over 13 members (one corrupt), which does not divide by the
+ranks, with kill -9 and resume over the shards (the real launcher); finetuning from shards (in this process); bad
+settings."""
 import json
 import subprocess
 from collections import Counter
@@ -14,11 +15,11 @@ from tests.helpers import (
     assert_same_steps,
     call_main,
     kill9,
-    launch,
     launch_cmd,
     read_log,
     run_env,
     start,
+    train_in_process,
     wait_for,
 )
 
@@ -112,8 +113,7 @@ def test_finetuning_trains_from_shards(tmp_path):
                        schedule={"epochs": 1, "warmup_epochs": 0, "batch_size": 4},
                        eval={"test_clips": 1, "test_crops": 1, "batch_size": 4})
     out = tmp_path / "run"
-    res = launch("finetune.py", ["--config", cfg, "--output_dir", out], ranks=0)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    train_in_process("finetune", cfg, out)
     info = json.loads((out / "run_info.json").read_text())
     assert info["steps_per_epoch"] == 6  # 24 members / batch 4
     assert len(read_log(out)) == 6
@@ -122,8 +122,9 @@ def test_finetuning_trains_from_shards(tmp_path):
 
 def test_unusable_shard_settings_exit_2_with_one_line(tiny_config, tmp_path):
     missing = tmp_path / "none" / "shard-{000000..000001}.tar"
+    first = tmp_path / "none" / "shard-000000.tar"
     for sets, message in (
-        ([f"data.shards={missing}"], f"data.shards={missing}: {tmp_path / 'none' / 'shard-000000.tar'}: file not found"),
+        ([f"data.shards={missing}"], f"data.shards={missing}: {first}: file not found"),
         (["data.shards=pipe:curl -s http://host/s.tar"], "is a pipe: URL (shards are read by byte range)"),
         (["data.synthetic=true", f"data.shards={missing}"], "and data.synthetic are both set"),
     ):

@@ -127,7 +127,8 @@ def test_memory_estimate_covers_zero3_and_its_offload(tiny_config):
     spec.loader.exec_module(module)
     cfg = tiny_config(model={"depth": 2})
     with contextlib.redirect_stdout(io.StringIO()):
-        report = module.main(["--config", str(cfg), "--deepspeed_config", str(REPO / "ds_configs" / "zero3_offload.json"),
+        report = module.main(["--config", str(cfg), "--deepspeed_config",
+                              str(REPO / "ds_configs" / "zero3_offload.json"),
                               "--nodes", "1", "--gpus_per_node", "2", "--frames", "4", "6"])
     tiny = load_pretrain_config(cfg)
     largest = me.largest_layer_params(tiny)
