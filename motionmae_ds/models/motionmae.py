@@ -70,7 +70,10 @@ class MotionMAE(nn.Module):
     counts (masking.MaskCounts, from ``mask_counts(generator, decoder generator)``): the counts the mask
     generators guarantee. With them the step reads nothing back from the device (no host sync): the gathers
     take the static visible count and the decoders pad to the static bound of masked & kept tokens. Without
-    them (masks made by hand) the mask is checked and its counts read on the host."""
+    them (masks made by hand) the mask is checked and its counts read on the host.
+
+    The step is mae's: ``plan_tokens`` (each head's visible and decoded tokens; no decoder masking keeps every
+    masked token), ``forward_encoder``, ``forward_decoder`` (predictions by name), ``forward_loss``."""
 
     def __init__(self, *, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
                  embed_dim: int, depth: int, num_heads: int, decoder_embed_dim: int, decoder_depth: int,
@@ -191,21 +194,22 @@ class MotionMAE(nn.Module):
         for keep in keeps.values():
             if id(keep) not in kept_sets:
                 kept_sets[id(keep)] = None if keep is None else mask & keep
-        sizes = {key: None if kept is None else kept.sum(dim=1) for key, kept in kept_sets.items()}
-        set_counts = self._check_counts(mask, list(sizes.values()), counts)
+        num_kept = {key: None if kept is None else kept.sum(dim=1) for key, kept in kept_sets.items()}
+        set_counts = self._check_counts(mask, list(num_kept.values()), counts)
         plans = {}
         for (key, kept), set_count in zip(kept_sets.items(), set_counts):
             n_vis = self.num_tokens - set_count.num_masked
             # visible (ascending), then masked & kept (ascending), then the other masked tokens, which pad
-            # samples that keep fewer than the batch's most (with static counts: than the bound)
+            # samples that keep fewer than the batch's most (with static counts: than the bound). Keeping every
+            # masked token (kept = mask) ranks by the mask alone: the same order without the extra ops.
             rank = mask.to(torch.int8) if kept is None else mask.to(torch.int8) * 2 - kept.to(torch.int8)
             order = torch.argsort(rank, dim=1, stable=True)[:, :n_vis + set_count.kept_max]
             valid = key_mask = None
             if set_count.kept_min != set_count.kept_max or set_count.kept_max == 0:
-                valid = torch.arange(set_count.kept_max, device=mask.device)[None] < sizes[key][:, None]
+                valid = torch.arange(set_count.kept_max, device=mask.device)[None] < num_kept[key][:, None]
                 visible = torch.ones(mask.shape[0], n_vis, dtype=torch.bool, device=mask.device)
                 key_mask = torch.cat([visible, valid], dim=1)
-            plans[key] = TokenPlan(order, n_vis, key_mask, valid, sizes[key])
+            plans[key] = TokenPlan(order, n_vis, key_mask, valid, num_kept[key])
         return {kind: plans[id(keep)] for kind, keep in keeps.items()}
 
     def forward_encoder(self, videos: torch.Tensor, visible_ids: torch.Tensor) -> torch.Tensor:
@@ -298,9 +302,9 @@ class MotionMAE(nn.Module):
                                    "decoder_keep (masking.decoder_heads: shared)")
         return keeps
 
-    def _check_counts(self, mask: torch.Tensor, kept_sizes: Sequence[Optional[torch.Tensor]],
+    def _check_counts(self, mask: torch.Tensor, num_kept: Sequence[Optional[torch.Tensor]],
                       counts: Optional[MaskCounts]) -> list[MaskCounts]:
-        """Check the mask and return the counts each kept set obeys (``kept_sizes``: (B,) masked & kept per
+        """Check the mask and return the counts each kept set obeys (``num_kept``: (B,) masked & kept per
         sample, None for a set that keeps every masked token): ``counts`` (no device read), or the actual
         counts read from the device in one transfer (one host sync)."""
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != self.num_tokens:
@@ -309,18 +313,18 @@ class MotionMAE(nn.Module):
         if counts is not None:
             if not 0 < counts.num_masked < self.num_tokens:
                 raise ModelConfigError(f"counts.num_masked={counts.num_masked} must be in 1..{self.num_tokens - 1}")
-            if any(s is not None for s in kept_sizes) and (counts.kept_min is None or counts.kept_max is None):
+            if any(s is not None for s in num_kept) and (counts.kept_min is None or counts.kept_max is None):
                 raise ModelConfigError("decoder_keep with counts needs counts.kept_min/kept_max "
                                        "(masking.mask_counts with the decoder mask generator)")
             every = MaskCounts(counts.num_masked, counts.num_masked, counts.num_masked)
-            return [every if s is None else counts for s in kept_sizes]
-        read = [s for s in kept_sizes if s is not None]
+            return [every if s is None else counts for s in num_kept]
+        read = [s for s in num_kept if s is not None]
         lo, hi, *bounds = torch.stack([v for c in (mask.sum(dim=1), *read) for v in c.aminmax()]).tolist()
         if lo != hi or not 0 < lo < self.num_tokens:
             raise ModelConfigError(f"every mask row must mask the same count in 1..{self.num_tokens - 1}, "
                                    f"got counts from {lo} to {hi}")
         read_bounds = iter(zip(bounds[::2], bounds[1::2]))
-        return [MaskCounts(lo, lo, lo) if s is None else MaskCounts(lo, *next(read_bounds)) for s in kept_sizes]
+        return [MaskCounts(lo, lo, lo) if s is None else MaskCounts(lo, *next(read_bounds)) for s in num_kept]
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay beyond the usual 1-D ones (mask tokens are 3-D)."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from motionmae_ds.models import ModelConfigError, build_decoder_mask, build_mask_generator, build_pretrain_model
-from motionmae_ds.models.masking import RunningCellDecoderMask
+from motionmae_ds.models.masking import MaskCounts, RunningCellDecoderMask
 
 KEEP_PLACES = {0.25: 3, 0.5: 2, 0.75: 1}
 
@@ -204,3 +204,49 @@ def test_bad_decoder_keep(videos, half_mask, tiny):
     with pytest.raises(ModelConfigError, match="same decoder_keep"):
         shared(videos, half_mask, decoder_keep={"frame": torch.ones_like(half_mask),
                                                 "motion": torch.zeros_like(half_mask)})
+
+
+def test_each_head_keeping_everything_with_static_counts_is_bitwise_the_paper_model(videos, half_mask, tiny):
+    """Two distinct all-True keeps (one plan per head) under static counts give the plain step, bit for bit."""
+    torch.manual_seed(0)
+    model = build_pretrain_model(**tiny, drop_path_rate=0.1)
+    keep = {"frame": torch.ones_like(half_mask), "motion": torch.ones_like(half_mask)}
+    results = []
+    for kwargs in (dict(counts=MaskCounts(4)), dict(decoder_keep=keep, counts=MaskCounts(4, 4, 4))):
+        torch.manual_seed(1)
+        out = model(videos, half_mask, **kwargs)
+        results.append((out, torch.autograd.grad(out["loss"], list(model.parameters()))))
+    (ref, ref_grads), (got, got_grads) = results
+    for key in ("loss", "loss_frame", "loss_motion"):
+        assert torch.equal(ref[key], got[key]), key
+    for (name, _), a, b in zip(model.named_parameters(), ref_grads, got_grads):
+        assert torch.equal(a, b), name
+
+
+def test_decoders_return_predictions_by_name(videos, half_mask, tiny):
+    plan = build_pretrain_model(**tiny).plan_tokens(half_mask)["frame"]
+    for mode, decoders in (("divide", {"space_head": ["frame"], "time_head": ["motion"]}),
+                           ("shared", {"decoder": ["frame", "motion"]})):
+        model = build_pretrain_model(**tiny, decoder_mode=mode)
+        x_vis = model.forward_encoder(videos, plan.visible_ids)
+        for name, kinds in decoders.items():
+            decoder = getattr(model, name)
+            preds = decoder(x_vis, plan.order)
+            assert list(preds) == kinds
+            features = decoder.forward_features(x_vis, plan.order)
+            for kind in kinds:
+                layer = decoder.head if mode == "divide" else getattr(decoder, f"head_{kind}")
+                assert preds[kind].shape == (2, 4, model.patch_dim)
+                assert torch.equal(preds[kind], layer(features))
+
+
+@pytest.mark.parametrize("mode,heads,sorts", [("divide", None, 1), ("divide", "shared", 1),
+                                              ("divide", "complementary", 2), ("shared", "shared", 1)])
+def test_heads_decoding_the_same_tokens_share_one_sort(monkeypatch, videos, half_mask, tiny, mode, heads, sorts):
+    model = build_pretrain_model(**tiny, decoder_mode=mode)
+    keep = None if heads is None else RunningCellDecoderMask(model.grid, 0.5, heads)(2)
+    calls = []
+    argsort = torch.argsort
+    monkeypatch.setattr(torch, "argsort", lambda *a, **k: calls.append(1) or argsort(*a, **k))
+    model(videos, half_mask, decoder_keep=keep)
+    assert len(calls) == sorts

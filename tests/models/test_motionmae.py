@@ -99,7 +99,8 @@ def test_weight_init(tiny):
     assert fc1.weight.abs().max() <= bound and fc1.weight.abs().max() > 0.9 * bound
     assert torch.equal(fc1.bias, torch.zeros_like(fc1.bias))
     norm = model.space_head.norm
-    assert torch.equal(norm.weight, torch.ones_like(norm.weight)) and torch.equal(norm.bias, torch.zeros_like(norm.bias))
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
     conv = model.encoder.patch_embed.proj.weight
     assert conv.abs().max() <= (6 / (192 + 1536)) ** 0.5
     assert 0.015 < model.time_head.mask_token.std() < 0.025
@@ -136,7 +137,8 @@ def test_grad_checkpointing_gives_identical_grads(videos, tiny, mode):
 def test_set_grad_checkpointing_switches_every_stack(tiny):
     model = build_pretrain_model(**tiny)
     model.set_grad_checkpointing(True)
-    assert model.encoder.grad_checkpointing and model.space_head.grad_checkpointing and model.time_head.grad_checkpointing
+    assert model.encoder.grad_checkpointing
+    assert model.space_head.grad_checkpointing and model.time_head.grad_checkpointing
     model.set_grad_checkpointing(False)
     assert not (model.encoder.grad_checkpointing or model.time_head.grad_checkpointing)
 

@@ -105,7 +105,8 @@ def test_targets_stay_fp32_in_bf16_model(videos, tiny):
     assert torch.equal(model.motion_target(videos), ref.motion_target(videos))
 
 
-@pytest.mark.parametrize("shape,patch,tubelet", [((2, 3, 4, 8, 12), 4, 2), ((1, 1, 6, 6, 6), 3, 3), ((3, 2, 2, 4, 4), 2, 1)])
+@pytest.mark.parametrize("shape,patch,tubelet",
+                         [((2, 3, 4, 8, 12), 4, 2), ((1, 1, 6, 6, 6), 3, 3), ((3, 2, 2, 4, 4), 2, 1)])
 def test_patches_at_equals_patchify_then_gather(shape, patch, tubelet):
     from motionmae_ds.models.targets import patches_at
 
