@@ -2,6 +2,7 @@
 (engine_io), the fp32 master weights and client state without an engine (zero), universal checkpoints for
 another world size (universal), weights from any source into a model (weights), and Hugging Face VideoMAE
 directories (hf). Tools call this package; it never imports them.
+A training run's side of it (when to save, what to keep, whether a checkpoint may resume here) is the manager.
 
     from motionmae_ds import checkpoint as ckpt
     ckpt.save(engine, ckpt_dir, ckpt.tag_for(step), client_state)
@@ -38,6 +39,7 @@ from motionmae_ds.checkpoint.layout import (
     tag_for,
     write_latest,
 )
+from motionmae_ds.checkpoint.manager import CheckpointManager
 from motionmae_ds.checkpoint.universal import prepare_resume, rescale_micro_in_epoch, to_universal
 from motionmae_ds.checkpoint.weights import (
     PURPOSES,
@@ -52,7 +54,7 @@ from motionmae_ds.checkpoint.zero import fp32_state_dict, load_model_states, mod
 __all__ = [
     "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
     "OLD_PREFIX", "PURPOSES", "RUN_CHECKPOINTS", "RUN_CONFIG", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
-    "CheckpointError", "IncompleteCheckpointError", "LoadReport", "WeightsDoNotFitError",
+    "CheckpointError", "CheckpointManager", "IncompleteCheckpointError", "LoadReport", "WeightsDoNotFitError",
     "encoder_weights", "find_run_dir", "fp32_state_dict", "gathered_module", "hf", "is_complete", "is_universal",
     "list_tags", "load_into", "load_latest", "load_model_states", "module_weights", "normalise_names",
     "prepare_resume", "prune", "read_client_state", "read_latest", "read_pointer", "read_weights", "remove_stale",
