@@ -21,8 +21,3 @@ def started_by_mpi(environ: Mapping[str, str] = os.environ) -> bool:
         if value.isdigit() and int(value) > 1:
             return True
     return False
-
-
-def started_by_torch_launcher(environ: Mapping[str, str] = os.environ) -> bool:
-    """True under the deepspeed launcher (any runner that sets the torch variables) or torchrun."""
-    return "RANK" in environ and "WORLD_SIZE" in environ

@@ -132,4 +132,4 @@ def test_torchcodec_missing_is_a_setup_error_not_a_bad_video(good_videos, monkey
     finally:
         monkeypatch.undo()
         torchcodec_backend._load.cache_clear()
-    assert torchcodec_backend.available(), torchcodec_backend.unavailable_reason()
+    assert torchcodec_backend.available(), torchcodec_backend._load()[1]

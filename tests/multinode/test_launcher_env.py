@@ -1,5 +1,5 @@
 """Launcher detection from the environment variables each runtime sets."""
-from motionmae_ds.runtime.launcher_env import started_by_mpi, started_by_torch_launcher
+from motionmae_ds.runtime.launcher_env import started_by_mpi
 
 
 def test_mpi_worlds_are_recognised():
@@ -8,8 +8,3 @@ def test_mpi_worlds_are_recognised():
     # a singleton MPI world or a plain shell is a one-process run
     assert not started_by_mpi({"OMPI_COMM_WORLD_SIZE": "1"}) and not started_by_mpi({})
     assert not started_by_mpi({"PMI_SIZE": "x"})
-
-
-def test_torch_launcher_variables():
-    assert started_by_torch_launcher({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3"})
-    assert not started_by_torch_launcher({"LOCAL_RANK": "0"})

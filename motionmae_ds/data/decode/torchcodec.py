@@ -43,10 +43,6 @@ def available() -> bool:
     return _load()[0] is not None
 
 
-def unavailable_reason() -> str:
-    return _load()[1]
-
-
 def torchcodec_reason(exc: BaseException) -> str:
     # torchcodec's messages start with the C++ function and source location.
     text = " ".join(str(exc).split())
