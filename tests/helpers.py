@@ -19,8 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO2 = REPO / "ds_configs" / "zero2.json"
@@ -146,53 +147,83 @@ def start_pretrain(args: list, ranks: int = 1, log_path: Optional[Path] = None) 
     return start(launch_cmd("pretrain.py", args, ranks), log_path)
 
 
-# -- runs in this process ---------------------------------------------------------------------------------------
-# A one-rank gloo group made by the trainer's own init_distributed (its launcher-free path) lives as long as the
-# pytest process: torch keeps one default group per process, and DeepSpeed caches groups made from it. What a run
-# changes besides (the rank variables it exports, signal handlers, the working directory) is put back after each.
+# -- runs without a launcher, in a fork of this process ------------------------------------------------------------
+# The trainer's own launcher-free path (init_distributed makes a one-rank gloo group) runs in a forked child of the
+# test process: no interpreter start-up and no imports (the ~20 s a launched run costs before its first step),
+# and nothing of the run survives it. In the test process itself the group would outlive the test, and every later
+# entry point that fails in-process (call_main) would leave through os._exit, taking pytest with it.
 
 _RUN_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-@contextlib.contextmanager
-def one_rank_process() -> Iterator[None]:
-    """Around a training run in this process: the launcher-free environment and one torch thread, as ``run_env``
-    gives the runs tests start (two threads on the shared 2-core machine ran the tiny model ~9x slower), all
-    restored afterwards (a later ``python launch/...`` subprocess must not inherit this process's rank variables
-    and port)."""
+def _train_child(conn, kind: str, config: str, output_dir: Path, sets: Sequence[str], resume: bool, ds_config: Path,
+                 task: Optional[type], task_args: dict) -> None:
     import torch
 
-    saved_env, cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    for key in _RUN_ENV_KEYS:
-        os.environ.pop(key, None)
-    os.environ["MOTIONMAE_KEEP_FREED_MEMORY"] = "0"  # the run must not retune the test process's allocator
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(cwd)
-        torch.set_num_threads(threads)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-
-def train_in_process(kind: str, config: str | Path, output_dir: Path, sets: Sequence[str] = (), resume: bool = True,
-                     ds_config: Path = ZERO2, task: Optional[type] = None, **task_args) -> tuple[dict, str]:
-    """A pretraining (``kind`` "pretrain") or finetuning run in this process, as ``launch/<kind>.py`` runs it
-    without a launcher; (summary, its console lines). ``task`` replaces the kind's Task class (a subclass that
-    adds a test's hook). Errors propagate as the exceptions the entry point maps to exit codes."""
     from motionmae_ds.config import load_finetune_config, load_pretrain_config
     from motionmae_ds.train.finetune import FinetuneTask
     from motionmae_ds.train.pretrain import PretrainTask
     from motionmae_ds.train.trainer import Trainer
 
+    for key in _RUN_ENV_KEYS:  # a launcher-free start, whatever the test process has
+        os.environ.pop(key, None)
+    # one thread, as run_env gives the runs tests start (two threads on the shared 2-core machine ran the tiny
+    # model ~9x slower), and torch's threads are not fork-safe beyond one
+    torch.set_num_threads(1)
     load, task_cls = {"pretrain": (load_pretrain_config, PretrainTask),
                       "finetune": (load_finetune_config, FinetuneTask)}[kind]
     out, err = io.StringIO(), io.StringIO()
-    with one_rank_process(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        cfg = load(str(config), [str(s) for s in sets])
-        summary = Trainer((task or task_cls)(cfg, **task_args), ds_config, output_dir, resume).run()
-    return summary, out.getvalue()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cfg = load(config, list(sets))
+            summary = Trainer((task or task_cls)(cfg, **task_args), ds_config, output_dir, resume).run()
+        conn.send(("ok", summary, out.getvalue()))
+    except BaseException as exc:  # handed to the test, which re-raises it
+        exc.add_note(traceback.format_exc())
+        try:
+            conn.send(("error", exc, out.getvalue()))
+        except Exception:  # an exception that does not pickle
+            conn.send(("error", RuntimeError(traceback.format_exc()), out.getvalue()))
+    finally:
+        conn.close()
+
+
+def train_in_process(kind: str, config: str | Path, output_dir: Path, sets: Sequence[str] = (), resume: bool = True,
+                     ds_config: Path = ZERO2, task: Optional[type] = None, timeout: float = 600,
+                     **task_args) -> tuple[dict, str]:
+    """A pretraining (``kind`` "pretrain") or finetuning run as ``launch/<kind>.py`` runs it without a launcher,
+    in a fork of this process; (summary, its console lines). ``task`` replaces the kind's Task class (a subclass
+    that adds a test's hook; the fork needs no pickling). An error of the run is raised here, as the exception
+    the entry point would map to an exit code."""
+    import multiprocessing
+
+    # what every run imports, imported once here rather than in each fork: the training code, TensorBoard's writer,
+    # and the module DeepSpeed's optimizer check imports at every engine's start (it pulls in torch's inductor, ~3 s)
+    import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
+
+    import motionmae_ds.train.finetune  # noqa: F401
+    import motionmae_ds.train.pretrain  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_train_child, args=(send, kind, str(config), Path(output_dir),
+                                                       [str(s) for s in sets], resume, ds_config, task, task_args))
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            raise AssertionError(f"the {kind} run did not finish within {timeout} s")
+        status, value, stdout = receive.recv()
+    except EOFError:
+        child.join(30)
+        raise AssertionError(f"the {kind} run died without a result (exit code {child.exitcode})") from None
+    finally:
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        receive.close()
+    if status == "error":
+        raise value
+    return value, stdout

@@ -1,7 +1,7 @@
 """Test-only entry point: launch/pretrain.py with the loss of one micro-step made NaN.
 
 ``MOTIONMAE_TEST_NAN_AT=k`` poisons the k-th (0-based) training micro-step this process computes, through the
-task's loss hook; the production loop has no injection code. Used by test_failures.py.
+task's loss hook; the production loop has no injection code. Used by tests/runtime/test_failures.py.
 """
 import os
 import runpy

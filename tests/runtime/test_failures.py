@@ -4,10 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from tests.helpers import REPO, ZERO2, call_main, launch_cmd, read_log, run_env
-from tests.helpers import run_pretrain as run
+from motionmae_ds.config import ConfigError
+from tests.helpers import REPO, ZERO2, call_main, launch_cmd, read_log, run_env, train_in_process
 
 NAN_PRETRAIN = Path(__file__).resolve().parent / "nonfinite_pretrain.py"
 
@@ -44,9 +45,10 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
     model = build_model(config_from_dict(blob["config"]))
     model.load_state_dict(state)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    # and the ordinary entry point resumes from it to the end
-    again = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out])
-    assert again.returncode == 0, again.stderr[-2000:]
+    # and a run without the poison resumes from it to the end (in this process; the resume position itself is
+    # tests/train/test_loop.py's)
+    summary, _ = train_in_process("pretrain", cfg, out)
+    assert summary["resumed_from"] == "step00000004"
     assert [r["step"] for r in read_log(out)] == list(range(1, 13))
 
 
@@ -91,6 +93,9 @@ def test_batch_mismatch_in_json_is_an_error(tiny_config, tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(ds))
     cfg = tiny_config()
-    line = _one_error_line(run(["--config", cfg, "--deepspeed_config", path, "--output_dir", tmp_path / "o"],
-                               launcher="python"))
+    # raised once the process group exists (in this process: the one-rank group of train_in_process); a config
+    # error becomes exit 2 and one line through the entry point (test_bad_configs_exit_2_with_one_line)
+    with pytest.raises(ConfigError) as err:
+        train_in_process("pretrain", cfg, tmp_path / "o", ds_config=path)
+    line = str(err.value)
     assert "train_micro_batch_size_per_gpu=16 disagrees" in line and "schedule.batch_size gives 2" in line

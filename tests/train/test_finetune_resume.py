@@ -1,9 +1,20 @@
 """Finetuning resumes like pretraining: kill -9 mid-epoch and the relaunch logs the uninterrupted run's losses;
-a 2-rank checkpoint, converted to DeepSpeed's universal format, resumes on 1 rank."""
+a 2-rank checkpoint, converted to DeepSpeed's universal format, resumes on 1 rank (in this process)."""
 import json
 
 from tests.finetune_support import motion_lists, write_config
-from tests.helpers import ZERO2, assert_same_steps, call_main, kill9, launch, launch_cmd, read_log, start, wait_for
+from tests.helpers import (
+    ZERO2,
+    assert_same_steps,
+    call_main,
+    kill9,
+    launch,
+    launch_cmd,
+    read_log,
+    start,
+    train_in_process,
+    wait_for,
+)
 
 
 def _vals(run_dir):
@@ -22,8 +33,8 @@ def test_finetune_kill9_mid_epoch_resumes_exactly(tmp_path):
                        run={"save_every_steps": 4, "save_every_epochs": 1, "keep_last": 2})
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    ref = launch("finetune.py", args + ["--output_dir", ref_dir], ranks=1)
-    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    # the uninterrupted run in this process (one rank, one thread, like the launched one)
+    train_in_process("finetune", cfg, ref_dir)
     reference = {r["step"]: r for r in read_log(ref_dir)}
     assert sorted(reference) == list(range(1, 25))
 
@@ -65,9 +76,8 @@ def test_two_rank_finetune_checkpoint_resumes_on_one_rank(tmp_path):
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
     assert (ckpts / "latest").read_text().strip() == "step00000006_universal"
 
-    resumed = launch("finetune.py", args, ranks=1)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resumed from {ckpts / 'step00000006_universal'}" in resumed.stdout
+    _, stdout = train_in_process("finetune", cfg, out)
+    assert f"resumed from {ckpts / 'step00000006_universal'}" in stdout
     steps = read_log(out)
     assert [r["step"] for r in steps] == list(range(1, 7)) + list(range(7, 19))
     assert all(r["epoch"] == 1 for r in steps[6:])

@@ -1,6 +1,7 @@
 """kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's (with decoder
-masking on: its draws resume too)."""
-from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, wait_for
+masking on: its draws resume too). --no_resume starts over."""
+from motionmae_ds.runtime.cli import training_parser
+from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, train_in_process, wait_for
 from tests.helpers import run_pretrain as run
 from tests.helpers import start_pretrain as start
 
@@ -16,8 +17,9 @@ def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
 
-    ref = run(args + ["--output_dir", ref_dir])
-    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    # the uninterrupted run in this process (one rank, one thread, like the launched one): the launched run must
+    # retrace it wherever it was killed
+    train_in_process("pretrain", cfg, ref_dir)
     reference = {r["step"]: r for r in read_log(ref_dir)}
     assert sorted(reference) == list(range(1, 25))
 
@@ -42,14 +44,16 @@ def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
 
 
 def test_no_resume_starts_over(tiny_config, tmp_path):
+    # in this process (tests/train/test_loop.py's one-rank group): what --no_resume selects, not the flag's parsing
+    assert training_parser("pretrain", "x.yaml").parse_args(["--no_resume"]).no_resume
     cfg = tiny_config(schedule={"epochs": 1, "warmup_epochs": 0, "batch_size": 2})
     out = tmp_path / "run"
-    first = run(["--config", cfg, "--output_dir", out], launcher="python")
-    assert first.returncode == 0, first.stderr[-3000:]
+    first, _ = train_in_process("pretrain", cfg, out)
+    assert first["resumed_from"] is None
     # same command: everything is done, resumes at the end and trains nothing more
-    second = run(["--config", cfg, "--output_dir", out], launcher="python")
-    assert second.returncode == 0 and "resumed from" in second.stdout
+    second, stdout = train_in_process("pretrain", cfg, out)
+    assert second["resumed_from"] == "step00000006" and "resumed from" in stdout
     assert len(read_log(out)) == 6
-    third = run(["--config", cfg, "--output_dir", out, "--no_resume"], launcher="python")
-    assert third.returncode == 0 and "resumed from" not in third.stdout
+    third, stdout = train_in_process("pretrain", cfg, out, resume=False)
+    assert third["resumed_from"] is None and "resumed from" not in stdout
     assert [r["step"] for r in read_log(out)] == list(range(1, 7))

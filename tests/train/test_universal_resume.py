@@ -1,5 +1,9 @@
-"""A 2-rank run, converted to DeepSpeed's universal format, resumes through launch/pretrain.py on 1 rank."""
-from tests.helpers import ZERO2, call_main, read_log
+"""A 2-rank run (the real launcher), converted to DeepSpeed's universal format, resumes on 1 rank (in this
+process: the one-rank group of tests/helpers.py's train_in_process)."""
+import pytest
+
+from motionmae_ds.config import ConfigError
+from tests.helpers import ZERO2, call_main, read_log, train_in_process
 from tests.helpers import run_pretrain as run
 
 
@@ -13,19 +17,18 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tiny_config, tmp_path):
     ckpts = out / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "step00000003"
 
-    # without conversion a different world size is refused with one line
-    refused = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=1)
-    assert refused.returncode == 2
-    assert "written by 2 ranks" in refused.stderr and "universal" in refused.stderr
+    # without conversion a different world size is refused (a config error: exit 2 and one line through the
+    # entry point, tests/runtime/test_failures.py)
+    with pytest.raises(ConfigError, match="written by 2 ranks.*universal"):
+        train_in_process("pretrain", cfg, out)
 
     # the converter's main() in this process (its subprocess form is tested in tests/tools)
     conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", ckpts, "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
     assert (ckpts / "latest").read_text().strip() == "step00000003_universal"
 
-    resumed = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=1)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert f"resumed from {ckpts / 'step00000003_universal'}" in resumed.stdout
+    _, stdout = train_in_process("pretrain", cfg, out)
+    assert f"resumed from {ckpts / 'step00000003_universal'}" in stdout
     # epoch 0 was complete (12 samples), so the 1-rank run trains epoch 1: 6 steps after step 3
     assert [r["step"] for r in read_log(out)] == [1, 2, 3] + list(range(4, 10))
     # latest now names the ordinary checkpoint the 1-rank run wrote, which the next launch reads the ordinary
