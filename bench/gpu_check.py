@@ -154,17 +154,16 @@ def hf_pretrain_model(cfg: Any) -> torch.nn.Module:
 
 def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]:
     """Timed steps of ours (or HF VideoMAEForPreTraining with ``hf``) through a ZeRO-2 bf16 DeepSpeed engine."""
-    import deepspeed
 
-    from motionmae_ds.builders import build_masker, build_model, mask_kwargs, model_kwargs
+    from motionmae_ds.builders import build_engine, build_masker, build_model, compile_blocks, mask_kwargs, model_kwargs
     from motionmae_ds.models import pretrain_macs
     from motionmae_ds.models.flops import TRAIN_FLOPS_PER_MAC
     from motionmae_ds.models.masking import mask_counts
     from motionmae_ds.runtime import distributed as dist_utils
+    from motionmae_ds.runtime.distributed import enable_tf32
     from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
     from motionmae_ds.train.mfu import accelerator_device_name, mfu
-    from motionmae_ds.train.optim import build_adamw, param_groups
-    from motionmae_ds.train.trainer import compile_blocks, enable_tf32
+    from motionmae_ds.train.optim import param_groups
 
     dist_utils.init_distributed()
     device = dist_utils.device()
@@ -183,8 +182,7 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
             compile_blocks(model)
         macs = pretrain_macs(**mask_kwargs(cfg), **model_kwargs(cfg))
         groups = param_groups(model, cfg.optim.weight_decay)
-    optimizer = build_adamw(groups, 1e-4, cfg.optim.betas, cfg.optim.eps, device_type=device.type)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds)
+    engine = build_engine(model, groups, cfg, ds, 1e-4, device)
     grid = (cfg.model.num_frames // cfg.model.tubelet_size, cfg.model.img_size // cfg.model.patch_size,
             cfg.model.img_size // cfg.model.patch_size)
     masker = build_masker(cfg, grid)
@@ -223,7 +221,7 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
            "tflops": round(flops / step_s / 1e12, 4), "mfu": None if util is None else round(util, 4),
            "peak_gib": round(_peak_bytes(device) / 2 ** 30, 2), "warmup_s": round(warmup_s, 2),
            "gflop_per_step": round(flops / 1e9, 3)}
-    engine = optimizer = model = None  # noqa: F841 (frees the device memory before the next case)
+    engine = model = None  # noqa: F841 (frees the device memory before the next case)
     _reset_peak(device)
     return row
 

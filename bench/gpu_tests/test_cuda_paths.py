@@ -96,7 +96,8 @@ def test_training_loader_pins_its_batches(tmp_path):
 
 
 def test_fused_adamw_on_cuda_matches_the_unfused_one():
-    from motionmae_ds.train.optim import build_adamw, param_groups
+    from motionmae_ds.builders import build_adamw
+    from motionmae_ds.train.optim import param_groups
 
     results = []
     for device_type in ("cuda", "cpu"):

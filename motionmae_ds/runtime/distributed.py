@@ -120,3 +120,13 @@ def gather_objects(items: list) -> list:
     boxes = [None] * dist.get_world_size()
     dist.all_gather_object(boxes, list(items))
     return [item for box in boxes for item in box]
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 tensor cores for the fp32 matmuls and convolutions left on CUDA (bf16 runs have few: the fp32
+    target and loss math); the CPU has no such mode. Returns whether it was switched on."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True

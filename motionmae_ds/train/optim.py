@@ -7,7 +7,7 @@ drops empty ones, so groups are matched by keys, never by index.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
@@ -57,29 +57,6 @@ def timm_layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: 
     groups = param_groups_layer_decay(model, weight_decay=_MEMBERSHIP_WEIGHT_DECAY, layer_decay=layer_decay,
                                       no_weight_decay_list=_no_decay_patterns(model, no_weight_decay_list))
     return _with_scales(model, groups, weight_decay)
-
-
-def use_fused(device_type: str) -> bool:
-    """torch's fused AdamW (one kernel for every parameter) on CUDA; the CPU keeps the default AdamW, whose
-    numbers the CPU tests were measured with."""
-    return device_type == "cuda"
-
-
-def build_adamw(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float], eps: float,
-                device_type: Optional[str] = None) -> torch.optim.AdamW:
-    """A client torch AdamW over ``groups`` (DeepSpeed keeps its extra keys). ``device_type`` defaults to the
-    DeepSpeed accelerator's; on CUDA the optimizer is the fused one. Under ZeRO-2 the fp32 master partitions
-    live on the device, so the fused kernel runs there; with the optimizer offloaded to the CPU
-    (``zero2_offload.json``, ``zero3_offload.json``) DeepSpeed runs this optimizer on CPU tensors, so it is
-    built unfused (``device_type="cpu"``)."""
-    # param_names is bookkeeping for us and tests; torch's optimizer would keep it anyway, but DeepSpeed
-    # replaces "params" with flat partitions, so names would lie afterwards
-    clean = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
-    if device_type is None:
-        from deepspeed.accelerator import get_accelerator
-
-        device_type = "cuda" if get_accelerator().device_name().startswith("cuda") else "cpu"
-    return torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps, fused=True if use_fused(device_type) else None)
 
 
 def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -17,51 +17,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import deepspeed
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from motionmae_ds.builders import build_engine, compile_blocks
+from motionmae_ds.checkpoint.layout import RUN_CHECKPOINTS
 from motionmae_ds.checkpoint.manager import CheckpointManager
 from motionmae_ds.config import ConfigError, batch_layout, check_paths
 from motionmae_ds.data.loader import DistributedSampler, make_loader
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.runtime import distributed as dist_utils
+from motionmae_ds.runtime.cli import output_dir_of
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
-from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config, offload_device
+from motionmae_ds.runtime.distributed import enable_tf32
+from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
 from motionmae_ds.runtime.errors import NonFiniteLossError
 from motionmae_ds.runtime.preemption import Preempted, PreemptionFlag
 from motionmae_ds.train.logging import RunLogger
-from motionmae_ds.train.optim import build_adamw, set_lr_wd
+from motionmae_ds.train.optim import set_lr_wd
 from motionmae_ds.train.schedule import Schedule, scaled_lr
 from motionmae_ds.train.state import TrainState
 from motionmae_ds.train.task import RunContext, StepContext, Task
-
-
-def compile_blocks(model: nn.Module) -> int:
-    """Regional compilation (``run.compile``): ``torch.compile`` every transformer block in place
-    (``nn.Module.compile``). The module tree keeps its eager names, so state dicts and DeepSpeed checkpoints
-    carry no ``_orig_mod.`` and load into compiled and eager runs alike; each block kind compiles once and
-    its code is reused by every block of that shape. Returns the number of blocks compiled."""
-    count = 0
-    for module in model.modules():
-        blocks = getattr(module, "blocks", None)
-        if isinstance(blocks, nn.ModuleList):
-            for block in blocks:
-                block.compile()
-                count += 1
-    return count
-
-
-def enable_tf32(device: torch.device) -> bool:
-    """TF32 tensor cores for the fp32 matmuls and convolutions left on CUDA (bf16 runs have few: the fp32
-    target and loss math); the CPU has no such mode. Returns whether it was switched on."""
-    if device.type != "cuda":
-        return False
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return True
 
 
 def seed_step(seed: int, epoch: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
@@ -87,14 +64,13 @@ class Trainer:
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         enable_tf32(self.device)
-        stem = Path(cfg.source).stem if cfg.source.endswith((".yaml", ".yml")) else task.default_dir
-        self.out_dir = Path(output_dir or cfg.run.output_dir or Path("runs") / stem)
+        self.out_dir = output_dir_of(cfg, output_dir, task.default_dir)
         self.micro, self.accum, self.total_batch = batch_layout(cfg, self.world)
         task.check(self.micro)
         self.ds_config = fill_batch(load_ds_config(ds_config_path), self.micro, self.accum, self.world,
                                     origin=str(ds_config_path), yaml_origin=cfg.source)
         run = cfg.run
-        self.checkpoints = CheckpointManager(self.out_dir / "checkpoints", self.world, self.micro,
+        self.checkpoints = CheckpointManager(self.out_dir / RUN_CHECKPOINTS, self.world, self.micro,
                                              cfg.schedule.epochs, run.save_every_steps, run.save_every_epochs,
                                              run.keep_last, resume)
         self.log = RunLogger(self.out_dir, enabled=dist_utils.is_main())
@@ -121,12 +97,8 @@ class Trainer:
         peak_lr = scaled_lr(cfg.optim.base_lr, self.total_batch)
         self.schedule = Schedule(peak_lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.weight_decay_end,
                                  steps_per_epoch, cfg.schedule.epochs, cfg.schedule.warmup_epochs)
-        # fused on CUDA, unless ZeRO offloads the optimizer step to the CPU
-        offloaded = offload_device(self.ds_config) != "none"
-        optimizer = build_adamw(groups, peak_lr, cfg.optim.betas, cfg.optim.eps,
-                                device_type="cpu" if offloaded else self.device.type)
         self.ds_config = self.checkpoints.prepare(self.ds_config)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.engine = build_engine(model, groups, cfg, self.ds_config, peak_lr, self.device)
         self.ctx = RunContext(self.engine, self.device, self.rank, self.world, self.out_dir, self.log, self.micro,
                               self.accum, self.total_batch, peak_lr, steps_per_epoch)
         task.setup(self.ctx)

@@ -35,11 +35,11 @@ def build(args: argparse.Namespace, prepare_resume: bool):
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from motionmae_ds.builders import build_masker, build_model
+    from motionmae_ds.builders import build_adamw, build_masker, build_model
     from motionmae_ds.config import batch_layout, load_pretrain_config
     from motionmae_ds.runtime import distributed as dist_utils
     from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
-    from motionmae_ds.train.optim import build_adamw, param_groups
+    from motionmae_ds.train.optim import param_groups
 
     cfg = load_pretrain_config(args.config)
     dist_utils.init_distributed()

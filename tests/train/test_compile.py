@@ -4,8 +4,8 @@ the other's checkpoint: eager -> compiled and compiled -> eager."""
 import subprocess
 
 from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.builders import compile_blocks
 from motionmae_ds.models import build_pretrain_model
-from motionmae_ds.train.trainer import compile_blocks
 from tests.helpers import ZERO2, launch_cmd, read_log, start
 
 TOL = 1e-3

@@ -68,7 +68,8 @@ _SCRIPT = textwrap.dedent("""
     from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
     from motionmae_ds.builders import build_finetune_model
     from motionmae_ds.train.optim import finetune_param_groups as build_param_groups
-    from motionmae_ds.train.optim import build_adamw, set_lr_wd
+    from motionmae_ds.builders import build_adamw
+    from motionmae_ds.train.optim import set_lr_wd
     sys.path.insert(0, {here!r})
     from test_finetune_lr import _cfg
     dist_utils.init_distributed()

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from motionmae_ds.builders import build_adamw
 from motionmae_ds.models import build_classifier, build_pretrain_model
-from motionmae_ds.train.optim import build_adamw, param_groups, set_lr_wd, timm_layer_decay_groups
+from motionmae_ds.train.optim import param_groups, set_lr_wd, timm_layer_decay_groups
 from motionmae_ds.train.schedule import Schedule, cosine_with_warmup, scaled_lr
 
 TINY = dict(name="vit_tiny", num_frames=4, img_size=32, depth=2, decoder_depth=1)
