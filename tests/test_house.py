@@ -157,3 +157,13 @@ def test_no_file_over_400_lines(root):
     long = {str(p.relative_to(REPO)): n for p in sorted((REPO / root).rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines (split them by concern): {long}"
+
+
+def test_test_modules_have_unique_names():
+    # the test folders are not packages: pytest imports each test file by its bare name, so two files of one
+    # name stop the whole collection ("import file mismatch")
+    names: dict[str, list[str]] = {}
+    for p in sorted((REPO / "tests").rglob("*.py")):
+        if p.name != "conftest.py":
+            names.setdefault(p.name, []).append(str(p.relative_to(REPO)))
+    assert not {k: v for k, v in names.items() if len(v) > 1}

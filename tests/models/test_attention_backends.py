@@ -211,4 +211,12 @@ def test_key_mask_equals_attention_without_the_padding(monkeypatch, backend):
     ref = torch.autograd.grad(real.sum(), (q, k, v))
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want)
+
+
+def test_tiled_attention_with_key_mask_has_the_true_gradient(monkeypatch):
+    # numerical against analytic gradient of the tiled kernel through padded keys (once: it is the slow check)
+    monkeypatch.setattr(cpu_kernels, "ATTENTION_TILE_ELEMENTS", 2 * 13 * 13)  # several tiles
+    q, k, v = (t.detach().double().requires_grad_() for t in qkv(torch.float32, b=2, h=3, n=13, d=8))
+    key_mask = torch.ones(2, 13, dtype=torch.bool)
+    key_mask[0, 9:] = False
     assert torch.autograd.gradcheck(lambda a, b, c: matmul_attention(a, b, c, key_mask), (q, k, v))
