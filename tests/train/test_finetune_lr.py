@@ -11,6 +11,7 @@ from motionmae_ds.builders import build_finetune_model
 from motionmae_ds.config import FinetuneConfig
 from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.train.optim import finetune_param_groups as build_param_groups
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPTH = 3
@@ -102,7 +103,7 @@ def test_effective_lr_per_layer_after_zero2_step(tmp_path):
     script.write_text(_SCRIPT.format(here=str(Path(__file__).parent), lr=lr, wd=wd,
                                      ds=str(REPO / "ds_configs" / "zero2.json"), out=str(out)))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", "29633", str(script)], env=env,
+    proc = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), str(script)], env=env,
                           capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = torch.load(out)
