@@ -11,7 +11,6 @@ from motionmae_ds.builders import build_finetune_model
 from motionmae_ds.config import FinetuneConfig
 from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.train.optim import finetune_param_groups as build_param_groups
-from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPTH = 3
@@ -97,6 +96,9 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_effective_lr_per_layer_after_zero2_step(tmp_path):
+    # imported here: the launched script imports this module for _cfg, without the repo root on its path
+    from tests.helpers import free_port
+
     lr, wd = 1e-3, 0.05
     out = tmp_path / "result.pt"
     script = tmp_path / "lr_step.py"
