@@ -47,11 +47,16 @@ def _bound_data_parallel_group() -> None:
     world group made with ``new_group(ranks)``, and torch gives a new group its backend's default timeout
     (30 minutes for gloo), not the world group's: a frozen peer held the other ranks for half an hour instead
     of ``DEEPSPEED_TIMEOUT`` minutes. DeepSpeed caches the clone, so creating it here (every rank, right
-    after init) and setting its timeout is what ``deepspeed.initialize`` later finds.
+    after init) with the timeout is what ``deepspeed.initialize`` later finds. The group is made with
+    ``new_group(timeout=...)``, which every torch release has, rather than by setting the timeout of DeepSpeed's
+    clone afterwards: ``torch.distributed.set_timeout`` is missing from the torch builds common CUDA images ship.
     """
     if dist.get_world_size() == 1:
         return
-    dist.set_timeout(default_pg_timeout, group=groups._clone_world_group())
+    if groups._WORLD_GROUP is None:
+        groups._WORLD_GROUP = dist.new_group(ranks=list(range(dist.get_world_size())), timeout=default_pg_timeout)
+    elif hasattr(dist, "set_timeout"):  # cloned before us (by a caller's own DeepSpeed use): bound it if torch can
+        dist.set_timeout(default_pg_timeout, group=groups._WORLD_GROUP)
 
 
 def _unlink_shm_workspace() -> None:
