@@ -8,7 +8,7 @@ from pathlib import Path
 from motionmae_ds.config.finetune import FinetuneConfig
 from motionmae_ds.config.loader import ConfigError
 from motionmae_ds.config.pretrain import PretrainConfig
-from motionmae_ds.data.shards import shard_urls
+from motionmae_ds.data.shards import ShardError, shard_urls
 
 
 def check_paths(cfg: PretrainConfig | FinetuneConfig) -> None:
@@ -28,7 +28,10 @@ def _check_data_files(cfg: PretrainConfig | FinetuneConfig, list_keys: tuple[str
         value = getattr(cfg.data, key)
         if value and not Path(value).is_file():
             raise ConfigError(f"{cfg.source}: data.{key}={value}: file not found")
-    urls = shard_urls(cfg.data.shards) if cfg.data.shards else []
+    try:
+        urls = shard_urls(cfg.data.shards) if cfg.data.shards else []
+    except ShardError as exc:
+        raise ConfigError(f"{cfg.source}: data.shards: {exc}") from None
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
         raise ConfigError(f"{cfg.source}: data.shards={cfg.data.shards}: {missing[0]}: file not found")

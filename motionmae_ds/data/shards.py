@@ -27,8 +27,6 @@ import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
-from webdataset.shardlists import expand_urls
-
 from .datasets import VideoClipDataset
 from .decode import VideoDecodeError, VideoReader
 from .lists import VIDEO_SUFFIXES
@@ -117,6 +115,10 @@ def shard_urls(spec: str) -> list[str]:
     """The shard URLs of a ``data.shards`` value (WebDataset's brace and ``::`` syntax)."""
     if spec.startswith("pipe:"):
         raise ShardError(f"{spec}: pipe: URLs stream only; shards are read by byte range (a path or fsspec URL)")
+    try:  # imported here: a run from list files needs no webdataset installed (the shards extra)
+        from webdataset.shardlists import expand_urls
+    except ImportError as exc:
+        raise ShardError(f"{spec}: data.shards needs the webdataset package (pip install webdataset): {exc}") from None
     urls = expand_urls(spec)
     if not urls:
         raise ShardError(f"{spec}: names no shard")
