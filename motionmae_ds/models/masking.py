@@ -163,11 +163,16 @@ class RunningCellDecoderMask:
         rows, cols = torch.arange(h), torch.arange(w)
         place = (rows[:, None] % 2) * 2 + cols[None, :] % 2  # (h, w), 0..3
         # (t, h*w): the place each token occupies, moved back by its slice; kept iff (place - t - p) mod 4 < keep
-        self._offset = (place.reshape(1, h * w) - torch.arange(t)[:, None]) % CELL_PLACES
+        offset = (place.reshape(1, h * w) - torch.arange(t)[:, None]) % CELL_PLACES
+        # one copy per device, made at the first draw there: copying it at every draw would be a blocking
+        # host-to-device copy in each step on an accelerator
+        self._offsets = {offset.device: offset}
 
     def keep_for(self, phase: torch.Tensor) -> torch.Tensor:
         """(B,) phases in 0..3 -> bool (B, t*h*w) kept tokens."""
-        offset = self._offset.to(phase.device)
+        offset = self._offsets.get(phase.device)
+        if offset is None:
+            offset = self._offsets[phase.device] = next(iter(self._offsets.values())).to(phase.device)
         return ((offset[None] - phase[:, None, None]) % CELL_PLACES < self.keep).reshape(phase.shape[0], -1)
 
     def __call__(self, batch_size: int, device: Union[str, torch.device, None] = None,

@@ -2,6 +2,7 @@
 temporal differences, with optional per-token normalisation. Everything here runs in fp32."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -27,12 +28,20 @@ def unpatchify(patches: torch.Tensor, grid: Sequence[int], patch_size: int, tube
                      pw=patch_size)
 
 
+@functools.lru_cache(maxsize=16)
+def normalization_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (1, C, 1, 1, 1) mean and std on ``device``, made once per device: building them from Python floats in
+    every forward would be a blocking host-to-device copy on an accelerator, twice a step."""
+    shape = (1, len(mean), 1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32, device=device).reshape(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).reshape(shape))
+
+
 def unnormalize(videos: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Undo the loader's (x - mean) / std in fp32. mean/std stay Python floats (not buffers)
     so that casting the module to bf16 cannot round them."""
-    shape = (1, len(mean), 1, 1, 1)
-    m = torch.tensor(mean, dtype=torch.float32, device=videos.device).reshape(shape)
-    s = torch.tensor(std, dtype=torch.float32, device=videos.device).reshape(shape)
+    m, s = normalization_tensors(tuple(mean), tuple(std), videos.device)
     return videos.float() * s + m
 
 

@@ -250,3 +250,15 @@ def test_heads_decoding_the_same_tokens_share_one_sort(monkeypatch, videos, half
     monkeypatch.setattr(torch, "argsort", lambda *a, **k: calls.append(1) or argsort(*a, **k))
     model(videos, half_mask, decoder_keep=keep)
     assert len(calls) == sorts
+
+
+def test_running_cell_offsets_are_copied_to_a_device_once():
+    from motionmae_ds.models.masking import build_decoder_mask
+
+    dec = build_decoder_mask(kind="running_cell", grid=(4, 4, 4), ratio=0.5, heads="shared")
+    gen = torch.Generator().manual_seed(0)
+    first = dec(3, generator=gen)
+    offsets = dict(dec._offsets)
+    second = dec(3, generator=gen)
+    assert dec._offsets.keys() == offsets.keys() and all(dec._offsets[d] is t for d, t in offsets.items())
+    assert first["frame"].shape == second["frame"].shape == (3, 64)

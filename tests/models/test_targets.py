@@ -137,3 +137,16 @@ def test_training_targets_equal_the_figure_path(norm_target):
         fast, full = model(videos, mask), model(videos, mask, return_pred=True)
     for key in ("loss", "loss_frame", "loss_motion"):
         assert torch.equal(fast[key], full[key]) and fast[key] > 0
+
+
+def test_normalization_tensors_are_made_once_per_device():
+    # a new tensor from Python floats in every forward would be a blocking host-to-device copy on a GPU
+    from motionmae_ds.models.targets import normalization_tensors, unnormalize
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    videos = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = normalization_tensors(mean, std, videos.device)
+    out = unnormalize(videos, list(mean), list(std))  # lists as configs hold them: the same cache entry
+    assert all(a is b for a, b in zip(first, normalization_tensors(mean, std, videos.device)))
+    by_hand = videos * torch.tensor(std).reshape(1, 3, 1, 1, 1) + torch.tensor(mean).reshape(1, 3, 1, 1, 1)
+    assert torch.equal(out, by_hand)
