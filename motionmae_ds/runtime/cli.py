@@ -62,11 +62,25 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _leave(code: int) -> int:
+    """A finished run leaves without interpreter teardown when a process group exists: tearing down a live
+    gloo group and DeepSpeed engine at exit sometimes aborts the process after its work is done ("terminate
+    called without an active exception", exit 250), which the launcher reports as a failed run. Everything is
+    written by then (checkpoints renamed into place, log.jsonl per line, TensorBoard closed in the trainer)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        os._exit(code)
+    return code
+
+
 def run_entry(body: Callable[[], int]) -> int:
     """Run ``body`` and map our errors to one line on stderr and the documented exit code."""
     def guarded() -> int:
         try:
-            return body()
+            return _leave(body())
         except ConfigError as exc:
             return _fail(f"config error: {exc}", EXIT_CONFIG)
         except NonFiniteLossError as exc:

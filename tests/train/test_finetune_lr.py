@@ -62,7 +62,7 @@ def test_linear_probe_trains_only_the_head():
 
 
 _SCRIPT = textwrap.dedent("""
-    import json, sys, torch, deepspeed
+    import json, os, sys, torch, deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
     from motionmae_ds.runtime import distributed as dist_utils
     from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
@@ -92,6 +92,8 @@ _SCRIPT = textwrap.dedent("""
     if dist_utils.rank() == 0:
         torch.save(dict(before=before, after=after, groups=groups,
                         layers={{n: model.layer_id(n) for n in before}}), {out!r})
+    dist_utils.barrier()
+    os._exit(0)  # as the entry points leave (runtime/cli.py): no teardown of the live process group
 """)
 
 
