@@ -19,3 +19,8 @@ class NonFiniteLossError(RuntimeError):
 
 class TooManyBadVideosError(RuntimeError):
     """More than data.max_bad_fraction of an epoch's samples could not be decoded."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space, a quota, a file-size limit): its partial files were removed and
+    the previous checkpoint and ``latest`` are intact; exit code ``EXIT_CONFIG`` (a person must free space)."""
