@@ -267,15 +267,17 @@ def test_indices_may_be_numpy_or_torch(good_videos, reference):
         assert_frames(read_frames(good_videos["vp9"], indices), ref, [7, 1, 7])
 
 
-def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
+def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference, monkeypatch):
     """decord returns 4-channel frames for some small sizes (96x96 on some machines, dmlc/decord#336)
     and its copy into the RGB batch fails. "auto" must still return the exact frames (through PyAV), and must
     not pay for the failing decord attempt again for the next file of the same kind. Whether a size fails
-    depends on the machine's decord build, so the sizes are probed; where none fails, "auto" must keep using
-    decord for every file and return the exact frames."""
+    depends on the machine's decord build, so the sizes are probed; where none fails, decord's copy is made to
+    fail for 96x96 streams (its error, as decord words it), so the same checks run on every machine. The
+    remembered kinds are a process-wide set: this test gets an empty one of its own, restored afterwards."""
     import decord
 
     from motionmae_ds.data import decode
+    from motionmae_ds.data.decode import decord as decord_backend
 
     indices = [3, 4, 9, 17]
 
@@ -286,28 +288,27 @@ def test_auto_remembers_a_stream_kind_decord_cannot_copy(tmp_path, reference):
         except decord.DECORDError as exc:
             return "DECORDArrayCopyFromTo" in str(exc)
 
-    paths = None
-    for side in (96, 80, 112, 48, 128):
-        candidate = make_video(tmp_path / f"sq{side}_0.webm", codec="vp9", num_frames=20, size=(side, side),
-                               gop=8, seed=0)
-        if decord_copy_fails(candidate):
-            paths = [candidate, make_video(tmp_path / f"sq{side}_1.webm", codec="vp9", num_frames=20,
-                                           size=(side, side), gop=8, seed=1)]
-            break
-    decode.reader._decord_unfit.clear()
-    if paths is None:  # this decord copies every probed size: nothing to remember, decord stays in use
-        for side in (96, 80):
-            path = tmp_path / f"sq{side}_0.webm"
-            reader = VideoReader(path)
-            assert_frames(reader.get(indices), reference(path), indices)
-            assert reader.backend == "decord" and not decode.reader._decord_unfit
-        return
-    ref = reference(paths[0])
-    decode.reader._decord_unfit.clear()
+    def pair(side: int) -> list:
+        return [make_video(tmp_path / f"sq{side}_{seed}.webm", codec="vp9", num_frames=20, size=(side, side), gop=8,
+                           seed=seed) for seed in (0, 1)]
+
+    side = next((s for s in (96, 80, 112, 48, 128) if decord_copy_fails(pair(s)[0])), None)
+    if side is None:  # this decord copies every probed size: its failure, for 96x96 streams only
+        side, real_get = 96, decord_backend.DecordReader.get
+
+        def failing_get(self, idx):
+            frames = real_get(self, idx)
+            if frames.shape[1:3] == (96, 96):
+                raise VideoDecodeError(self.source.name, f"{decord_backend.COPY_FAILURE}: check failed (stand-in)")
+            return frames
+
+        monkeypatch.setattr(decord_backend.DecordReader, "get", failing_get)
+    paths = pair(side)
+    monkeypatch.setattr(decode.reader, "_decord_unfit", set())
     first = VideoReader(paths[0])
     assert first.backend == "decord"  # trusted container and codec: tried first
-    assert_frames(first.get(indices), ref, indices)
-    assert first.backend == "pyav"
+    assert_frames(first.get(indices), reference(paths[0]), indices)
+    assert first.backend == "pyav" and len(decode.reader._decord_unfit) == 1
     second = VideoReader(paths[1])
     assert second.backend == "pyav"  # remembered: no decord attempt
     assert_frames(second.get(indices), reference(paths[1]), indices)

@@ -106,10 +106,12 @@ def test_a_file_that_hangs_the_decoder_times_out_and_the_scan_goes_on(good_video
     lst = tmp_path / "list.txt"
     lst.write_text(f"{fifo} 0\n{good_videos['h264']} 1\n{good_videos['vp9']} 2\n")
     out = tmp_path / "clean.txt"
-    result = _run(str(lst), "--output", str(out), "--workers", "1", "--timeout", "3", timeout=60)
+    # the per-file limit must pass for the good files on a loaded machine (each decodes in well under a second
+    # idle; 3 s was seen to fail under load) and is waited out once, for the pipe
+    result = _run(str(lst), "--output", str(out), "--workers", "1", "--timeout", "8", timeout=90)
     assert result.returncode == 0, result.stderr
     assert out.read_text().splitlines() == [f"{good_videos['h264']} 48 1", f"{good_videos['vp9']} 40 2"]
-    assert f"{fifo}: decoder did not finish within 3s" in Path(str(out) + ".report.txt").read_text()
+    assert f"{fifo}: decoder did not finish within 8s" in Path(str(out) + ".report.txt").read_text()
 
 
 @pytest.mark.parametrize("args,message", [

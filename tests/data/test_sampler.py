@@ -15,8 +15,16 @@ def test_sampler_partitions_and_is_a_function_of_seed_epoch():
     assert sorted(shares[0] + shares[1]) == list(range(10))
     again = DistributedSampler(10, 2, 0, seed=3)
     assert list(again) == shares[0]
+    # epoch 1: a new order, and again the two ranks' shares partition the dataset
     again.set_epoch(1)
-    assert list(again) != shares[0] and sorted(again.indices() + a[1].indices()) != []
+    other = DistributedSampler(10, 2, 1, seed=3)
+    other.set_epoch(1)
+    assert list(again) != shares[0] and list(other) != shares[1]
+    assert sorted(list(again) + list(other)) == list(range(10))
+    # a function of (seed, epoch) only: a sampler that went through other epochs gives the same epoch-1 order
+    a[0].set_epoch(5)
+    a[0].set_epoch(1)
+    assert list(a[0]) == list(again)
     assert list(DistributedSampler(10, 2, 0, seed=4)) != shares[0]
 
 

@@ -89,10 +89,15 @@ def test_bad_arguments_name_themselves():
 
 
 def test_derived_seeds_are_stable_and_distinct():
-    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2)
+    # one part is one splitmix64 step from the golden-ratio state: the reference generator seeded with 0 gives
+    # 0xE220A8397B1DCDAF, then 0x6E789E6AA1B965F4 (Vigna's splitmix64.c), halved to fit int64
+    assert derive_seed(0) == 0x6E789E6AA1B965F4 >> 1
+    # pinned: every run's clips, masks and augmentations derive from these, so a checkpoint of an older version
+    # resumes the same draws only while they stay
+    assert derive_seed(0, 1, 2) == 7862180293416889277
     seeds = {derive_seed(0, e, i) for e in range(20) for i in range(200)}
     assert len(seeds) == 20 * 200
     assert 0 <= derive_seed(2**40, -1) < 2**63
     a = train_clip_indices(1000, 8, 4, make_generator(0, 3, 17))
     b = train_clip_indices(1000, 8, 4, make_generator(0, 3, 17))
-    assert a == b
+    assert a == b and a != train_clip_indices(1000, 8, 4, make_generator(0, 3, 18))

@@ -6,6 +6,7 @@ import torch
 
 from motionmae_ds.models import ModelConfigError, build_decoder_mask, build_mask_generator, build_pretrain_model
 from motionmae_ds.models.masking import MaskCounts, RunningCellDecoderMask
+from tests.models.decoder_reference import reference_head
 
 KEEP_PLACES = {0.25: 3, 0.5: 2, 0.75: 1}
 
@@ -96,26 +97,6 @@ def test_bad_decoder_masks():
 
 
 # -- the model with decoder masking ---------------------------------------------------------------
-def reference_head(model, videos, mask, keep, kind):
-    """Sum of squared errors and the count of (token, value) pairs over masked & kept tokens, each sample
-    alone: its decoder runs on its visible tokens and its own masked & kept tokens, nothing else."""
-    dec, head = ((model.space_head, model.space_head.head) if kind == "frame" else
-                 (model.time_head, model.time_head.head)) if model.decoder_mode == "divide" else (
-        model.decoder, getattr(model.decoder, f"head_{kind}"))
-    target_all = model.frame_target(videos) if kind == "frame" else model.motion_target(videos)
-    sse, count = 0.0, 0
-    for i in range(videos.shape[0]):
-        vis = (~mask[i]).nonzero().flatten()
-        sup = (mask[i] & keep[i]).nonzero().flatten()
-        x_vis = model.encoder(videos[i:i + 1], vis[None])
-        x = torch.cat([dec.encoder_to_decoder(x_vis)[0], dec.mask_token[0].expand(len(sup), -1)])
-        x = x + dec.pos_embed[0, torch.cat([vis, sup])]
-        for blk in dec.blocks:
-            x = blk(x[None])[0]
-        pred = head(dec.norm(x)[len(vis):])
-        sse = sse + ((pred - target_all[i, sup]) ** 2).sum()
-        count += pred.numel()
-    return sse, count
 
 
 @pytest.mark.parametrize("heads", ["shared", "complementary"])
