@@ -1,37 +1,95 @@
-"""A 2-rank run (the real launcher), converted to DeepSpeed's universal format, resumes on 1 rank (in this
-process: the one-rank group of tests/helpers.py's train_in_process)."""
+"""A 2-rank run (the real launcher) stopped mid-epoch, converted to DeepSpeed's universal format, resumes on 1 rank
+(in this process: the one-rank group of tests/helpers.py's train_in_process): the trainer's own load puts the 2-rank
+run's exact fp32 master weights and Adam moments into the engine, moves the position to the new layout, and the
+run trains the rest of the epoch and the next."""
 import pytest
+import torch
 
+from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.config import ConfigError
+from motionmae_ds.train.pretrain import PretrainTask
 from tests.helpers import ZERO2, call_main, read_log, train_in_process
 from tests.helpers import run_pretrain as run
 
 
-def test_two_rank_checkpoint_resumes_on_one_rank(tiny_config, tmp_path):
-    # 12 videos: 3 steps per epoch on 2 ranks x batch 2, 6 on 1 rank
-    cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2})
+class RecordLoad(PretrainTask):
+    """Pretraining that writes what the trainer's resume put into the engine to ``dump``: the client state it
+    hands the task (position already rescaled), and every parameter's fp32 master weight and Adam moments."""
+
+    def __init__(self, cfg, dump: str) -> None:
+        super().__init__(cfg)
+        self.dump = dump
+
+    def setup(self, run) -> None:
+        super().setup(run)
+        self.engine = run.engine
+
+    def load_client_state(self, state) -> None:
+        super().load_client_state(state)
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+        engine = self.engine
+        # ZeRO-2 links the moments to the parameters at the first step; DeepSpeed's step makes this same call
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+        out = {"client": {k: v for k, v in state.items() if k in ("tag", "epoch", "step", "micro_in_epoch")},
+               "fp32": {}, "exp_avg": {}, "exp_avg_sq": {},
+               "adam_step": sorted({int(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s})}
+        for name, p in engine.module.named_parameters():
+            out["fp32"][name] = safe_get_full_fp32_param(p).cpu().clone()
+            out["exp_avg"][name] = safe_get_full_optimizer_state(p, "exp_avg").cpu().clone()
+            out["exp_avg_sq"][name] = safe_get_full_optimizer_state(p, "exp_avg_sq").cpu().clone()
+        torch.save(out, self.dump)
+
+
+def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path):
+    # 12 videos: 3 steps per epoch on 2 ranks x batch 2, 6 on 1 rank; a checkpoint every 2 steps, so step 2 is
+    # one inside the epoch (8 of its 12 samples seen)
+    cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
+                      run={"save_every_steps": 2, "keep_last": 0})
     out = tmp_path / "run"
     first = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out,
                  "--set", "schedule.epochs=1"], ranks=2)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     ckpts = out / "checkpoints"
-    assert (ckpts / "latest").read_text().strip() == "step00000003"
+    assert ckpt.list_tags(ckpts) == ["step00000002", "step00000003"]
+    saved = ckpt.read_client_state(ckpts, "step00000002")
+    assert (saved["epoch"], saved["micro_in_epoch"], saved["world_size"]) == (0, 2, 2)
 
     # without conversion a different world size is refused (a config error: exit 2 and one line through the
     # entry point, tests/runtime/test_failures.py)
     with pytest.raises(ConfigError, match="written by 2 ranks.*universal"):
         train_in_process("pretrain", cfg, out)
 
-    # the converter's main() in this process (its subprocess form is tested in tests/tools)
-    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", ckpts, "--format", "universal"])
+    # the converter's main() in this process (its subprocess form is tested in tests/tools), on the mid-epoch tag
+    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--tag", "step00000002", "--output", ckpts,
+                                               "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
-    assert (ckpts / "latest").read_text().strip() == "step00000003_universal"
+    universal = ckpts / "step00000002_universal"
+    assert (ckpts / "latest").read_text().strip() == universal.name
 
-    _, stdout = train_in_process("pretrain", cfg, out)
-    assert f"resumed from {ckpts / 'step00000003_universal'}" in stdout
-    # epoch 0 was complete (12 samples), so the 1-rank run trains epoch 1: 6 steps after step 3
-    assert [r["step"] for r in read_log(out)] == [1, 2, 3] + list(range(4, 10))
+    dump = tmp_path / "loaded.pt"
+    _, stdout = train_in_process("pretrain", cfg, out, task=RecordLoad, dump=str(dump))
+    # 8 samples of epoch 0 were seen: 4 micro-steps of 1 rank x 2, so the 1-rank run trains 2 more steps in epoch 0
+    # (3, 4), then epoch 1's 6 (5..10); the log drops the 2-rank run's step 3, after the checkpoint
+    assert f"resumed from {universal}: epoch 0, step 2" in stdout
+    assert [(r["epoch"], r["step"]) for r in read_log(out)] == [(0, s) for s in (1, 2, 3, 4)] + [
+        (1, s) for s in range(5, 11)]
+    loaded = torch.load(dump, weights_only=False)
+    assert loaded["client"] == {"tag": universal.name, "epoch": 0, "step": 2, "micro_in_epoch": 4}
+    assert loaded["adam_step"] == [2]
+    # what the trainer loaded is exactly what the 2-rank run held: its fp32 weights as DeepSpeed consolidates
+    # them from the ZeRO shards, and its moments as the conversion wrote them per parameter (that the conversion
+    # keeps the 2-rank engine's moments exactly: tests/checkpoint/test_universal.py)
+    consolidated = ckpt.fp32_state_dict(ckpts, "step00000002")
+    assert sorted(loaded["fp32"]) == sorted(consolidated)
+    for name, value in consolidated.items():
+        assert torch.equal(loaded["fp32"][name], value), name
+        for kind in ("fp32", "exp_avg", "exp_avg_sq"):
+            written = torch.load(universal / "zero" / name / f"{kind}.pt", weights_only=False)["param"]
+            assert torch.equal(loaded[kind][name], written.view_as(value)), (kind, name)
+    assert all(loaded["exp_avg_sq"][n].abs().sum() > 0 for n in consolidated)  # moments are not trivially zero
+
     # latest now names the ordinary checkpoint the 1-rank run wrote, which the next launch reads the ordinary
     # way (prepare_resume follows latest: tests/checkpoint/test_universal.py)
-    assert (ckpts / "latest").read_text().strip() == "step00000009"
-    assert not (ckpts / "step00000009" / "zero").exists()
+    assert (ckpts / "latest").read_text().strip() == "step00000010"
+    assert not (ckpts / "step00000010" / "zero").exists()
