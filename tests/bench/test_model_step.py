@@ -60,7 +60,14 @@ def test_pretrain_cli_measures_all_variants(tmp_path):
     rows = {r["variant"]: r for r in res["results"]}
     assert set(rows) == {"a", "b", "c", "e", "f"}
     kwargs = dict(name="vit_tiny", num_frames=4, img_size=32)
-    per_clip = {t: 6 * pretrain_macs(0.9, "tube", **kwargs, target=t) / 1e9 for t in ("frame", "frame_motion")}
+    # (a) and (b): the forward's multiply-adds as torch counts them on the model itself (the bench's own count is
+    # the analytic pretrain_macs), x 3 for forward and backward, x 2 FLOP per MAC, per clip
+    per_clip = {}
+    for t in ("frame", "frame_motion"):
+        model = build_pretrain_model(**kwargs, target=t)
+        mask = build_mask_generator("tube", model.grid, 0.9)(2, generator=torch.Generator().manual_seed(0))
+        videos = torch.randn(2, 3, 4, 32, 32)
+        per_clip[t] = 6 * counted_macs(lambda m=model, v=videos, k=mask: m(v, k)) / 2 / 1e9
     per_clip.update({key: 6 * pretrain_macs(0.9, "tube", decoder_ratio=0.5, decoder_heads=heads, **kwargs) / 1e9
                      for key, heads in (("e", "shared"), ("f", "complementary"))})
     assert per_clip["e"] < per_clip["frame_motion"]
@@ -69,8 +76,8 @@ def test_pretrain_cli_measures_all_variants(tmp_path):
     for key, target in (("a", "frame_motion"), ("b", "frame"), ("c", "frame"), ("e", "e"), ("f", "f")):
         r = rows[key]
         assert r["gflop_per_step"] == pytest.approx(2 * per_clip[target])
-        assert len(r["times"]) == 2 and r["step_s"] > 0 and r["mem_gib"] >= 0
-        assert r["gflops"] == pytest.approx(r["gflop_per_step"] / r["step_s"])
+        assert len(r["times"]) == 2 and min(r["times"]) <= r["step_s"] <= max(r["times"]) and r["mem_gib"] >= 0
+        assert r["gflops"] == pytest.approx(r["gflop_per_step"] / r["step_s"])  # achieved FLOP/s, by definition
     assert "| (c) HF VideoMAEForPreTraining (sdpa) |" in stdout and "(b)/(c) achieved FLOP/s" in stdout
     # the round-by-round ratios pair the times of one round: (b)/(c) FLOP/s = t_c / t_b at equal work
     paired = sorted(c / b for b, c in zip(rows["b"]["times"], rows["c"]["times"]))

@@ -5,6 +5,7 @@ import json
 
 import torch
 
+from motionmae_ds import checkpoint as ckpt
 from tests.finetune_support import motion_lists, predictions, save_tiny_classifier, write_config
 from tests.helpers import REPO, ZERO2, launch, train_in_process
 
@@ -19,7 +20,8 @@ def test_two_rank_finetune_with_mixup_repeats_and_ema(tmp_path):
     cfg = write_config(tmp_path / "ft.yaml",
                        data={"train_list": lists["train"], "val_list": lists["val"], "test_list": lists["test"],
                              "num_repeats": 2},
-                       finetune={"init": str(tmp_path / "init.pth"), "model_ema": True, "model_ema_decay": 0.5})
+                       finetune={"init": str(tmp_path / "init.pth"), "model_ema": True, "model_ema_decay": 0.5},
+                       run={"save_every_steps": 11, "keep_last": 0})  # steps 11 and 12 both kept, for the EMA
     out = tmp_path / "run"
     res = launch("finetune.py", ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=2)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -41,8 +43,21 @@ def test_two_rank_finetune_with_mixup_repeats_and_ema(tmp_path):
     assert [r["epoch"] for r in log if "val_top1" in r] == [0, 1]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_videos"] == 4 and metrics["views_per_video"] == 6  # 32 videos -> 4 test videos
-    assert (out / "ema_metrics.json").is_file() and len(predictions(out / "predictions.jsonl")) == 4
-    assert (out / "checkpoints" / "latest").read_text().strip() == "step00000012"
+    assert len(predictions(out / "predictions.jsonl")) == 4
+    ckpts = out / "checkpoints"
+    assert (ckpts / "latest").read_text().strip() == "step00000012"
+    # the EMA's values: after step 12 (decay 0.5) it is half its step-11 value and half the weights the module
+    # held after step 12, the bf16 copy of the fp32 master weights
+    ema11 = ckpt.read_client_state(ckpts, "step00000011")["ema"]
+    ema12 = ckpt.read_client_state(ckpts, "step00000012")["ema"]
+    weights = ckpt.fp32_state_dict(ckpts, "step00000012")
+    assert set(weights) <= set(ema12)
+    for name, value in weights.items():
+        expected = 0.5 * ema11[name] + 0.5 * value.bfloat16().float()
+        torch.testing.assert_close(ema12[name], expected, rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.equal(ema12[n], weights[n].bfloat16().float()) for n in weights)  # not a copy of the model
+    ema_metrics = json.loads((out / "ema_metrics.json").read_text())
+    assert ema_metrics["num_videos"] == 4 and ema_metrics["views_per_video"] == 6
 
     # --eval: only the test pass, on the run's fp32 weights (evaluate.py is exercised in test_evaluate_ranks)
     res = launch("finetune.py", ["--config", cfg, "--output_dir", out, "--eval", "--set", "eval.test_clips=1",
