@@ -7,13 +7,14 @@ from tests.helpers import start_pretrain as start
 
 
 def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
-    # 12 videos / batch 2 = 6 steps per epoch, 4 epochs; mid-epoch checkpoints every 4 steps; a loader
-    # worker so that worker timing would show if it leaked into the data; decoder masking on, so its draws
-    # (after the encoder mask, from the same generator) must resume exactly too
+    # 12 videos / batch 2 = 6 steps per epoch, 4 epochs; checkpoints every 5 steps (5, 10, 15, 20: none at an
+    # epoch's end, 6/12/18, so whichever the kill leaves as latest, the resume is mid-epoch) and the last
+    # epoch's end; a loader worker so that worker timing would show if it leaked into the data; decoder masking
+    # on, so its draws (after the encoder mask, from the same generator) must resume exactly too
     cfg = tiny_config(schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 2},
                       masking={"kind": "random", "ratio": 0.5, "decoder_ratio": 0.5, "decoder_heads": "complementary"},
                       data={"num_workers": 1}, model={"drop_path_rate": 0.1},
-                      run={"save_every_steps": 4, "save_every_epochs": 2, "log_every": 1})
+                      run={"save_every_steps": 5, "save_every_epochs": 0, "log_every": 1})
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
 
@@ -25,15 +26,15 @@ def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
 
     proc = start(args + ["--output_dir", cut_dir], log_path=tmp_path / "cut1.txt")
     latest = cut_dir / "checkpoints" / "latest"
-    # kill once a mid-epoch checkpoint exists (step 8 is in epoch 1) and training went past it
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000008"
-             and any(r["step"] >= 10 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
+    # kill once a checkpoint after the first epoch exists (step 10 is in epoch 1) and training went past it
+    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000010"
+             and any(r["step"] >= 11 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
     kill9(proc)
     killed_at = max(r["step"] for r in read_log(cut_dir))
     assert killed_at < 24, "the run finished before it could be killed"
     resumed_tag = latest.read_text().strip()
     resumed_step = int(resumed_tag.removeprefix("step"))
-    assert resumed_step % 6 != 0 or resumed_step < killed_at
+    assert resumed_step in (10, 15, 20) and resumed_step < killed_at  # mid-epoch, in epoch 1, 2 or 3
 
     again = run(args + ["--output_dir", cut_dir])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -53,11 +53,12 @@ def test_two_ranks_over_shards_count_every_member_once_skip_the_corrupt_one_and_
     pretrain_list = ensure_synthetic_dataset(tmp_path / "cache", kind="pretrain", num_videos=12, num_frames=12,
                                              size=32)
     pattern = _make_shards(tmp_path, pretrain_list, corrupt_at=CORRUPT)
-    # 13 members, 2 ranks x batch 1: padded to 14, 7 steps per epoch, 4 epochs; mid-epoch checkpoints every
-    # 4 steps (step 8 and 12 are inside epoch 1); one loader worker per rank
+    # 13 members, 2 ranks x batch 1: padded to 14, 7 steps per epoch, 4 epochs; checkpoints every 5 steps (5, 10,
+    # 15, 20, 25: none at an epoch's end, so the resume below is mid-epoch) and the last epoch's end; one loader
+    # worker per rank
     cfg = tiny_config(data={"synthetic": False, "shards": pattern, "num_workers": 1, "max_bad_fraction": 0.2},
                       schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 1},
-                      run={"save_every_steps": 4, "save_every_epochs": 2, "log_every": 1})
+                      run={"save_every_steps": 5, "save_every_epochs": 0, "log_every": 1})
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     for d in ("ref_samples", "cut_samples"):
@@ -88,14 +89,14 @@ def test_two_ranks_over_shards_count_every_member_once_skip_the_corrupt_one_and_
     proc = start(launch_cmd(PROBE, args + ["--output_dir", cut_dir], ranks=2), tmp_path / "cut1.txt",
                  extra_env={"MOTIONMAE_TEST_SAMPLE_LOG": str(tmp_path / "cut_samples")})
     latest = cut_dir / "checkpoints" / "latest"
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000008"
-             and any(r["step"] >= 10 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
+    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000010"
+             and any(r["step"] >= 11 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
     kill9(proc)
     killed_at = max(r["step"] for r in read_log(cut_dir))
     assert killed_at < 28, "the run finished before it could be killed"
     resumed_tag = latest.read_text().strip()
     resumed_step = int(resumed_tag.removeprefix("step"))
-    assert resumed_step % 7 != 0 or resumed_step < killed_at
+    assert resumed_step in (10, 15, 20, 25) and resumed_step < killed_at  # mid-epoch
     again = subprocess.run(launch_cmd(PROBE, args + ["--output_dir", cut_dir], ranks=2), cwd=REPO,
                            capture_output=True, text=True, timeout=300,
                            env=run_env(MOTIONMAE_TEST_SAMPLE_LOG=str(tmp_path / "cut_samples")))
