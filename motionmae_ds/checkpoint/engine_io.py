@@ -17,8 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from motionmae_ds.checkpoint.layout import OLD_PREFIX, TMP_PREFIX, prune, read_latest, write_latest
+from motionmae_ds.checkpoint.layout import (
+    LATEST,
+    OLD_PREFIX,
+    TMP_PREFIX,
+    first_line,
+    prune,
+    read_latest,
+    read_pointer,
+    write_latest,
+)
 from motionmae_ds.runtime import distributed as dist_utils
+from motionmae_ds.runtime.errors import CheckpointWriteError
 
 
 def rng_state() -> dict[str, Any]:
@@ -31,9 +41,38 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _free_space(path: Path) -> str:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return "unknown"
+    return f"{usage.free / 2**20:.0f} MiB"
+
+
+def _write_failed(ckpt_dir: Path, tag: str, exc: BaseException) -> CheckpointWriteError:
+    previous = read_pointer(ckpt_dir)
+    kept = f"the previous checkpoint {ckpt_dir / previous} and latest are intact" if previous else \
+        "no earlier checkpoint exists"
+    return CheckpointWriteError(
+        f"checkpoint {ckpt_dir / tag} could not be written ({first_line(exc)}); {_free_space(ckpt_dir)} free "
+        f"there; its partial files were removed and {kept}. Free space (or raise the quota, or set "
+        f"run.keep_last) and run the same command to resume")
+
+
+def _remove_partial(ckpt_dir: Path, tag: str) -> None:
+    """What a failed or interrupted save leaves: its temporary tag and ``latest``'s temporary file."""
+    shutil.rmtree(ckpt_dir / (TMP_PREFIX + tag), ignore_errors=True)
+    for leftover in ckpt_dir.glob(f".{LATEST}.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
     """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole.
     ``keep_last > 0`` then deletes all but that many newest step tags.
+
+    A write that fails (no space, quota, file-size limit) raises ``CheckpointWriteError`` on the ranks it failed
+    on, after rank 0 removed the partial files; an interrupt (Ctrl-C) mid-save removes them too. Either way
+    ``latest`` still names the previous, complete checkpoint.
 
     Returns True (kept for callers written against the earlier skip-if-latest behaviour).
     """
@@ -45,23 +84,46 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     if dist_utils.is_main() and (ckpt_dir / tmp_tag).exists():
         shutil.rmtree(ckpt_dir / tmp_tag)
     dist_utils.barrier()
-    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    except BaseException as exc:
+        # a full disk fails every rank's write; a rank whose peer failed alone learns of it as a lost peer
+        if dist_utils.is_main():
+            _remove_partial(ckpt_dir, tag)
+        if isinstance(exc, Exception):
+            raise _write_failed(ckpt_dir, tag, exc) from exc
+        raise
     dist_utils.barrier()
     if dist_utils.is_main():
-        final, old = ckpt_dir / tag, ckpt_dir / (OLD_PREFIX + tag)
-        if final.exists():
-            # e.g. a --no_resume run reaching the step of an earlier run; read_latest restores `old` if we
-            # die between these two renames
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(ckpt_dir / tmp_tag, final)
-        write_latest(ckpt_dir, tag)
-        if old.exists():
-            shutil.rmtree(old)
-        prune(ckpt_dir, keep_last, keep=tag)
+        _commit(ckpt_dir, tag, keep_last)
     dist_utils.barrier()
     return True
+
+
+def _commit(ckpt_dir: Path, tag: str, keep_last: int) -> None:
+    """Rank 0: the written ``.tmp-TAG`` becomes ``TAG``, then ``latest`` names it."""
+    final, old = ckpt_dir / tag, ckpt_dir / (OLD_PREFIX + tag)
+    if final.exists():
+        # e.g. a --no_resume run reaching the step of an earlier run; read_latest restores `old` if we
+        # die between these two renames
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(ckpt_dir / (TMP_PREFIX + tag), final)
+    try:
+        write_latest(ckpt_dir, tag)
+    except BaseException as exc:
+        # `latest` still names the previous tag: the new one goes, an earlier copy of this tag comes back
+        shutil.rmtree(final, ignore_errors=True)
+        if old.exists():
+            os.replace(old, final)
+        _remove_partial(ckpt_dir, tag)
+        if isinstance(exc, Exception):
+            raise _write_failed(ckpt_dir, tag, exc) from exc
+        raise
+    if old.exists():
+        shutil.rmtree(old)
+    prune(ckpt_dir, keep_last, keep=tag)
 
 
 def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:

@@ -2,6 +2,7 @@
 mid-epoch), the collate function and the training loader."""
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterator
 
 import torch
@@ -82,11 +83,24 @@ def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# the signals a scheduler stops a job with (runtime/preemption.py handles them in the rank)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A loader worker's start: SIGTERM and SIGUSR1 are its rank's to act on. Schedulers (scancel, a time
+    limit, a pod eviction) and ``pkill -f`` signal every process of the job, workers included (they carry
+    their rank's command line); a worker dying of it would fail its rank's next batch instead of letting the rank
+    finish its step and checkpoint. The rank ends its workers itself when it leaves."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, timeout_s: float,
                 device: torch.device) -> DataLoader:
     """The training loader. Pinned batches on an accelerator, so the step's ``.to(device, non_blocking=True)``
     copies asynchronously; persistent_workers=False: each epoch forks fresh workers, which carry the new
-    ``set_epoch``."""
+    ``set_epoch``. Workers ignore the stop signals (``ignore_stop_signals``)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
                       drop_last=True, persistent_workers=False, pin_memory=device.type != "cpu",
-                      timeout=timeout_s if workers > 0 else 0)
+                      timeout=timeout_s if workers > 0 else 0, worker_init_fn=ignore_stop_signals)

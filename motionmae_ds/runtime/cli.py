@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
 
 from motionmae_ds.config import REPO_ROOT, ConfigError
 from motionmae_ds.data.datasets import DataLoadError
+from motionmae_ds.data.decode.torchcodec import BackendUnavailable
 from motionmae_ds.runtime.errors import (
     EXIT_BAD_DATA,
     EXIT_CONFIG,
     EXIT_NON_FINITE,
     EXIT_PREEMPTED,
+    CheckpointWriteError,
     NonFiniteLossError,
     TooManyBadVideosError,
 )
@@ -76,6 +79,27 @@ def _leave(code: int) -> int:
     return code
 
 
+def _last_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+# what c10d's TCPStore says when rank 0 cannot listen on MASTER_PORT
+_BUSY_PORT_SIGNS = ("eaddrinuse", "address already in use", "failed to listen")
+
+
+def is_busy_port(exc: BaseException) -> bool:
+    """The rendezvous store could not listen on its port (another run holds it), not a lost peer."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(sign in text for sign in _BUSY_PORT_SIGNS)
+
+
+def busy_port_message() -> str:
+    port, addr = os.environ.get("MASTER_PORT", "?"), os.environ.get("MASTER_ADDR", "?")
+    return (f"the rendezvous port {port} on {addr} is already in use (another run on this machine?); pass a free "
+            f"one to the launcher with --master_port (deepspeed --master_port N ...)")
+
+
 def run_entry(body: Callable[[], int]) -> int:
     """Run ``body`` and map our errors to one line on stderr and the documented exit code."""
     def guarded() -> int:
@@ -89,10 +113,18 @@ def run_entry(body: Callable[[], int]) -> int:
             return _fail(f"error: {exc}", EXIT_BAD_DATA)
         except DataLoadError as exc:
             # re-raised from a loader worker, the message carries the worker's traceback; its last line is ours
-            last = [line for line in str(exc).splitlines() if line.strip()][-1]
-            return _fail(f"error: unreadable data: {last}", EXIT_BAD_DATA)
+            return _fail(f"error: unreadable data: {_last_line(exc)}", EXIT_BAD_DATA)
         except Preempted as exc:
             return _fail(f"stopped: {exc}; run the same command to resume", EXIT_PREEMPTED)
+        except BackendUnavailable as exc:
+            # from a loader worker the message carries the worker's traceback; its last line is ours
+            return _fail(f"setup error: {_last_line(exc)}", EXIT_CONFIG)
+        except CheckpointWriteError as exc:
+            return _fail(f"error: {exc}", EXIT_CONFIG)
+        except Exception as exc:
+            if not is_busy_port(exc):
+                raise
+            return _fail(f"error: {busy_port_message()}", EXIT_CONFIG)
 
     return guard_peer_failure(guarded)
 
@@ -107,6 +139,33 @@ def output_dir_of(cfg: object, given: str | Path | None, default_stem: str) -> P
     source = getattr(cfg, "source", "")
     stem = Path(source).stem if source.endswith((".yaml", ".yml")) else default_stem
     return Path(given or cfg.run.output_dir or Path("runs") / stem)
+
+
+# below this much free space a run would fail at its first checkpoint (or log line): refuse at the start
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def check_output_dir(path: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Refuse a run directory the run could not write into, before any rank builds a model: a path that is a
+    file (or under one), a directory this user may not write, or a file system with less than ``min_free_bytes``
+    free. Raises ConfigError (exit 2) naming the path and what to do."""
+    path = Path(path)
+    existing = path
+    while not existing.exists():  # the first ancestor that exists is where the run's directories get made
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be made: {existing} is a file"
+        raise ConfigError(f"output directory {path} {where}, not a directory; pass another with --output_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {path}: {existing} is not writable by this user; pass another with "
+                          f"--output_dir")
+    free = shutil.disk_usage(existing).free
+    if free < min_free_bytes:
+        raise ConfigError(f"output directory {path}: only {free / 2**20:.1f} MiB free on its file system (at least "
+                          f"{min_free_bytes / 2**20:.0f} MiB needed for logs and checkpoints); free space or pass "
+                          f"another --output_dir")
 
 
 def metrics_line(what: str, metrics: dict, where: object = None) -> str:

@@ -25,6 +25,20 @@ class LogMeter:
         self.micro_steps = 0
         self.samples = 0
         self.started = time.perf_counter()
+        # time this rank's steps waited for the loader since the last row (or the resume), and the micro-steps
+        # timed: timings are not part of the checkpoint
+        self.wait_s = 0.0
+        self.timed_micro = 0
+
+    def add_wait(self, seconds: float) -> None:
+        self.wait_s += seconds
+        self.timed_micro += 1
+
+    def data_wait(self, accum: int) -> tuple[float, float]:
+        """(seconds waited per optimizer step of ``accum`` micro-steps, share of the wall time since the last row)."""
+        elapsed = time.perf_counter() - self.started
+        per_step = self.wait_s * accum / self.timed_micro if self.timed_micro else 0.0
+        return per_step, (self.wait_s / elapsed if elapsed > 0 else 0.0)
 
     def add(self, stats_mean: torch.Tensor, samples: int) -> None:
         self.sums += stats_mean
@@ -42,6 +56,7 @@ class LogMeter:
     def reset(self) -> None:
         self.sums.zero_()
         self.micro_steps, self.samples, self.started = 0, 0, time.perf_counter()
+        self.wait_s, self.timed_micro = 0.0, 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"meter_sums": self.sums.tolist(), "meter_micro_steps": self.micro_steps}

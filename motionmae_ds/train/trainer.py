@@ -14,6 +14,7 @@ resume checks (``checkpoint/manager.py``), and the task's hooks, which see a ``R
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,10 +26,11 @@ from motionmae_ds.builders import build_engine, compile_blocks
 from motionmae_ds.checkpoint.layout import RUN_CHECKPOINTS
 from motionmae_ds.checkpoint.manager import CheckpointManager
 from motionmae_ds.config import ConfigError, batch_layout, check_paths
+from motionmae_ds.data.decode import torchcodec as torchcodec_backend
 from motionmae_ds.data.loader import DistributedSampler, make_loader
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.runtime import distributed as dist_utils
-from motionmae_ds.runtime.cli import output_dir_of
+from motionmae_ds.runtime.cli import check_output_dir, output_dir_of
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 from motionmae_ds.runtime.distributed import enable_tf32
 from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
@@ -39,6 +41,16 @@ from motionmae_ds.train.optim import set_lr_wd
 from motionmae_ds.train.schedule import Schedule, scaled_lr
 from motionmae_ds.train.state import TrainState
 from motionmae_ds.train.task import RunContext, StepContext, Task
+
+# the share of a logging window's time the steps may wait for the loader before the run says so (once)
+DATA_WAIT_WARNING = 0.10
+
+
+def data_wait_warning(share: float, per_step_s: float, workers: int) -> str:
+    return (f"warning: the steps waited for data {share:.0%} of the time ({per_step_s:.3f} s per step, data_wait in "
+            f"log.jsonl): the loader holds training back. Remedies: more loader workers (data.num_workers, now "
+            f"{workers}; bench/data_throughput.py sizes them), repeated sampling (data.num_repeats: several clips "
+            f"per decoded video), videos re-encoded for training (launch/prepare_data.py --reencode). Shown once")
 
 
 def seed_step(seed: int, epoch: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
@@ -56,15 +68,19 @@ class Trainer:
                  resume: bool = True) -> None:
         self.task, self.cfg = task, task.cfg
         cfg = self.cfg
-        # config and paths first: a typo should not wait for the process group and the comm build
+        # config, paths and the run directory first: a typo, a full disk or a missing decoder library should not
+        # wait for the process group and the comm build
         check_paths(cfg)
         load_ds_config(ds_config_path)
+        self.out_dir = output_dir_of(cfg, output_dir, task.default_dir)
+        check_output_dir(self.out_dir)
+        if cfg.data.decode_backend == "torchcodec":
+            torchcodec_backend.require()
         dist_utils.init_distributed()
         tune_cpu_process()
         self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
         self.device = dist_utils.device()
         enable_tf32(self.device)
-        self.out_dir = output_dir_of(cfg, output_dir, task.default_dir)
         self.micro, self.accum, self.total_batch = batch_layout(cfg, self.world)
         task.check(self.micro)
         self.ds_config = fill_batch(load_ds_config(ds_config_path), self.micro, self.accum, self.world,
@@ -150,7 +166,12 @@ class Trainer:
         summary: dict[str, Any] = {"first_loss": None, "last_loss": None, "steps": state.step,
                                    "resumed_from": self.resumed_from}
         self.stop_requested = False
+        self.warned_data_wait = False
         self.preemption = PreemptionFlag().install()
+        # the stop request's slot in the step's all-reduce: made on the device once and filled in place when a
+        # signal arrives, so a step copies nothing from the host for it (a CUDA fill_ takes the scalar as an
+        # argument of its kernel)
+        self.stop_flag = torch.zeros((), dtype=torch.float64, device=self.device)
         try:
             while state.epoch < cfg.schedule.epochs:
                 self._train_epoch(state, summary)
@@ -186,7 +207,9 @@ class Trainer:
         n_stats = len(task.stat_names)
         batches = iter(loader)
         for micro in range(state.micro_in_epoch, self.micro_per_epoch):
+            waiting = time.perf_counter()
             batch = next(batches)
+            state.meter.add_wait(time.perf_counter() - waiting)
             state.bad_videos.note(batch, state.step, self.log)
             lr, wd = self.schedule.lr(state.step), self.schedule.wd(state.step)
             set_lr_wd(engine.optimizer, lr, wd)
@@ -196,8 +219,9 @@ class Trainer:
             # one all-reduce per micro-step carries the statistics and any rank's stop request, so every rank
             # takes the same decisions (stop on a non-finite loss, stop for preemption) at the same micro-step
             # (built on the device, reduced there, one copy to the host: the loop's one sync per micro-step)
-            local = torch.stack([s.detach().double() for s in stats] + [torch.tensor(
-                float(self.preemption.requested), dtype=torch.float64, device=stats[0].device)])
+            if self.preemption.requested:
+                self.stop_flag.fill_(1.0)
+            local = torch.stack([s.detach().double() for s in stats] + [self.stop_flag])
             reduced = dist_utils.all_reduce_sum(local).cpu()
             stats_mean = reduced[:n_stats] / self.world
             self.stop_requested = self.stop_requested or bool(reduced[n_stats] > 0)
@@ -231,7 +255,9 @@ class Trainer:
         state.bad_videos.end_epoch(state.epoch, state.step, self.log, cfg.data.max_bad_fraction, task.train_list)
 
     def _log_row(self, state: TrainState, lr: float, summary: dict[str, Any], bar: tqdm) -> None:
-        """One log row: the meter's averages since the last row, lr, gradient norm, throughput."""
+        """One log row: the meter's averages since the last row, lr, gradient norm, throughput, and how long the
+        steps waited for the loader (rank 0's wait: ``data_wait_s`` per optimizer step, ``data_wait`` its share
+        of the window's wall time); above ``DATA_WAIT_WARNING`` the run says so, once."""
         means, rate = state.meter.means(), state.meter.rate()
         grad_norm = self.engine.get_global_grad_norm()
         record = {"epoch": state.epoch, "step": state.step, **self.task.record(means), "lr": lr,
@@ -240,7 +266,11 @@ class Trainer:
         utilisation = self.flops.mfu(rate / self.world)
         if utilisation is not None:  # GPUs with a known bf16 peak only
             record["mfu"] = utilisation
+        record["data_wait_s"], record["data_wait"] = state.meter.data_wait(self.accum)
         self.log.log(record)
+        if record["data_wait"] > DATA_WAIT_WARNING and not self.warned_data_wait:
+            self.warned_data_wait = True
+            self.log.info(data_wait_warning(record["data_wait"], record["data_wait_s"], self.cfg.data.num_workers))
         summary["first_loss"] = means[0] if summary["first_loss"] is None else summary["first_loss"]
         summary["last_loss"] = means[0]
         bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}")
