@@ -61,3 +61,23 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> tuple[int | None, float
         return proc.wait(timeout=timeout), time.time() - t0
     except subprocess.TimeoutExpired:
         return None, time.time() - t0
+
+
+def slurm_stubs(bin_dir: Path, record: Path) -> Path:
+    """``srun``, ``scontrol`` and ``pkill`` for running launch/slurm_pretrain.sbatch on this machine as a one-node
+    job: srun runs its command here as node 0, ``scontrol show hostnames`` names localhost and ``scontrol requeue``
+    is written to ``record``; pkill is the real one limited to the job's session (the machine is shared, a node of
+    a real job is not)."""
+    import shutil
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    scripts = {
+        "srun": '#!/bin/bash\nwhile [[ "${1:-}" == -* ]]; do shift; done\nSLURM_NODEID=0 exec "$@"\n',
+        "scontrol": (f'#!/bin/bash\ncase "$1" in\n  show) echo localhost ;;\n  requeue) echo "requeue $2" >> '
+                     f'{shlex.quote(str(record))} ;;\nesac\n'),
+        "pkill": f'#!/bin/bash\nexec {shutil.which("pkill")} -s 0 "$@"\n',
+    }
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
