@@ -1,17 +1,38 @@
 """Process-group setup and small collectives; works under the deepspeed launcher or as plain python."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Optional
 
 import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
-from deepspeed.constants import default_pg_timeout
 from deepspeed.utils import groups
 
+from motionmae_ds.config import ConfigError
 from motionmae_ds.runtime.launcher_env import started_by_mpi
+
+# the collectives' timeout in seconds (README: "Exit codes"); DEEPSPEED_TIMEOUT (minutes) is read when ours is unset
+COLLECTIVE_TIMEOUT_ENV = "MOTIONMAE_COLLECTIVE_TIMEOUT_S"
+# 30 minutes: at the start of a large ZeRO-3 run every rank waits in one collective while the weights are
+# partitioned and the first all-gathers run, and a resume reads a ViT-H checkpoint before its first barrier; a
+# frozen rank is then noticed 30 minutes late, which a long run can afford, while a false timeout kills it
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0
+# what a local rank is called by the launchers that do not set LOCAL_RANK themselves: OpenMPI, MPICH/Intel MPI,
+# MVAPICH2, Slurm's srun
+LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                   "SLURM_LOCALID")
+# NCCL's watchdog: 2 ("CleanUpOnly") aborts the communicators of a failed or timed-out collective and leaves the
+# process alive, so the rank's next collective raises DistBackendError and runtime/failure.py turns it into exit
+# code 5 with one line; torch's default (3, "SkipCleanUp") takes the process down with SIGABRT from the watchdog
+# thread, before Python can say anything. Blocking wait is left off: it would make the host wait for every
+# collective and undo ZeRO's overlap of communication with the backward pass.
+NCCL_ENV_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "2"}
 
 
 def _free_port() -> int:
@@ -31,22 +52,45 @@ def init_distributed() -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not dist.is_initialized():
-        if get_accelerator().device_name() != "cpu":
-            # NCCL's object collectives (gather_objects) and the collectives before deepspeed.initialize run on
-            # the current device: each rank's own, not device 0 for all
+        timeout = collective_timeout()
+        accelerated = get_accelerator().device_name() != "cpu"
+        if accelerated:
+            for key, value in NCCL_ENV_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_init_required=True, timeout=timeout)
+        if accelerated:
+            # after DeepSpeed's discovery (MPI launchers: it sets LOCAL_RANK) and before the first collective:
+            # NCCL's communicators, object collectives (gather_objects) and the barriers run on the current
+            # device, each rank's own, not device 0 for all
             get_accelerator().set_device(local_rank())
-        deepspeed.init_distributed(dist_init_required=True)
         _unlink_shm_workspace()
-        _bound_data_parallel_group()
+        _bound_data_parallel_group(timeout)
 
 
-def _bound_data_parallel_group() -> None:
-    """Give the group ZeRO's collectives run on the world group's timeout (``DEEPSPEED_TIMEOUT``).
+def collective_timeout(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """How long a collective waits for a silent peer before it raises (then exit code 5): ``MOTIONMAE_COLLECTIVE_
+    TIMEOUT_S`` seconds, else DeepSpeed's ``DEEPSPEED_TIMEOUT`` minutes, else 30 minutes."""
+    raw = environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+    if raw:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise ConfigError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r} must be a positive number of seconds")
+        return timedelta(seconds=seconds)
+    if environ.get("DEEPSPEED_TIMEOUT", "").strip():
+        return timedelta(minutes=float(environ["DEEPSPEED_TIMEOUT"]))
+    return timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
+
+
+def _bound_data_parallel_group(timeout: timedelta) -> None:
+    """Give the group ZeRO's collectives run on the world group's timeout (``collective_timeout``).
 
     Without an mpu, DeepSpeed runs its gradient reduce-scatter and parameter all-gather on a clone of the
     world group made with ``new_group(ranks)``, and torch gives a new group its backend's default timeout
     (30 minutes for gloo), not the world group's: a frozen peer held the other ranks for half an hour instead
-    of ``DEEPSPEED_TIMEOUT`` minutes. DeepSpeed caches the clone, so creating it here (every rank, right
+    of the run's timeout. DeepSpeed caches the clone, so creating it here (every rank, right
     after init) with the timeout is what ``deepspeed.initialize`` later finds. The group is made with
     ``new_group(timeout=...)``, which every torch release has, rather than by setting the timeout of DeepSpeed's
     clone afterwards: ``torch.distributed.set_timeout`` is missing from the torch builds common CUDA images ship.
@@ -54,9 +98,9 @@ def _bound_data_parallel_group() -> None:
     if dist.get_world_size() == 1:
         return
     if groups._WORLD_GROUP is None:
-        groups._WORLD_GROUP = dist.new_group(ranks=list(range(dist.get_world_size())), timeout=default_pg_timeout)
+        groups._WORLD_GROUP = dist.new_group(ranks=list(range(dist.get_world_size())), timeout=timeout)
     elif hasattr(dist, "set_timeout"):  # cloned before us (by a caller's own DeepSpeed use): bound it if torch can
-        dist.set_timeout(default_pg_timeout, group=groups._WORLD_GROUP)
+        dist.set_timeout(timeout, group=groups._WORLD_GROUP)
 
 
 def _unlink_shm_workspace() -> None:
@@ -84,8 +128,15 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+def local_rank(environ: Mapping[str, str] = os.environ) -> int:
+    """This process's index among the ranks of its node: ``LOCAL_RANK`` (the deepspeed and torchrun launchers,
+    and DeepSpeed's MPI discovery), else what an MPI runtime or srun set (``deepspeed --launcher openmpi`` starts
+    the ranks through mpirun, which sets no LOCAL_RANK), else 0."""
+    for var in LOCAL_RANK_VARS:
+        value = environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def is_main() -> bool:
@@ -135,3 +186,18 @@ def enable_tf32(device: torch.device) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+def inference_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of evaluation, feature extraction and VOS on ``device``: bf16 on an accelerator (as the
+    model trained), None on the CPU, whose fp32 numbers the CPU tests and benchmarks were measured with."""
+    return None if device.type == "cpu" else torch.bfloat16
+
+
+def inference_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``inference_dtype(device)`` with TF32 for what stays fp32 (CUDA); a no-op on the CPU."""
+    dtype = inference_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    enable_tf32(device)
+    return torch.autocast(device.type, dtype=dtype)

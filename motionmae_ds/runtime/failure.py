@@ -1,9 +1,12 @@
 """What a rank does when another rank of a multi-node job dies or hangs.
 
-The process group is created by ``deepspeed.init_distributed`` with DeepSpeed's default timeout
-(``DEEPSPEED_TIMEOUT`` minutes, 10 unless set), and ``distributed.init_distributed`` gives ZeRO's
-data-parallel group the same timeout, so every collective is bounded: a dead peer shows up at
-once as a closed connection (gloo) or a watchdog error (NCCL), a frozen peer after the timeout. Either way
+The process group is created by ``deepspeed.init_distributed`` with the run's collective timeout
+(``distributed.collective_timeout``: ``MOTIONMAE_COLLECTIVE_TIMEOUT_S`` seconds, else ``DEEPSPEED_TIMEOUT``
+minutes, else 30 minutes), and ``distributed.init_distributed`` gives ZeRO's data-parallel group the same
+timeout, so every collective is bounded: a dead peer shows up at once as a closed connection (gloo) or a
+watchdog error (NCCL), a frozen peer after the timeout. On NCCL the watchdog is told to abort the
+communicators and leave the process alive (``TORCH_NCCL_ASYNC_ERROR_HANDLING=2`` unless set), so the rank's
+next collective raises here instead of the watchdog killing the process with SIGABRT. Either way
 the surviving rank gets an exception deep inside a collective, whose traceback says little to a user.
 ``guard_peer_failure`` turns that into one line and a distinct exit code, so the node's launcher exits
 non-zero and a scheduler (or the user) relaunches the same command, which resumes from ``latest``.
@@ -23,7 +26,7 @@ PEER_FAILURE_EXIT_CODE = EXIT_PEER_LOST
 _PEER_SIGNS = (
     "connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout",
     "socket closed", "ncclremoteerror", "ncclsystemerror", "watchdog", "remote process exited",
-    "connection refused", "eof",
+    "connection refused", "eof", "aborted",
 )
 
 
