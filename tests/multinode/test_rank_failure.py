@@ -1,10 +1,12 @@
-"""A rank that dies or freezes must not leave the others hanging; the next launch resumes."""
+"""A rank that dies or freezes must not leave the others hanging; the next launch resumes. Every run here is
+launch/pretrain.py itself under the real launcher: the one-line message and exit code 5 come from the entry
+point's own guard (runtime/cli.py's run_entry), with no test wrapper around it."""
 import json
 import re
 import signal
 from pathlib import Path
 
-from launchers import GUARDED, node_launcher, rank_workers, wait_exit
+from launchers import node_launcher, rank_workers, wait_exit
 
 from motionmae_ds.runtime.failure import PEER_FAILURE_EXIT_CODE
 from tests.helpers import free_port, kill9, launch_cmd, read_log, start, wait_for
@@ -29,8 +31,7 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
                       run={"save_every_steps": 1, "keep_last": 2})
     out, hostfile, port = tmp_path / "run", _hostfile(tmp_path), free_port()
     args = ["--config", cfg, "--output_dir", out]
-    nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log")
-             for n in (0, 1)]
+    nodes = [node_launcher(n, port, hostfile, args, log_path=tmp_path / f"node{n}.log") for n in (0, 1)]
     try:
         wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=nodes[0])
         victim = rank_workers(nodes[1])
@@ -42,15 +43,16 @@ def test_killed_rank_stops_the_other_node_and_the_next_launch_resumes(tiny_confi
             kill9(p)
     (code0, t0), (code1, t1) = results
     log0 = (tmp_path / "node0.log").read_text()
-    # node 1's launcher reports its killed rank; node 0's rank notices the lost peer and exits 5
+    # node 1's launcher reports its killed rank; node 0's rank notices the lost peer and exits 5, which its
+    # launcher (one rank per node) passes on as its own exit code
     assert code1 not in (None, 0), f"node 1 launcher still running after {t1:.0f}s"
-    assert code0 not in (None, 0), f"node 0 launcher still running after {t0:.0f}s:\n{log0[-2000:]}"
+    assert code0 == PEER_FAILURE_EXIT_CODE == 5, f"node 0 launcher: {code0} after {t0:.0f}s:\n{log0[-2000:]}"
     lines = [line for line in log0.splitlines() if "lost contact with another rank" in line]
     assert len(lines) == 1 and lines[0].startswith("error: rank 0/2 on "), log0[-2000:]
     # gloo's own words, which vary with where it noticed: "Connection closed by peer [addr]:port",
     # "Read error [addr]:port: Connection reset by peer", ...
     assert re.search(r"\([^()]*Connection (reset|closed) by peer[^()]*\)", lines[0]), lines[0]
-    assert "exits with return code = 5" in log0
+    assert "exits with return code = 5" in log0 and "Traceback" not in log0
     done = read_log(out)[-1]["step"]
     assert 2 <= done < 18
 
@@ -84,9 +86,14 @@ def test_killed_rank_on_one_node_launcher_stops_its_sibling(tiny_config, tmp_pat
         kill9(launcher)
     assert code not in (None, 0), f"launcher still running after {waited:.0f}s"
     assert not rank0.is_running()
-    # the launcher reports whichever child it sees end first: the killed rank (-9) or its sibling, which
-    # noticed the lost peer and left with the peer-failure exit code
     log = (tmp_path / "one.log").read_text()
+    # our handling on the surviving rank: its next all-reduce fails on the closed connection and rank 0 prints the
+    # one line. (The launcher's SIGTERM to rank 0 cannot pre-empt it: during training SIGTERM only sets the
+    # preemption flag, and the step's all-reduce, where the flag travels, is where the lost peer shows.)
+    lines = [line for line in log.splitlines() if "lost contact with another rank" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0/2 on "), log[-2000:]
+    # the launcher reports whichever child it sees end first: the killed rank (-9) or rank 0 with our exit code
+    # (a single-rank "node" shows ours deterministically: the test above)
     codes = ("exits with return code = -9", f"exits with return code = {PEER_FAILURE_EXIT_CODE}")
     assert any(code in log for code in codes), log[-2000:]
 
@@ -108,8 +115,8 @@ def test_frozen_rank_and_zero_group_time_out_instead_of_hanging(tiny_config, tmp
     args = ["--config", cfg, "--output_dir", out]
     nodes = []
     try:
-        nodes = [node_launcher(n, port, hostfile, args, script=GUARDED, log_path=tmp_path / f"node{n}.log",
-                               extra_env=env) for n in (0, 1)]
+        nodes = [node_launcher(n, port, hostfile, args, log_path=tmp_path / f"node{n}.log", extra_env=env)
+                 for n in (0, 1)]
         wait_for(_training(out, 2), timeout=600, what="two logged steps", proc=nodes[0])
         rank_workers(nodes[1])[0].send_signal(signal.SIGSTOP)
         code0, waited = wait_exit(nodes[0], 60 + EXIT_BOUND_S)
@@ -120,7 +127,7 @@ def test_frozen_rank_and_zero_group_time_out_instead_of_hanging(tiny_config, tmp
             kill9(p)
 
     log0 = (tmp_path / "node0.log").read_text()
-    assert code0 not in (None, 0), f"node 0 still running {waited:.0f}s after its peer froze"
+    assert code0 == PEER_FAILURE_EXIT_CODE, f"node 0: {code0} {waited:.0f}s after its peer froze:\n{log0[-2000:]}"
     assert waited >= 50, f"node 0 stopped after {waited:.0f}s, before the 60 s timeout could have fired"
     line = next(line for line in log0.splitlines() if "lost contact with another rank" in line)
     assert "Timed out" in line, line
@@ -129,4 +136,4 @@ def test_frozen_rank_and_zero_group_time_out_instead_of_hanging(tiny_config, tmp
     # without the timeout the all-reduce simply completes when rank 1 joins, 100 s later
     assert report["error"] is not None, f"rank 0 waited {report['waited']:.0f}s for its late peer without a timeout"
     assert "Timed out" in report["error"], report["error"]
-    assert 55 <= report["waited"] <= 90, report
+    assert report["waited"] >= 55, report  # the 60 s timeout fired; how soon after it depends on the load
