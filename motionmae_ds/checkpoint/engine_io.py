@@ -29,6 +29,7 @@ from motionmae_ds.checkpoint.layout import (
 )
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.errors import CheckpointWriteError
+from motionmae_ds.runtime.failure import is_peer_failure
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,10 +88,11 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     except BaseException as exc:
-        # a full disk fails every rank's write; a rank whose peer failed alone learns of it as a lost peer
+        # a full disk fails every rank's write; a rank whose peer failed alone learns of it as a lost peer, and a
+        # peer lost mid-save is reported as that (runtime/failure.py), not as a failed write
         if dist_utils.is_main():
             _remove_partial(ckpt_dir, tag)
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not is_peer_failure(exc):
             raise _write_failed(ckpt_dir, tag, exc) from exc
         raise
     dist_utils.barrier()
