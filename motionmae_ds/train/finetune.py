@@ -14,8 +14,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -25,6 +23,8 @@ from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
 from motionmae_ds.runtime import distributed as dist_utils
+from motionmae_ds.train.ema import ModelEma
+from motionmae_ds.train.losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from motionmae_ds.train.mixup import VideoMixup
 from motionmae_ds.train.optim import finetune_param_groups
 from motionmae_ds.train.state import TrainState
@@ -41,7 +41,7 @@ class FinetuneTask(Task):
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         super().__init__(cfg)
-        self.ema: Optional[ModelEmaV3] = None
+        self.ema: Optional[ModelEma] = None
         self.init_report: Optional[str] = None
 
     def check(self, micro: int) -> None:
@@ -101,8 +101,11 @@ class FinetuneTask(Task):
         else:
             self.criterion = nn.CrossEntropyLoss()
         if cfg.finetune.model_ema:
-            # fp32 shadow weights: a 0.9999 decay in bf16 would round every update away
-            self.ema = ModelEmaV3(run.engine.module, decay=cfg.finetune.model_ema_decay, dtype=torch.float32)
+            # fp32 shadow weights: a 0.9999 decay in bf16 would round every update away. Under ZeRO-3 the engine's
+            # module holds placeholders: the average lives in a model of its own, filled from the gathered weights
+            zero3 = run.engine.zero_optimization_stage() == 3
+            self.ema = ModelEma(run.engine.module, cfg.finetune.model_ema_decay,
+                                shadow=build_finetune_model(cfg) if zero3 else None, device=run.device)
 
     def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
         videos, labels = batch["video"], torch.as_tensor(batch["label"])
