@@ -14,6 +14,7 @@ from torch import nn
 
 from motionmae_ds.checkpoint import load_into
 from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
+from motionmae_ds.config.checks import check_engine
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import ListFormatError, read_list
 from motionmae_ds.data.shards import ShardClipDataset, ShardError, index_part, merge_index, shard_urls
@@ -24,7 +25,7 @@ from motionmae_ds.models.masking import build_decoder_mask
 from motionmae_ds.models.registry import resolve_size
 from motionmae_ds.models.vit import VisionTransformerEncoder, init_vit_weights
 from motionmae_ds.runtime import distributed as dist_utils
-from motionmae_ds.runtime.ds_config import offload_device
+from motionmae_ds.runtime.ds_config import offload_device, zero_stage
 
 
 def in_chans(cfg: Any) -> int:
@@ -277,7 +278,28 @@ def build_adamw(groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float,
     clean = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
     if device_type is None:
         device_type = "cuda" if get_accelerator().device_name().startswith("cuda") else "cpu"
-    return torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps, fused=True if use_fused(device_type) else None)
+    optimizer = torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps, fused=True if use_fused(device_type) else None)
+    if use_fused(device_type):
+        optimizer.register_step_pre_hook(steps_on_param_device)
+    return optimizer
+
+
+def steps_on_param_device(optimizer: torch.optim.Optimizer, args: Any = None, kwargs: Any = None) -> None:
+    """Before each step of a fused AdamW: every ``state["step"]`` a float32 tensor on its parameter's device, as
+    the fused kernel reads it there. torch's own ``load_state_dict`` moves it so, but DeepSpeed's universal-
+    checkpoint loader assigns the step read from ``step.pt`` as it was saved (a host tensor), and the first fused
+    step after a universal resume on CUDA would fail on a CPU step. A no-op once in place (a check per flat
+    partition: ZeRO gives the optimizer a few)."""
+    for group in optimizer.param_groups:
+        if not group.get("fused"):
+            continue
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            step = state.get("step") if state else None
+            if step is None:
+                continue
+            if not torch.is_tensor(step) or step.device != param.device or step.dtype != torch.float32:
+                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(param.device)
 
 
 def build_engine(model: nn.Module, groups: list[dict[str, Any]], cfg: Any, ds_config: dict[str, Any], lr: float,
@@ -285,6 +307,7 @@ def build_engine(model: nn.Module, groups: list[dict[str, Any]], cfg: Any, ds_co
     """The DeepSpeed engine over ``model`` with our client AdamW over ``groups`` (betas and eps from
     ``cfg.optim``, ``lr`` the schedule's peak): fused on CUDA, unless ZeRO offloads the optimizer step to the
     CPU, where DeepSpeed runs it on CPU tensors. Training, the GPU check and the memory tools build it here."""
+    check_engine(cfg, zero_stage(ds_config), "the DeepSpeed config")
     offloaded = offload_device(ds_config) != "none"
     optimizer = build_adamw(groups, lr, cfg.optim.betas, cfg.optim.eps,
                             device_type="cpu" if offloaded else device.type)

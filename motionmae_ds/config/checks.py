@@ -123,3 +123,17 @@ def batch_layout(cfg: Any, world_size: int) -> tuple[int, int, int]:
         return micro, total // (micro * clips * world_size), total
     accum = cfg.schedule.accum_steps or 1
     return micro, accum, micro * clips * accum * world_size
+
+
+def check_engine(cfg: Any, zero_stage: int, origin: str) -> None:
+    """Combinations of the experiment config with the DeepSpeed JSON's ZeRO stage (``origin`` names the JSON) that
+    are refused when a run starts, before the engine is built: one line naming both sides.
+
+    ZeRO-3 with ``run.compile``: ZeRO-3 gathers a partitioned weight when its module runs or when the weight is
+    read during the forward, but not while dynamo traces a compiled block (it must not guard on the weight's
+    volatile state), so a compiled block sees ZeRO-3's empty placeholder of a weight it reads directly (the
+    attention's ``qkv.weight``)."""
+    if zero_stage == 3 and cfg.run.compile:
+        raise ConfigError(f"{cfg.source}: run.compile=true with ZeRO stage 3 ({origin}) is not supported: compiled "
+                          f"blocks would read ZeRO-3's empty weight placeholders; set run.compile=false or use a "
+                          f"ZeRO-2 config (ds_configs/zero2.json)")
