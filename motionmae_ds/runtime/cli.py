@@ -37,6 +37,8 @@ from motionmae_ds.runtime.flags import (
 )
 from motionmae_ds.runtime.preemption import Preempted
 
+# the shell's code for a process ended by SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "zero2.json"
 
 
@@ -125,6 +127,10 @@ def run_entry(body: Callable[[], int]) -> int:
             if not is_busy_port(exc):
                 raise
             return _fail(f"error: {busy_port_message()}", EXIT_CONFIG)
+        except KeyboardInterrupt:
+            # Ctrl-C: at once, no checkpoint; a save it cut short removed its partial files (checkpoint/engine_io.py)
+            return _fail("interrupted: stopped without writing a checkpoint; checkpoints/latest still names the last "
+                         "complete one", EXIT_INTERRUPTED)
 
     return guard_peer_failure(guarded)
 

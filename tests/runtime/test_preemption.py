@@ -121,3 +121,27 @@ def test_flag_records_sigterm_and_sigusr1_and_restores_handlers():
         assert flag.signum == sig  # the first request is the one reported
         flag.restore()
         assert signal.getsignal(sig) == before
+
+
+def test_ctrl_c_while_saving_leaves_no_half_written_checkpoint(tiny_config, tmp_path):
+    # Ctrl-C sends SIGINT to the foreground process group, here while the first checkpoint is being written: the run
+    # stops at once (130, one line) and leaves no checkpoint, complete or partial, and no `latest`
+    cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
+                      run={"save_every_steps": 2, "save_every_epochs": 0})
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = launch_cmd(HELD_SAVE, ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=1)
+    proc = start(cmd, tmp_path / "run.txt", {"MOTIONMAE_TEST_HOLD_SAVE": str(out)})
+    try:
+        wait_for(lambda: (out / "saving").exists(), 300, "the held save", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        wait_for(lambda: not _session(proc.pid), 60, "every process of the run to exit")
+    finally:
+        for p in _session(proc.pid):
+            p.kill()
+    text = (tmp_path / "run.txt").read_text()
+    assert "interrupted: stopped without writing a checkpoint" in text, text[-3000:]
+    ckpts = out / "checkpoints"
+    assert not [p.name for p in ckpts.iterdir() if p.is_dir() or p.name.startswith((".", "latest"))], \
+        list(ckpts.iterdir())
