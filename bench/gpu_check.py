@@ -6,13 +6,16 @@
 What it records:
 - the environment: device, CUDA, NCCL and bf16 present, torch / DeepSpeed / PyAV / decord versions;
 - the tests marked ``gpu`` (bench/gpu_tests: SDPA's flash or efficient kernel in bf16, the pinned-memory loader, fused
-  AdamW and DeepSpeed's FusedAdam, masks drawn on the device, a one-rank NCCL group, a step without host syncs),
-  run by pytest in a subprocess; without CUDA they are only collected (they cannot run there);
+  AdamW, masks drawn on the device, a one-rank NCCL group, a step without host syncs), run by pytest in a
+  subprocess; without CUDA they are only collected (they cannot run there). DeepSpeed's FusedAdam (marker
+  ``fused_adam``) is not part of the check, since the trainer never uses it (it passes torch's AdamW); ``--fused_adam``
+  also runs it (its JIT build alone took ~400 s), as a line of information that does not change the exit status;
 - pretraining steps through the real DeepSpeed engine (ZeRO-2, bf16, ``ds_configs/zero2.json``, the trainer's
   AdamW) of ViT-B and ViT-L at 16x224, activation checkpointing off and on, torch.compile of the blocks
-  (``run.compile``) off and on (ViT-B; each compile costs a minute or more), and HF ``VideoMAEForPreTraining``
+  (``run.compile``) off and on, and both together (ViT-B; each compile costs a minute or more), and HF
+  ``VideoMAEForPreTraining``
   at the same batch through the same engine: step time, clips/s, achieved TFLOP/s (the model's analytic FLOPs),
-  MFU, peak device memory;
+  MFU, peak device memory above what was held before the case (the previous case's engine is destroyed first);
 - the training data loader's clips/s with N workers (pinned memory on CUDA) on the embedded synthetic MP4 set,
   beside the step rates.
 Each case is caught on its own: a failure (an OOM, a missing wheel) is written into its row, the rest still runs.
@@ -51,6 +54,10 @@ DRY = {"frames": 4, "img_size": 32, "mask_ratio": 0.5, "models": ("vit_tiny",), 
        "compile_models": (),
        "warmup": 1, "steps": 2, "loader_workers": (0, 2), "loader_batches": 2,
        "synthetic": {"synthetic_videos": 8, "synthetic_frames": 12, "synthetic_size": 32}, "sampling_rate": 2}
+# pytest's budget for the gpu tests (each subprocess test has 300 s of its own), and for DeepSpeed's FusedAdam
+# with --fused_adam: its JIT build alone took ~400 s
+GPU_TESTS_TIMEOUT_S = 600
+FUSED_ADAM_TIMEOUT_S = 900
 # dry mode: a narrow, shallow ViT; the full check uses the registry sizes
 DRY_MODEL = {"embed_dim": 48, "depth": 1, "num_heads": 3, "decoder_embed_dim": 24, "decoder_depth": 1,
              "decoder_num_heads": 3}
@@ -86,11 +93,11 @@ def environment() -> dict[str, Any]:
 
 
 # -- the gpu tests ------------------------------------------------------------------------------------
-def gpu_tests(timeout: float) -> dict[str, Any]:
-    """pytest over bench/gpu_tests (marker ``gpu``) in a subprocess; counts from its JUnit XML. Without CUDA the
+def gpu_tests(timeout: float, marker: str = "gpu and not fused_adam") -> dict[str, Any]:
+    """pytest over bench/gpu_tests (``marker``) in a subprocess; counts from its JUnit XML. Without CUDA the
     tests are only collected (``ran`` false): they cannot run there, and a skip would be no check."""
     if not torch.cuda.is_available():
-        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", marker, "-q", "-p", "no:cacheprovider",
                "--collect-only"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         collected = sum("::" in line for line in proc.stdout.splitlines())
@@ -99,7 +106,7 @@ def gpu_tests(timeout: float) -> dict[str, Any]:
                 "tail": (proc.stdout + proc.stderr)[-2000:]}
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "gpu.xml"
-        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "bench/gpu_tests", "-m", marker, "-q", "-p", "no:cacheprovider",
                f"--junitxml={xml}"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         out: dict[str, Any] = {"command": " ".join(cmd[1:]), "exit": proc.returncode, "ran": True}
@@ -133,6 +140,11 @@ def _peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's high-water mark
+
+
+def _held_bytes(device: torch.device) -> int:
+    """Device memory allocated now (0 on the CPU, whose high-water mark cannot be reset)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -203,6 +215,7 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
         engine.step()
 
     _reset_peak(device)
+    held = _held_bytes(device)  # the batch, masks, and anything a previous case failed to free
     t0 = time.perf_counter()
     for _ in range(p["warmup"]):
         step()
@@ -219,11 +232,21 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
     util = mfu(flops / step_s, accelerator_device_name())
     row = {"batch": batch, "step_s": round(step_s, 4), "clips_per_s": round(batch / step_s, 2),
            "tflops": round(flops / step_s / 1e12, 4), "mfu": None if util is None else round(util, 4),
-           "peak_gib": round(_peak_bytes(device) / 2 ** 30, 2), "warmup_s": round(warmup_s, 2),
-           "gflop_per_step": round(flops / 1e9, 3)}
-    engine = model = None  # noqa: F841 (frees the device memory before the next case)
-    _reset_peak(device)
+           "peak_gib": round((_peak_bytes(device) - held) / 2 ** 30, 2), "held_gib": round(held / 2 ** 30, 2),
+           "warmup_s": round(warmup_s, 2), "gflop_per_step": round(flops / 1e9, 3)}
+    release(engine)
     return row
+
+
+def release(engine: Any) -> None:
+    """Free an engine's device memory before the next case: DeepSpeed's ``destroy`` drops the hooks and the
+    optimizer's references that would otherwise keep its partitions alive past this function."""
+    destroy = getattr(engine, "destroy", None)
+    if callable(destroy):
+        destroy()
+    engine.optimizer = None
+    engine.module = None
+    _reset_peak(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
 
 
 # -- the data loader ----------------------------------------------------------------------------------
@@ -270,17 +293,27 @@ def guarded(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False) -> dict[str, Any]:
+def step_cases(model: str, p: dict[str, Any], compile_in_dry: bool = False) -> list[tuple[str, bool, bool]]:
+    """(impl, activation checkpointing, compile) of each step case of ``model``: ours eager with and without
+    activation checkpointing, HF's, and, for the compiled models, ours compiled without and with checkpointing."""
+    cases = [("ours", False, False), ("ours", True, False), ("hf", False, False)]
+    if model in p["compile_models"] or compile_in_dry:
+        cases += [("ours", False, True), ("ours", True, True)]
+    return cases
+
+
+def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False, fused_adam: bool = False
+        ) -> dict[str, Any]:
     p = DRY if dry else FULL
     result: dict[str, Any] = {"mode": "dry" if dry else "full", "env": environment(), "settings": {
         k: v for k, v in p.items() if k != "synthetic"}}
-    result["gpu_tests"] = {"skipped": "--skip_tests"} if skip_tests else guarded(lambda: gpu_tests(300))
+    result["gpu_tests"] = ({"skipped": "--skip_tests"} if skip_tests
+                           else guarded(lambda: gpu_tests(GPU_TESTS_TIMEOUT_S)))
+    if fused_adam:  # information only: the trainer never runs DeepSpeed's FusedAdam
+        result["fused_adam"] = guarded(lambda: gpu_tests(FUSED_ADAM_TIMEOUT_S, marker="fused_adam"))
     steps = []
     for model in p["models"]:
-        cases = [("ours", False, False), ("ours", True, False), ("hf", False, False)]
-        if model in p["compile_models"] or compile_in_dry:
-            cases.append(("ours", False, True))
-        for kind, ckpt, comp in cases:
+        for kind, ckpt, comp in step_cases(model, p, compile_in_dry):
             cfg = pretrain_config(model, p, dry, ckpt, comp)
             row = {"model": model, "impl": kind, "act_ckpt": ckpt, "compile": comp}
             row.update(guarded(lambda cfg=cfg, kind=kind: engine_case(cfg, p, hf=kind == "hf")))
@@ -308,6 +341,10 @@ def table(result: dict[str, Any]) -> str:
     elif "tests" in t:
         lines += [f"gpu tests: {t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped "
                   f"(skips are no coverage)" + (f"; failed: {', '.join(t['failed'])}" if t["failed"] else ""), ""]
+    fused = result.get("fused_adam")
+    if fused is not None:
+        state = fused.get("error") or ("ok" if fused.get("passed") else f"failed: {', '.join(fused.get('failed', []))}")
+        lines += [f"DeepSpeed FusedAdam (information only, the trainer uses torch's AdamW): {state}", ""]
     lines += ["| model | impl | act. ckpt | compile | batch | step s | clips/s | TFLOP/s | MFU | peak GiB |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["steps"]:
@@ -332,9 +369,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     mode.add_argument("--dry", action="store_true", help="tiny dry mode (the default without CUDA)")
     mode.add_argument("--full", action="store_true", help="the full check (the default with CUDA)")
     ap.add_argument("--skip_tests", action="store_true", help="do not run the gpu-marked tests")
+    ap.add_argument("--fused_adam", action="store_true",
+                    help="also build and test DeepSpeed's FusedAdam (~400 s; information only, the trainer uses "
+                         "torch's AdamW)")
     args = ap.parse_args(argv)
     dry = args.dry or (not args.full and not torch.cuda.is_available())
-    result = run(dry, skip_tests=args.skip_tests)
+    result = run(dry, skip_tests=args.skip_tests, fused_adam=args.fused_adam)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -31,6 +31,8 @@ binary() {  # wheels for the target interpreter, whatever this machine runs
 DS_BUILD_OPS=0 python -m pip wheel -q --no-deps --no-build-isolation -w "$out" deepspeed==0.19.8
 # its dependencies that the image lacks: hjson, pydantic 2 with its compiled core and small helpers
 binary hjson==3.1.0 pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
+# WebDataset tar shards (data.shards; requirements.txt pins it): pure Python, with its brace expansion
+binary webdataset==1.0.2 braceexpand==0.1.7
 # video decoders (requirements.txt): PyAV bundles FFmpeg (36 MB) and also encodes the synthetic test set; torchcodec
 # needs the machine's FFmpeg libraries; decord2 (27 MB) is opt-in, since all three together (67 MB) pass the 64 MiB
 # a device call carries: DECODERS="av torchcodec decord2"

@@ -1,6 +1,7 @@
 """CUDA-only paths, each against what it must do on a GPU: SDPA's flash or memory-efficient kernel in bf16, the
-pinned-memory training loader, fused AdamW and DeepSpeed's FusedAdam, masks drawn on the device, a training step
-with no host synchronisation, and a one-rank NCCL process group through our init. Run by bench/gpu_check.py on CUDA
+pinned-memory training loader, fused AdamW (and DeepSpeed's FusedAdam, marker ``fused_adam``, information only),
+masks drawn on the device, a training step with no host synchronisation, and a one-rank NCCL process group through
+our init. Run by bench/gpu_check.py on CUDA
 (bench/gpu_tests/conftest.py), outside tests/, so the CPU suite never collects them."""
 import os
 import subprocess
@@ -115,15 +116,17 @@ def test_fused_adamw_on_cuda_matches_the_unfused_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _run(code: str, timeout: float = 400) -> subprocess.CompletedProcess:
+def _run(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "DS_ACCELERATOR": "cuda", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
            "LOCAL_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
+@pytest.mark.fused_adam
 def test_deepspeed_fused_adam_matches_torch_adamw():
-    # DeepSpeed's CUDA FusedAdam (JIT-built here unless the wheel shipped it), against torch's AdamW
+    # DeepSpeed's CUDA FusedAdam (JIT-built here unless the wheel shipped it), against torch's AdamW; not part of
+    # the check (the trainer never uses it): bench/gpu_check.py --fused_adam runs it as information
     code = """
 import torch
 from deepspeed.ops.adam import FusedAdam
@@ -139,7 +142,7 @@ for i in range(3):
 torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-6)
 print("fused adam ok")
 """
-    proc = _run(code)
+    proc = _run(code, timeout=800)  # the JIT build alone took ~400 s
     assert proc.returncode == 0 and "fused adam ok" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -159,3 +162,19 @@ dist.destroy_process_group()
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sum [1.5, 2.0]" in proc.stdout and "dev 3.0" in proc.stdout and "objs [('rank', 0)]" in proc.stdout
+
+
+def test_evaluation_runs_bf16_autocast_with_tf32_on_cuda():
+    from motionmae_ds.models import build_classifier
+    from motionmae_ds.runtime.distributed import inference_precision
+
+    clf = build_classifier(name="vit_small", num_classes=10, num_frames=16, img_size=224).to(CUDA).eval()
+    videos = torch.randn(2, 3, 16, 224, 224, device=CUDA)
+    with torch.no_grad():
+        reference = clf(videos)
+        with inference_precision(CUDA):
+            logits = clf(videos)
+            inner = torch.nn.functional.linear(videos[:, 0, 0, :4], torch.randn(8, 224, device=CUDA))
+    assert reference.dtype == torch.float32 and inner.dtype == torch.bfloat16
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    torch.testing.assert_close(logits.float(), reference, rtol=5e-2, atol=5e-2)

@@ -6,8 +6,10 @@ from typing import Optional
 import torch
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendor data sheets. Checked in
-# order, so the specific H100 variants come before the generic "h100" (SXM, "H100 80GB HBM3").
+# order, so the specific variants come before the generic names ("h100": SXM, "H100 80GB HBM3"; "h200": SXM);
+# the NVL parts (H100 NVL, H200 NVL) are the lower-clocked PCIe boards: 835.
 BF16_PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("h200", "nvl"), 835.0),
     (("h200",), 989.0),
     (("h100", "pcie"), 756.0),
     (("h100", "nvl"), 835.0),
