@@ -96,7 +96,8 @@ def score_items(model: nn.Module, loader: DataLoader, device: torch.device) -> I
             skipped += len(batch["skipped"])
             videos = batch["video"]
             n, v = videos.shape[:2]
-            logits = model(videos.flatten(0, 1).to(device, non_blocking=True))
+            with dist_utils.inference_precision(device):  # bf16 on an accelerator, fp32 on the CPU
+                logits = model(videos.flatten(0, 1).to(device, non_blocking=True))
             probs = torch.softmax(logits.float(), dim=-1).cpu().view(n, v, -1)
             total = probs[:, 0].double()
             for k in range(1, v):  # one fixed order, whatever the batch

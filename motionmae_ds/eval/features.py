@@ -192,7 +192,8 @@ def extract_features(cfg: FinetuneConfig, source: Optional[str], out_dir: str | 
                 bad.append({"index": b["index"], "path": path, "reason": b["reason"]})
         if good:
             videos = torch.stack([b["video"] for b in good]).to(device)
-            out = encoder(videos).float().cpu()                       # (B, N, D)
+            with dist_utils.inference_precision(device):              # bf16 on an accelerator, fp32 on the CPU
+                out = encoder(videos).float().cpu()                   # (B, N, D)
             for row, b in enumerate(good):
                 record = dataset.records[b["index"]]
                 tensors = {"pooled": out[row].mean(dim=0)}

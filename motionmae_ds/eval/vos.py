@@ -116,7 +116,8 @@ def frame_features(encoder: VisionTransformerEncoder, frames: np.ndarray, settin
         else:
             slices = [x] * tubelet
         clips = torch.stack(slices, dim=2)                                  # (b, 3, tubelet, H, W)
-        tokens = encode_tokens(encoder, clips)[:, 0].float()                # (b, h, w, D)
+        with dist_utils.inference_precision(device):                       # bf16 on an accelerator, fp32 on CPU
+            tokens = encode_tokens(encoder, clips)[:, 0].float()            # (b, h, w, D)
         out.append(F.normalize(tokens, dim=-1).cpu())
     return torch.cat(out)
 

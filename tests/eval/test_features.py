@@ -121,3 +121,19 @@ def test_bad_input_is_one_line_and_exit_2(inputs, tmp_path):
                                              "--output_dir", tmp_path / "o", "--config", inputs["config"]])
     assert proc.returncode == 2
     assert re.fullmatch(r"config error: --list \S+missing\.txt: file not found", proc.stderr.strip())
+
+
+def test_evaluation_precision_is_bf16_on_accelerators_and_fp32_on_the_cpu():
+    # evaluation, feature extraction and VOS run their model under inference_precision: bf16 autocast (TF32 for
+    # what stays fp32) on an accelerator, as the model trained; on the CPU nothing changes (fp32, the numbers the
+    # CPU tests and benchmarks were measured with)
+    from motionmae_ds.runtime.distributed import inference_dtype, inference_precision
+
+    assert inference_dtype(torch.device("cuda", 1)) == torch.bfloat16
+    assert inference_dtype(torch.device("cpu")) is None
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with inference_precision(torch.device("cpu")):
+        y = layer(x)
+    assert y.dtype == torch.float32 and torch.equal(y, layer(x))
+    assert not torch.is_autocast_enabled("cpu")
