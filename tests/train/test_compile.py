@@ -1,7 +1,10 @@
 """run.compile: regional torch.compile (inductor, on this CPU) of the transformer blocks. Compiled and eager
 pretraining give the same losses, their checkpoints carry the eager names (no ``_orig_mod.``), and each resumes
-the other's checkpoint: eager -> compiled and compiled -> eager."""
+the other's checkpoint: eager -> compiled and compiled -> eager. Activation checkpointing around compiled blocks
+(drop path on: the recompute must draw what the forward drew) gives the gradients of the compiled blocks without it."""
 import subprocess
+
+import torch
 
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import compile_blocks
@@ -18,6 +21,28 @@ def test_compile_blocks_keeps_the_eager_names():
     assert compile_blocks(compiled) == 2 + 1 + 1  # encoder, space head, time head
     assert list(compiled.state_dict()) == list(eager.state_dict())
     assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in eager.named_parameters()]
+
+
+def test_activation_checkpointing_around_compiled_blocks_keeps_the_gradients():
+    # one decoder (the space head): two block kinds to compile, the encoder's and the decoder's
+    model = build_pretrain_model(name="vit_tiny", num_frames=4, img_size=32, patch_size=16, tubelet_size=2, depth=2,
+                                 decoder_depth=1, drop_path_rate=0.5, target="frame")
+    compile_blocks(model)
+    videos = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, ::2] = True
+    grads = []
+    for checkpointing in (False, True):
+        model.set_grad_checkpointing(checkpointing)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)  # the same drop-path draws in both runs
+        loss = model(videos, mask)["loss"]
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, a), (loss_b, b) = grads
+    assert torch.equal(loss_a, loss_b) and sorted(a) == sorted(b) and len(a) > 20
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def _both(tmp_path, jobs: dict) -> dict:
