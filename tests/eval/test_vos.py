@@ -127,7 +127,9 @@ def test_propagation_respects_radius_topk_and_temperature():
 
 
 def test_eval_vos_on_a_davis_layout_writes_results_and_scores(tmp_path):
-    root = ensure_synthetic_vos(tmp_path / "cache", num_sequences=2, num_frames=5, height=32, width=64)
+    # 64x96 frames: a 4x6 feature grid, on which even random-init features give masks that partly overlap the
+    # objects (at 32x64 every pixel became background, J&F 0, and the comparison below would check nothing)
+    root = ensure_synthetic_vos(tmp_path / "cache", num_sequences=2, num_frames=5, height=64, width=96)
     out = tmp_path / "out"
     proc = launch("eval_vos.py", ["--checkpoint", "none", "--davis", root, "--output_dir", out, "--set",
                                   "model.depth=1", "model.embed_dim=48", "model.num_heads=3"], timeout=240)
@@ -138,6 +140,7 @@ def test_eval_vos_on_a_davis_layout_writes_results_and_scores(tmp_path):
     jf, j, f, _ = benchmark([str(root / "Annotations" / "480p")], [str(out / "random_init" / "results")],
                             num_processes=1, verbose=False)
     assert (metrics["J&F"], metrics["J"], metrics["F"]) == pytest.approx((jf[0], j[0], f[0]), abs=1e-6)
+    assert metrics["J"] > 0 and metrics["F"] > 0  # not the degenerate all-background masks
     assert metrics["settings"]["topk"] == 10 and metrics["settings"]["pairing"] == "successor"
     assert len(list((out / "random_init" / "results" / "seq_001").glob("*.png"))) == 5
     assert "random_init" in proc.stdout and "J&F" in proc.stdout
