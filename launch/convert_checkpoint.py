@@ -4,6 +4,7 @@
     python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --tag step00000100 \
         --output enc.safetensors --format encoder --safetensors
     python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --output x_hf --format hf
+    python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --output x_hf_pre --format hf_pretraining
     python launch/convert_checkpoint.py --checkpoint runs/x/checkpoints --format universal  # resume at another size
 
 See docs/CHECKPOINTS.md. Exit codes: 0 written, 2 bad input (one line on stderr, nothing written).
@@ -21,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint(p, "RUN_DIR, RUN_DIR/checkpoints, a tag dir, or an HF VideoMAE dir", required=True,
                    old=("--input",))
     add_tag(p)
-    add_output(p, "file (plain, encoder), directory (hf), or checkpoint dir (universal; default: the checkpoint's)")
-    add_option(p, "--format", required=True, choices=("plain", "encoder", "hf", "universal"))
+    add_output(p, "file (plain, encoder), directory (hf, hf_pretraining), or checkpoint dir (universal; default: "
+                  "the checkpoint's)")
+    add_option(p, "--format", required=True, choices=("plain", "encoder", "hf", "hf_pretraining", "universal"))
     add_option(p, "--safetensors", action="store_true", help="plain/encoder: write safetensors, not a pickle")
     add_option(p, "--force", action="store_true", help="replace an existing output")
     return p

@@ -56,6 +56,41 @@ def _take(state: dict[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
     return state.pop(key)
 
 
+def blocks_to_hf(src: dict[str, torch.Tensor], ours_prefix: str, hf_prefix: str, out: dict[str, torch.Tensor],
+                 where: str, module_names: bool = False) -> None:
+    """Move the transformer blocks ``{ours_prefix}{i}.*`` of ``src`` into ``out`` as HF's ``{hf_prefix}{i}.*``
+    (the fused ``qkv`` split into query/key/value; see ``ours_to_hf`` for ``module_names``)."""
+    for i in range(_depth(src, ours_prefix, where)):
+        ours, hf = f"{ours_prefix}{i}.", f"{hf_prefix}{i}."
+        q, k, v = _take(src, ours + "attn.qkv.weight", where).chunk(3)
+        q_name, v_name = ("query.bias", "value.bias") if module_names else ("q_bias", "v_bias")
+        out.update({hf + _ATT + "query.weight": q, hf + _ATT + "key.weight": k, hf + _ATT + "value.weight": v,
+                    hf + _ATT + q_name: _take(src, ours + "attn.q_bias", where),
+                    hf + _ATT + v_name: _take(src, ours + "attn.v_bias", where)})
+        for mine, theirs in _BLOCK_PAIRS:
+            for part in ("weight", "bias"):
+                out[f"{hf}{theirs}.{part}"] = _take(src, f"{ours}{mine}.{part}", where)
+
+
+def blocks_from_hf(src: dict[str, torch.Tensor], hf_prefix: str, ours_prefix: str, out: dict[str, torch.Tensor],
+                   where: str) -> None:
+    """The inverse of ``blocks_to_hf``: HF's ``{hf_prefix}{i}.*`` popped from ``src`` into ``out`` as ours."""
+    for i in range(_depth(src, hf_prefix, where)):
+        hf, ours = f"{hf_prefix}{i}.{_ATT}", f"{ours_prefix}{i}."
+        q, k, v = (_take(src, f"{hf}{n}.weight", where) for n in ("query", "key", "value"))
+        out[ours + "attn.qkv.weight"] = torch.cat([q, k, v])
+        for mine, on_disk, in_memory in (("q_bias", "q_bias", "query.bias"), ("v_bias", "v_bias", "value.bias")):
+            bias = src.pop(hf + on_disk, None)
+            bias = src.pop(hf + in_memory, None) if bias is None else bias
+            # qv_bias=False checkpoints: zero biases compute the same function
+            out[ours + "attn." + mine] = bias if bias is not None else q.new_zeros(q.shape[0])
+        if (hf + "key.bias") in src:
+            raise CheckpointError(f"{where}: {hf}key.bias exists; our attention has no key bias")
+        for mine, theirs in _BLOCK_PAIRS:
+            for part in ("weight", "bias"):
+                out[f"{ours}{mine}.{part}"] = _take(src, f"{hf_prefix}{i}.{theirs}.{part}", where)
+
+
 def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict", module_names: bool = False
                ) -> dict[str, torch.Tensor]:
     """Encoder names (+ ``norm``) -> ``VideoMAEModel`` names; classifier names -> ``VideoMAEForVideoClassification``.
@@ -69,16 +104,7 @@ def ours_to_hf(state: Mapping[str, torch.Tensor], where: str = "state dict", mod
     out: dict[str, torch.Tensor] = {}
     for part in ("weight", "bias"):
         out[f"{pre}embeddings.patch_embeddings.projection.{part}"] = _take(src, f"patch_embed.proj.{part}", where)
-    for i in range(_depth(src, "blocks.", where)):
-        ours, hf = f"blocks.{i}.", f"{pre}encoder.layer.{i}."
-        q, k, v = _take(src, ours + "attn.qkv.weight", where).chunk(3)
-        q_name, v_name = ("query.bias", "value.bias") if module_names else ("q_bias", "v_bias")
-        out.update({hf + _ATT + "query.weight": q, hf + _ATT + "key.weight": k, hf + _ATT + "value.weight": v,
-                    hf + _ATT + q_name: _take(src, ours + "attn.q_bias", where),
-                    hf + _ATT + v_name: _take(src, ours + "attn.v_bias", where)})
-        for mine, theirs in _BLOCK_PAIRS:
-            for part in ("weight", "bias"):
-                out[f"{hf}{theirs}.{part}"] = _take(src, f"{ours}{mine}.{part}", where)
+    blocks_to_hf(src, "blocks.", f"{pre}encoder.layer.", out, where, module_names)
     if "norm.weight" in src:
         if classifier:
             raise CheckpointError(f"{where}: a classifier with a final 'norm' has no HF VideoMAE counterpart")
@@ -109,20 +135,7 @@ def hf_to_ours(state: Mapping[str, torch.Tensor], where: str = "HF state dict"
     out: dict[str, torch.Tensor] = {}
     for part in ("weight", "bias"):
         out[f"patch_embed.proj.{part}"] = _take(src, f"embeddings.patch_embeddings.projection.{part}", where)
-    for i in range(_depth(src, "encoder.layer.", where)):
-        hf, ours = f"encoder.layer.{i}.{_ATT}", f"blocks.{i}."
-        q, k, v = (_take(src, f"{hf}{n}.weight", where) for n in ("query", "key", "value"))
-        out[ours + "attn.qkv.weight"] = torch.cat([q, k, v])
-        for mine, on_disk, in_memory in (("q_bias", "q_bias", "query.bias"), ("v_bias", "v_bias", "value.bias")):
-            bias = src.pop(hf + on_disk, None)
-            bias = src.pop(hf + in_memory, None) if bias is None else bias
-            # qv_bias=False checkpoints: zero biases compute the same function
-            out[ours + "attn." + mine] = bias if bias is not None else q.new_zeros(q.shape[0])
-        if (hf + "key.bias") in src:
-            raise CheckpointError(f"{where}: {hf}key.bias exists; our attention has no key bias")
-        for mine, theirs in _BLOCK_PAIRS:
-            for part in ("weight", "bias"):
-                out[f"{ours}{mine}.{part}"] = _take(src, f"encoder.layer.{i}.{theirs}.{part}", where)
+    blocks_from_hf(src, "encoder.layer.", "blocks.", out, where)
     for theirs, mine in (("layernorm", "norm"), ("fc_norm", "fc_norm"), ("classifier", "head")):
         if f"{theirs}.weight" in src:
             for part in ("weight", "bias"):
@@ -235,18 +248,21 @@ def is_hf_dir(path: str | Path) -> bool:
     return (Path(path) / HF_CONFIG).is_file()
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    def load_one(file: Path) -> dict[str, torch.Tensor]:
-        if not file.is_file():
-            raise CheckpointError(f"{file}: weight file not found")
-        try:
-            if file.suffix == ".safetensors":
-                return load_file(str(file))
-            return torch.load(file, map_location="cpu", weights_only=True)
-        except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{file}: cannot be read ({msg})") from None
+def read_weight_file(file: Path) -> dict[str, torch.Tensor]:
+    """One safetensors or torch weight file; a missing or unreadable one is a one-line CheckpointError."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: weight file not found")
+    try:
+        if file.suffix == ".safetensors":
+            return load_file(str(file))
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{file}: cannot be read ({msg})") from None
 
+
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of an HF model directory: one file, or the files of its weight index."""
     for index_name in (SAFETENSORS_INDEX, TORCH_BIN_INDEX):
         if (path / index_name).is_file():
             try:
@@ -255,11 +271,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
                 raise CheckpointError(f"{path / index_name}: not a weight index ({type(exc).__name__})") from None
             out: dict[str, torch.Tensor] = {}
             for f in files:
-                out.update(load_one(path / f))
+                out.update(read_weight_file(path / f))
             return out
     for name in (SAFETENSORS, TORCH_BIN):
         if (path / name).is_file():
-            return load_one(path / name)
+            return read_weight_file(path / name)
     raise CheckpointError(f"{path}: no {SAFETENSORS}, {TORCH_BIN} or weight index")
 
 
@@ -278,7 +294,7 @@ def load_hf_videomae(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path / HF_CONFIG}:{exc.lineno}: invalid JSON ({exc.msg})") from None
     kwargs = kwargs_from_hf_config(cfg, str(path / HF_CONFIG))
-    raw = _read_weights(path)
+    raw = read_hf_weights(path)
     state, _ = hf_to_ours(raw, str(path))
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     if "head.weight" in state:
