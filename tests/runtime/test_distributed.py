@@ -28,7 +28,8 @@ def _rank(rank: int, port: int, results) -> None:
         import torch.distributed as dist
         from deepspeed.utils import groups
 
-        del dist.set_timeout  # as on torch 2.11: any call of it would raise AttributeError
+        if hasattr(dist, "set_timeout"):
+            del dist.set_timeout  # as on torch 2.11: any call of it would raise AttributeError
         from motionmae_ds.runtime import distributed as dist_utils
 
         dist_utils.init_distributed()
