@@ -7,13 +7,16 @@ Rows whose command runs are already made elsewhere are referenced, not run again
 - 0: pretraining under the launcher (tests/train/test_pretrain_run.py, tests/train/test_resume.py's relaunch),
   finetuning under the launcher with its test pass (tests/train/test_finetune_run.py), evaluate.py under the
   launcher and without (tests/eval/test_evaluate_ranks.py). Each asserts returncode 0.
-- 2 for pretraining as a real process: tests/runtime/test_failures.py::test_bad_configs_exit_2_with_one_line.
+- 2 for pretraining as a real process: tests/runtime/test_failures.py::test_bad_configs_exit_2_with_one_line; the
+  shared-machine causes of 2 (a busy port, an unusable output directory, a failed checkpoint write, a decoder
+  backend that cannot load): tests/runtime/test_shared_machine.py.
 - 3 for pretraining under the launcher, at a chosen step, keeping the last checkpoint:
   tests/runtime/test_failures.py::test_nonfinite_loss_stops_and_keeps_last_checkpoint.
 - 5 for pretraining, two "nodes" (one rank each, so the launcher's code is the rank's):
   tests/multinode/test_rank_failure.py (killed and frozen peers).
 - 75 (SIGTERM and SIGUSR1, pretraining and finetuning, and the SLURM script's requeue on it):
   tests/runtime/test_preemption.py and tests/multinode/test_slurm_script.py.
+- 130 (Ctrl-C): tests/runtime/test_preemption.py::test_ctrl_c_while_saving_leaves_no_half_written_checkpoint.
 """
 import json
 import os
@@ -50,8 +53,9 @@ def _one_line(output: str, prefix: str) -> str:
 
 
 def test_the_table_is_the_one_tested_here():
+    # a row added to README's table must be run here or referenced above
     rows = re.findall(r"^\| (\d+) \| ", README.split("## Exit codes", 1)[1].split("\n## ", 1)[0], re.M)
-    assert rows == ["0", "2", "3", "4", "5", "75"]
+    assert rows == ["0", "2", "3", "4", "5", "75", "130"]
     assert (EXIT_CONFIG, EXIT_NON_FINITE, EXIT_BAD_DATA, EXIT_PEER_LOST) == (2, 3, 4, 5)
 
 
