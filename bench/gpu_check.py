@@ -164,6 +164,10 @@ def hf_pretrain_model(cfg: Any) -> torch.nn.Module:
     return hf_videomae_pretraining(s, m.num_frames, m.img_size, m.patch_size, m.tubelet_size)
 
 
+def _sig(value: float, digits: int = 4) -> float:
+    return float(f"{value:.{digits}g}")
+
+
 def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]:
     """Timed steps of ours (or HF VideoMAEForPreTraining with ``hf``) through a ZeRO-2 bf16 DeepSpeed engine."""
 
@@ -230,8 +234,10 @@ def engine_case(cfg: Any, p: dict[str, Any], hf: bool = False) -> dict[str, Any]
     step_s = statistics.median(times)
     flops = TRAIN_FLOPS_PER_MAC * float(macs) * batch
     util = mfu(flops / step_s, accelerator_device_name())
-    row = {"batch": batch, "step_s": round(step_s, 4), "clips_per_s": round(batch / step_s, 2),
-           "tflops": round(flops / step_s / 1e12, 4), "mfu": None if util is None else round(util, 4),
+    # significant figures, not decimals: a tiny dry-mode case on a loaded CPU runs at a few GFLOP/s, which four
+    # decimals of TFLOP/s would round to 0
+    row = {"batch": batch, "step_s": _sig(step_s), "clips_per_s": _sig(batch / step_s),
+           "tflops": _sig(flops / step_s / 1e12), "mfu": None if util is None else _sig(util),
            "peak_gib": round((_peak_bytes(device) - held) / 2 ** 30, 2), "held_gib": round(held / 2 ** 30, 2),
            "warmup_s": round(warmup_s, 2), "gflop_per_step": round(flops / 1e9, 3)}
     release(engine)
