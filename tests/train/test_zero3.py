@@ -1,6 +1,7 @@
 """ZeRO-3 (weights partitioned over the ranks) through the real `deepspeed` launcher on 2 CPU ranks: a pretraining
-run trains, writes ZeRO-3's checkpoint layout, resumes after kill -9 exactly where an uninterrupted run is, draws its
-reconstruction figures from gathered weights, and converts to plain fp32 weights, the encoder and HF formats, and
+run with activation checkpointing (each block's recompute gathers its weights again) trains, writes ZeRO-3's
+checkpoint layout, resumes after kill -9 exactly where an uninterrupted run is, draws its reconstruction figures
+from gathered weights, and converts to plain fp32 weights, the encoder and HF formats, and
 DeepSpeed's universal format, which a 1-rank ZeRO-3 engine loads with the same gathered fp32 weights."""
 import json
 
@@ -19,7 +20,7 @@ STEPS = 9  # 12 videos / (2 ranks x batch 2) = 3 steps per epoch, 3 epochs
 
 def test_zero3_kill9_resume_and_conversions(tiny_config, tmp_path):
     cfg = tiny_config(schedule={"epochs": 3, "warmup_epochs": 1, "batch_size": 2},
-                      model={"depth": 2, "drop_path_rate": 0.1},
+                      model={"depth": 2, "drop_path_rate": 0.1, "grad_checkpointing": True},
                       run={"save_every_steps": 2, "save_every_epochs": 1, "log_every": 1, "keep_last": 0,
                            "visualize": True})
     # the tiny model's tensors are all below ZeRO-3's persistence threshold, which would keep them whole on every
