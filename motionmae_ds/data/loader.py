@@ -46,14 +46,18 @@ class DistributedSampler(Sampler[int]):
             raise ValueError(f"DistributedSampler: start {start} outside 0..{self.per_rank}")
         self.start = start
 
-    def indices(self) -> list[int]:
-        """This rank's full share for the current epoch (ignoring ``start``)."""
+    def epoch_order(self) -> list[int]:
+        """The whole epoch's order of dataset indices, before it is split between ranks (a function of the seed
+        and the epoch only; a mixture of datasets overrides it, data/mixture.py)."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.dataset_len, generator=g).tolist()
-        else:
-            order = list(range(self.dataset_len))
+            return torch.randperm(self.dataset_len, generator=g).tolist()
+        return list(range(self.dataset_len))
+
+    def indices(self) -> list[int]:
+        """This rank's full share for the current epoch (ignoring ``start``)."""
+        order = self.epoch_order()
         total = self.per_rank * self.num_replicas
         if total > len(order):
             # pad by wrapping so every rank does the same number of steps
