@@ -1,4 +1,4 @@
-"""Run by test_rank_failure under `deepspeed --num_gpus 2` with DEEPSPEED_TIMEOUT=1: a ZeRO-2 engine built
+"""Run by test_rank_failure under `deepspeed --num_gpus 2` with a short collective timeout: a ZeRO-2 engine built
 the way the trainers build it (our init_distributed, then deepspeed.initialize), then one all-reduce on the
 group ZeRO's optimizer communicates on. Rank 1 joins it only after --late seconds; rank 0 writes to --out
 how long it waited and whether the collective raised."""
