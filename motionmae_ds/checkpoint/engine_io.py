@@ -72,7 +72,7 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     ``keep_last > 0`` then deletes all but that many newest step tags.
 
     A write that fails (no space, quota, file-size limit) raises ``CheckpointWriteError`` on the ranks it failed
-    on, after rank 0 removed the partial files; an interrupt (Ctrl-C) mid-save removes them too. Either way
+    on, each after removing the partial files; an interrupt (Ctrl-C) mid-save removes them too. Either way
     ``latest`` still names the previous, complete checkpoint.
 
     Returns True (kept for callers written against the earlier skip-if-latest behaviour).
@@ -88,10 +88,11 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
     try:
         engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
     except BaseException as exc:
-        # a full disk fails every rank's write; a rank whose peer failed alone learns of it as a lost peer, and a
-        # peer lost mid-save is reported as that (runtime/failure.py), not as a failed write
-        if dist_utils.is_main():
-            _remove_partial(ckpt_dir, tag)
+        # a full disk fails every rank's write, each at its own time: each removes the temporary tag after its own
+        # failure, so the last one to fail leaves nothing behind (a rank whose write went through waits in
+        # DeepSpeed's barrier and learns of the failure as a lost peer; the next start removes what it wrote).
+        # A peer lost mid-save is reported as that (runtime/failure.py), not as a failed write
+        _remove_partial(ckpt_dir, tag)
         if isinstance(exc, Exception) and not is_peer_failure(exc):
             raise _write_failed(ckpt_dir, tag, exc) from exc
         raise
