@@ -58,7 +58,8 @@ def _fail(message: str, code: int) -> int:
     """Print one line and leave at once: after a failure mid-run, interpreter shutdown with a live process
     group and DeepSpeed engine was seen to stall for minutes under the launcher; outputs are already
     flushed and closed (log.jsonl per line, TensorBoard in the trainer's finally)."""
-    print(message, file=sys.stderr, flush=True)
+    # on a terminal the line starts on a line of its own, not after a progress bar's carriage return
+    print(("\n" if sys.stderr.isatty() else "") + message, file=sys.stderr, flush=True)
     sys.stdout.flush()
     import torch.distributed as dist
 

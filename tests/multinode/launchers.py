@@ -16,7 +16,6 @@ _HERE = Path(__file__).resolve().parent
 PRETRAIN = REPO / "launch" / "pretrain.py"
 SBATCH = REPO / "launch" / "slurm_pretrain.sbatch"
 VITL_JSON = REPO / "ds_configs" / "zero2_vitl_32gpu.json"
-GUARDED = _HERE / "guarded_pretrain.py"
 
 
 def render_sbatch(hosts: list[str], gpus: int, extra: list[str] = (), **env: str) -> subprocess.CompletedProcess:
