@@ -20,6 +20,7 @@ from motionmae_ds.data.lists import ListFormatError, read_list
 from motionmae_ds.data.shards import ShardClipDataset, ShardError, index_part, merge_index, shard_urls
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
+from motionmae_ds.models.attentive import AttentiveProbe
 from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.models.masking import build_decoder_mask
 from motionmae_ds.models.registry import resolve_size
@@ -181,12 +182,19 @@ def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -
 # -- finetuning ---------------------------------------------------------------------------------------
 
 def build_finetune_model(cfg: Any) -> nn.Module:
-    """The classifier of a ``FinetuneConfig`` (wrapped in a ``LinearProbe`` in probe mode), without weights."""
+    """The classifier of a ``FinetuneConfig``, wrapped in a ``LinearProbe`` or an ``AttentiveProbe`` as
+    ``finetune.probe`` says, without weights."""
+    ft = cfg.finetune
     try:
         clf = build_classifier(**classifier_kwargs(cfg))
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: model: {exc}") from None
-    return LinearProbe(clf, cfg.finetune.probe_norm) if cfg.finetune.linear_probe else clf
+    if ft.probe == "attentive":
+        try:
+            return AttentiveProbe(clf, ft.probe_heads, ft.probe_queries)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source}: finetune.probe_heads={ft.probe_heads}: {exc}") from None
+    return LinearProbe(clf, ft.probe_norm) if ft.probe == "linear" else clf
 
 
 def build_encoder(cfg: Any) -> VisionTransformerEncoder:
@@ -206,7 +214,7 @@ def build_encoder(cfg: Any) -> VisionTransformerEncoder:
 
 def classifier_of(model: nn.Module) -> nn.Module:
     """The ``VideoClassifier`` inside a model built by ``build_finetune_model``."""
-    return model.backbone if isinstance(model, LinearProbe) else model
+    return model.backbone if isinstance(model, (LinearProbe, AttentiveProbe)) else model
 
 
 def resolve_lists(cfg: Any) -> dict[str, str]:

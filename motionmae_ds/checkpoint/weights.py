@@ -9,9 +9,8 @@ dropped on purpose; what is left over is reported as missing/unexpected, never s
 
 Positional tables: ours are fixed sinusoids rebuilt from the token grid, so they are not weights and need
 no conversion when frames or resolution change; but a weight only fits the kind of table it was trained
-with, so a run's recorded ``model.pos_embed`` must match. A *learned* ``pos_embed`` in a checkpoint is
-resampled trilinearly over (t, h, w) to the model's grid and copied into the model's table, which then
-joins the state dict so a finetuned checkpoint keeps it.
+with, so a run's recorded ``model.pos_embed`` must match. A *learned* ``pos_embed`` is resampled trilinearly
+over (t, h, w) to the model's grid into its table, which joins the state dict (a finetuned checkpoint keeps it).
 """
 from __future__ import annotations
 
@@ -51,6 +50,7 @@ from motionmae_ds.checkpoint.zero import (
     module_weights,
     torch_load,
 )
+from motionmae_ds.models.attentive import AttentiveProbe
 from motionmae_ds.models.classifier import LinearProbe
 from motionmae_ds.models.pos_embed import resample_pos_embed
 
@@ -323,8 +323,8 @@ def _load_whole_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], in
                 buf.copy_(raw[name].to(buf.dtype))
         return LoadReport(source=str(source), loaded=sorted(own) + sorted(tables), whole=True,
                           weights=info.get("weights", info["kind"]))
-    if isinstance(model, LinearProbe):
-        raise WeightsDoNotFitError(f"{source}: not a linear-probe checkpoint (no probe_norm/backbone names)")
+    if isinstance(model, (LinearProbe, AttentiveProbe)):  # a probe's own layers are not in a classifier's names
+        raise WeightsDoNotFitError(f"{source}: not a {type(model).__name__} checkpoint (no probe/backbone names)")
     report = _load_classifier(model, raw, info, source, keep_head=True)
     if report.missing or report.mismatched or any(n.startswith(HEAD_PREFIXES) for n in report.dropped):
         raise WeightsDoNotFitError(f"{source}: does not hold a complete classifier\n{report.summary()}")

@@ -1,4 +1,4 @@
-"""The finetuning / linear-probe job config: model, data, mixup, optimiser, schedule, finetune, eval, run.
+"""The finetuning / probing job config: model, data, mixup, optimiser, schedule, finetune, eval, run.
 
 Built from the same sections and loader as pretraining (same error style, same batch rules: the YAML owns
 the batch, the DeepSpeed JSON only engine settings). ``schedule.batch_size`` counts videos per device; with
@@ -21,6 +21,7 @@ from motionmae_ds.data.sampling import SAMPLINGS
 from motionmae_ds.models.classifier import PROBE_NORMS
 
 DEFAULT_FINETUNE_CONFIG = REPO_ROOT / "configs" / "finetune_demo.yaml"
+PROBES = ("none", "linear", "attentive")
 
 
 @dataclass
@@ -84,9 +85,18 @@ class FinetuneSection:
     init: str = "none"
     # keep a pretrained head when its shape fits (e.g. evaluating/continuing a finetuned checkpoint)
     init_keep_head: bool = False
-    # linear probe: frozen encoder, normalised pooled features, only a linear head trained
+    # none: finetune the whole classifier; linear: frozen encoder, normalised mean-pooled tokens, a linear head;
+    # attentive: frozen encoder, learned queries cross-attending over its tokens (models/attentive.py), a linear head
+    probe: str = "none"
+    # the old spelling of probe: linear, kept so that older recipes and checkpoints' configs load
     linear_probe: bool = False
     probe_norm: str = "batchnorm"
+    # attentive probe: learned query tokens, and attention heads (null = the encoder's own head count)
+    probe_queries: int = 1
+    probe_heads: Optional[int] = None
+    # a probe of a randomly initialised encoder (finetune.init: none) is the baseline a pretrained one is
+    # compared with; it is refused unless asked for here, so that a forgotten init does not look like a result
+    probe_random_init: bool = False
     model_ema: bool = False
     model_ema_decay: float = 0.9999
 
@@ -168,5 +178,23 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"{src}: data.train_list is empty (set it, or data.synthetic: true)")
     if not cfg.finetune.init:
         raise ConfigError(f"{src}: finetune.init is empty (a checkpoint path, or none for random init)")
-    if cfg.finetune.linear_probe and cfg.finetune.init.lower() == "none":
-        raise ConfigError(f"{src}: finetune.linear_probe=true needs pretrained weights (finetune.init is none)")
+    check_probe(cfg)
+
+
+def check_probe(cfg: FinetuneConfig) -> None:
+    """``finetune.linear_probe: true`` is read as ``probe: linear`` (and set back in step, so every reader
+    sees one answer); the attentive probe's keys; a probe needs pretrained weights unless asked otherwise."""
+    src, ft = cfg.source, cfg.finetune
+    check_choices(src, {"finetune.probe": (ft.probe, PROBES)})
+    if ft.linear_probe:
+        if ft.probe not in ("none", "linear"):
+            raise ConfigError(f"{src}: finetune.linear_probe=true contradicts finetune.probe={ft.probe} "
+                              f"(linear_probe is the old spelling of probe: linear; keep one)")
+        ft.probe = "linear"
+    ft.linear_probe = ft.probe == "linear"
+    check_ranges(src, positive={"finetune.probe_queries": ft.probe_queries}, nonneg={})
+    if ft.probe_heads is not None:
+        check_ranges(src, positive={"finetune.probe_heads": ft.probe_heads}, nonneg={})
+    if ft.probe != "none" and ft.init.lower() == "none" and not ft.probe_random_init:
+        raise ConfigError(f"{src}: finetune.probe={ft.probe} needs pretrained weights (finetune.init is none; "
+                          f"set finetune.probe_random_init=true for the random-encoder baseline)")

@@ -1,4 +1,4 @@
-"""Finetuning and linear probing as a task of the one training loop (``train/trainer.py``).
+"""Finetuning and probing (linear or attentive) as a task of the one training loop (``train/trainer.py``).
 
 The task supplies the classifier (encoder weights from ``finetune.init`` through the checkpoint package's
 loader), layer-wise lr decay groups (timm's, from the classifier's ``group_matcher``: 0 = patch embedding,
@@ -46,7 +46,7 @@ class FinetuneTask(Task):
 
     def check(self, micro: int) -> None:
         cfg = self.cfg
-        if cfg.mixup_active and not cfg.finetune.linear_probe and (micro * cfg.data.num_repeats) % 2:
+        if cfg.mixup_active and cfg.finetune.probe == "none" and (micro * cfg.data.num_repeats) % 2:
             raise ConfigError(f"{cfg.source}: mixup needs an even number of clips per micro-batch; "
                               f"schedule.batch_size={micro} x data.num_repeats={cfg.data.num_repeats} is odd")
 
@@ -144,7 +144,7 @@ class FinetuneTask(Task):
 
     def describe(self, run: RunContext) -> str:
         cfg = self.cfg
-        mode = "linear probe" if cfg.finetune.linear_probe else "finetune"
+        mode = {"none": "finetune", "linear": "linear probe", "attentive": "attentive probe"}[cfg.finetune.probe]
         return (f"{mode}: {len(self.train_set)} training videos x {cfg.data.num_repeats} clips, {run.world} "
                 f"rank(s), batch {run.micro} x {run.accum} x {run.world} = {run.total_batch}, peak lr "
                 f"{run.peak_lr:.3g}, {run.steps_per_epoch} steps/epoch, output {run.out_dir}")

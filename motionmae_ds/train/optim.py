@@ -13,6 +13,7 @@ import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
+from motionmae_ds.models.attentive import AttentiveProbe
 from motionmae_ds.models.classifier import LinearProbe
 
 # names (substrings) of parameters that are tokens/tables rather than weights
@@ -67,8 +68,9 @@ def set_lr_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) 
 
 
 def finetune_param_groups(model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
-    """Layer-decay groups over the trainable parameters (only the head in probe mode)."""
-    if isinstance(model, LinearProbe):
+    """Layer-decay groups over the trainable parameters; a probe's (pooler and head, or the head alone) all at
+    lr scale 1: the frozen encoder has no layers to decay."""
+    if isinstance(model, (LinearProbe, AttentiveProbe)):
         return param_groups(model, cfg.optim.weight_decay)
     # timm reads the layer ids from the classifier's group_matcher (embedding 0, block i -> i + 1, rest last)
     return timm_layer_decay_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)

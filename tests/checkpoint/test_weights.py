@@ -273,7 +273,7 @@ def test_evaluate_refuses_what_does_not_fill_the_classifier(tmp_path):
     with pytest.raises(WeightsDoNotFitError, match=r"pretrain.pth: does not hold a complete classifier\n"):
         load_into(_clf(seed=2), tmp_path / "pretrain.pth", "evaluate")
     torch.save(src.state_dict(), tmp_path / "clf.pth")
-    with pytest.raises(WeightsDoNotFitError, match=r"clf.pth: not a linear-probe checkpoint"):
+    with pytest.raises(WeightsDoNotFitError, match=r"clf.pth: not a LinearProbe checkpoint"):
         load_into(LinearProbe(_clf(seed=2)), tmp_path / "clf.pth", "evaluate")
     with pytest.raises(WeightsDoNotFitError, match=r"clf.pth: no weight matched the model"):
         load_into(_clf(seed=2, embed_dim=96, num_heads=3), tmp_path / "clf.pth", "finetune")

@@ -1,4 +1,4 @@
-"""The finetuning / linear-probe job config: its own defaults over the shared sections, its checks."""
+"""The finetuning / probing job config: its own defaults over the shared sections, its checks."""
 import pytest
 
 from motionmae_ds.config import (
@@ -55,9 +55,39 @@ def test_bad_values(override, match):
         load_finetune_config(None, [override])
 
 
-def test_linear_probe_needs_weights():
-    with pytest.raises(ConfigError, match=r"finetune.linear_probe=true needs pretrained weights"):
-        load_finetune_config(None, ["finetune.linear_probe=true", "finetune.init=none"])
+@pytest.mark.parametrize("probe", ["linear", "attentive"])
+def test_a_probe_needs_weights_unless_the_random_baseline_is_asked_for(probe):
+    with pytest.raises(ConfigError, match=rf"finetune.probe={probe} needs pretrained weights \(finetune.init is "
+                                         r"none; set finetune.probe_random_init=true"):
+        load_finetune_config(None, [f"finetune.probe={probe}", "finetune.init=none"])
+    cfg = load_finetune_config(None, [f"finetune.probe={probe}", "finetune.init=none",
+                                      "finetune.probe_random_init=true"])
+    assert cfg.finetune.probe == probe
+
+
+def test_linear_probe_true_is_the_old_spelling_of_probe_linear(tmp_path):
+    # a config as older runs wrote it into config.yaml and their checkpoints: no finetune.probe key
+    old = load_finetune_config(None, ["finetune.linear_probe=true", "finetune.init=x.pth"])
+    assert old.finetune.probe == "linear" and old.finetune.linear_probe
+    both = load_finetune_config(None, ["finetune.linear_probe=true", "finetune.probe=linear", "finetune.init=x.pth"])
+    assert both.to_dict()["finetune"] == old.to_dict()["finetune"]
+    new = load_finetune_config(None, ["finetune.probe=linear", "finetune.init=x.pth"])
+    assert new.finetune.linear_probe  # every reader of either key sees one answer
+    for probe in ("none", "attentive"):
+        assert not load_finetune_config(None, [f"finetune.probe={probe}", "finetune.init=x"]).finetune.linear_probe
+    with pytest.raises(ConfigError, match=r"finetune.linear_probe=true contradicts finetune.probe=attentive "
+                                          r"\(linear_probe is the old spelling of probe: linear; keep one\)$"):
+        load_finetune_config(None, ["finetune.linear_probe=true", "finetune.probe=attentive", "finetune.init=x"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("finetune.probe=mlp", r"finetune.probe='mlp' is not one of none, linear, attentive"),
+    ("finetune.probe_queries=0", r"finetune.probe_queries=0 must be positive"),
+    ("finetune.probe_heads=0", r"finetune.probe_heads=0 must be positive"),
+])
+def test_bad_probe_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_finetune_config(None, ["finetune.probe=attentive", "finetune.init=x", override])
 
 
 def test_probe_norms_are_the_classifier_constant():

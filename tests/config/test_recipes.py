@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from motionmae_ds.builders import build_decoder_masker, build_masker, build_model
+from motionmae_ds.builders import build_decoder_masker, build_finetune_model, build_masker, build_model
 from motionmae_ds.config import (
     REPO_ROOT,
     FinetuneConfig,
@@ -19,11 +19,12 @@ from motionmae_ds.train.schedule import scaled_lr
 from motionmae_ds.train.throughput import FlopCounter
 
 ALL_RECIPES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
-# file-name prefix -> (loader, config type, linear probe?)
+# file-name prefix -> (loader, config type, finetune.probe)
 LOADERS = {
     "pretrain_": (load_pretrain_config, PretrainConfig, None),
-    "finetune_": (load_finetune_config, FinetuneConfig, False),
-    "linprobe_": (load_finetune_config, FinetuneConfig, True),
+    "finetune_": (load_finetune_config, FinetuneConfig, "none"),
+    "linprobe_": (load_finetune_config, FinetuneConfig, "linear"),
+    "attentive_probe_": (load_finetune_config, FinetuneConfig, "attentive"),
 }
 RECIPES = sorted((REPO_ROOT / "configs").glob("pretrain_*.yaml"))
 # (epochs, total batch, mask kind, ratio, sampling_rate, flip, norm_target) from Table 6
@@ -50,11 +51,11 @@ def test_recipe_glob_covers_every_job_kind():
 def test_recipe_loads_and_validates(path: Path, tmp_path: Path):
     prefix = _prefix(path)
     assert prefix, f"{path.name}: a recipe name starts with one of {', '.join(LOADERS)}"
-    load, config_type, linear_probe = LOADERS[prefix]
+    load, config_type, probe = LOADERS[prefix]
     cfg = load(path)
     assert type(cfg) is config_type and cfg.source == str(path)
-    if linear_probe is not None:
-        assert cfg.finetune.linear_probe is linear_probe
+    if probe is not None:
+        assert cfg.finetune.probe == probe and cfg.finetune.linear_probe is (probe == "linear")
     # what a run writes to its config.yaml loads back to the same config
     dumped = tmp_path / path.name
     dumped.write_text(yaml.safe_dump(cfg.to_dict()))
@@ -152,3 +153,34 @@ def test_finetune_recipe_is_table6b_and_videomae_protocol(key: str):
     # the total batch is reached (on 8 ranks: the K400 recipes' per-rank batches do not divide their totals on the
     # paper's 32) and the lr the run uses is base lr x total batch / 256
     assert batch_layout(cfg, 8)[2] == total and scaled_lr(cfg.optim.base_lr, total) == base_lr * total / 256
+
+
+# V-JEPA's frozen evaluations (facebookresearch/jepa configs/evals/vitl16_{k400_16x8x3,ssv2_16x2x3}.yaml, written
+# out here): test segments and classes per set; 20 epochs, lr 1e-3 at a total batch of 256 with no warm-up,
+# cosine to 0, weight decay 0.01, 16 frames at stride 4, 3 views per segment, no flip, crops of scale
+# (0.08, 1), random erasing 0.25, RandAugment, no mixup (evals/video_classification_frozen/eval.py)
+VJEPA_PROBES = {"k400": (8, 400), "ssv2": (2, 174)}
+PROBE_RECIPES = sorted((REPO_ROOT / "configs").glob("attentive_probe_*_vit_*.yaml"))
+
+
+def test_attentive_probe_recipes_cover_both_sets_and_sizes():
+    assert [p.stem for p in PROBE_RECIPES] == [f"attentive_probe_{d}_vit_{s}" for d in sorted(VJEPA_PROBES)
+                                                for s in ("base", "large")]
+
+
+@pytest.mark.parametrize("path", PROBE_RECIPES, ids=lambda p: p.stem)
+def test_attentive_probe_recipe_is_vjepas_and_trains_only_the_probe(path: Path):
+    cfg = load_finetune_config(path)
+    segments, classes = VJEPA_PROBES[path.stem.split("_")[2]]
+    assert (cfg.eval.test_clips, cfg.eval.test_crops, cfg.model.num_classes) == (segments, 3, classes)
+    assert cfg.schedule.epochs == 20 and cfg.schedule.warmup_epochs == 0 and cfg.optim.min_lr == 0.0
+    assert batch_layout(cfg, 256 // cfg.schedule.batch_size)[2] == 256 and scaled_lr(cfg.optim.base_lr, 256) == 1e-3
+    assert cfg.optim.weight_decay == 0.01 and cfg.optim.layer_decay == 1.0
+    assert (cfg.model.num_frames, cfg.data.sampling, cfg.data.sampling_rate) == (16, "dense", 4)
+    assert not cfg.data.flip and tuple(cfg.data.scale) == (0.08, 1.0) and cfg.data.random_erase == 0.25
+    assert cfg.data.rand_aug and not cfg.mixup_active and cfg.mixup.label_smoothing == 0.0
+    with torch.device("meta"):
+        probe = build_finetune_model(cfg)
+    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("backbone.") else "")
+                 for n, p in probe.named_parameters() if p.requires_grad}
+    assert trainable == {"pooler", "backbone.head"}
