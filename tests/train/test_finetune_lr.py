@@ -45,7 +45,7 @@ def test_groups_scales_and_no_weight_decay():
 
 def test_linear_probe_trains_only_the_head():
     cfg = _cfg()
-    cfg.finetune.linear_probe = True
+    cfg.finetune.probe = "linear"
     cfg.finetune.init = "x"
     probe = build_finetune_model(cfg)
     assert isinstance(probe, LinearProbe)
