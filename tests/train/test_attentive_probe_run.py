@@ -6,6 +6,9 @@ import json
 
 import torch
 
+from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.builders import build_finetune_model
+from motionmae_ds.config import load_finetune_config
 from motionmae_ds.train.finetune import FinetuneTask
 from tests.finetune_support import motion_lists, save_tiny_classifier, write_config
 from tests.helpers import ZERO2, kill9, launch, launch_cmd, read_log, start, train_in_process, wait_for
@@ -77,6 +80,11 @@ def test_attentive_probe_trains_the_pooler_and_head_over_a_bitwise_frozen_encode
     states = torch.load(optim_files[0], weights_only=False)["optimizer_state_dict"]
     master = sum(t.numel() for t in states["single_partition_of_fp32_groups"])
     assert master == sum(final[n].numel() for n in trainable)
+    # what --eval and evaluate.py load: the run's checkpoint, whole, into a freshly built probe
+    fresh = build_finetune_model(load_finetune_config(cfg))
+    report = ckpt.load_into(fresh, out / "checkpoints", "evaluate")
+    assert report.whole and {n for n, _ in fresh.named_parameters()} <= set(final)
+    assert all(torch.equal(p.detach(), final[n]) for n, p in fresh.named_parameters())
 
 
 def test_two_rank_attentive_probe_kill9_resumes_exactly(tmp_path):
