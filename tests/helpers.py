@@ -83,9 +83,18 @@ def start(cmd: list[str], log_path: Optional[Path] = None, extra_env: Optional[d
     env = run_env(**(extra_env or {}))
     if log_path is None:
         return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_terminal_signals)
     with open(log_path, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_terminal_signals)
+
+
+def _terminal_signals() -> None:
+    """In the child before it runs: SIGINT and SIGQUIT as a terminal's command has them. A suite started in the
+    background by a script (``cmd &`` without job control) inherits them ignored, and Python then installs no
+    KeyboardInterrupt handler, so a test's Ctrl-C would not reach the run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def kill9(proc: subprocess.Popen) -> None:
