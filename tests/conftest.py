@@ -5,10 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Keep every test on the CPU accelerator and quiet; a CUDA box would otherwise pick its GPUs.
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The cores are shared between the pytest-xdist workers (README: Tests): each worker's torch gets its share of them.
+# Two workers with two OpenMP threads each on 2 cores ran the CPU attention tests ~100x slower (1 s -> 220 s), the
+# pools' threads spinning on cores the other worker holds.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2) // _WORKERS))))
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 # A tiny pretraining recipe (a 2-frame-tubelet ViT on 32x32 synthetic MP4s) that the loop, evaluation and
