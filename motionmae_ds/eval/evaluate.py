@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_finetune_model, build_split, resolve_lists
 from motionmae_ds.config import ConfigError, FinetuneConfig
-from motionmae_ds.data.loader import DistributedSampler
+from motionmae_ds.data.loader import DistributedSampler, ignore_stop_signals
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 
@@ -206,7 +206,9 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
     """Score ``dataset`` on all ranks (all must call); every rank returns the same metrics and scores."""
     sampler = DistributedSampler(len(dataset), world, rank, shuffle=False, drop_last=False)  # type: ignore[arg-type]
     loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                        collate_fn=collate_eval, drop_last=False, timeout=timeout_s if num_workers > 0 else 0)
+                        collate_fn=collate_eval, drop_last=False, timeout=timeout_s if num_workers > 0 else 0,
+                        # a finetuning run validates with this loader: a stop signal is its rank's to act on
+                        worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
     items = gather_items(score_items(model, loader, device), device)
     scores = aggregate(items)
     metrics = compute_metrics(scores)
