@@ -24,10 +24,16 @@ class Preempted(Exception):
 
 
 class PreemptionFlag:
-    """Installs handlers for SIGTERM and SIGUSR1 that record the request; ``restore()`` puts back the old ones."""
+    """Installs handlers for SIGTERM and SIGUSR1 that record the request; ``restore()`` puts back the old ones.
+
+    Ctrl-C (SIGINT) still raises KeyboardInterrupt at once, and from then on the stop signals are ignored: a terminal
+    sends SIGINT to every process of the job, and DeepSpeed's launcher answers it by sending SIGTERM to its ranks,
+    which must not cut short a rank's removal of a partial checkpoint and its one line (runtime/cli.py). The
+    launcher kills what is left 30 s later."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.interrupted = False
         self._previous: dict[int, object] = {}
 
     def install(self) -> "PreemptionFlag":
@@ -36,7 +42,19 @@ class PreemptionFlag:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. a run started from a test thread): no handler
                 pass
+        # only where Ctrl-C would interrupt anyway (a job started with SIGINT ignored keeps it ignored)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            try:
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+            except ValueError:
+                pass
         return self
+
+    def _interrupt(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.interrupted = True
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         # a second signal changes nothing: the step in flight and the save still have to finish
@@ -49,5 +67,7 @@ class PreemptionFlag:
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
+            if self.interrupted and sig in SIGNALS:
+                continue  # stays ignored until the process has left (see the class docstring)
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()

@@ -7,8 +7,10 @@ SIGUSR1 takes the same path (the flag is checked in-process)."""
 import os
 import signal
 import subprocess
+import time
 
 import psutil
+import pytest
 
 from motionmae_ds.runtime.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
 from tests.helpers import REPO, ZERO2, launch_cmd, read_log, start, start_pretrain, wait_for
@@ -121,6 +123,26 @@ def test_flag_records_sigterm_and_sigusr1_and_restores_handlers():
         assert flag.signum == sig  # the first request is the one reported
         flag.restore()
         assert signal.getsignal(sig) == before
+
+
+def test_ctrl_c_interrupts_at_once_and_then_the_stop_signals_are_ignored():
+    # a terminal's Ctrl-C reaches the launcher too, which answers with SIGTERM to its ranks: that must not cut short
+    # the rank's cleanup and its one line
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        flag = PreemptionFlag().install()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises first
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored now: this process goes on
+        assert flag.interrupted and not flag.requested
+        flag.restore()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def test_ctrl_c_while_saving_leaves_no_half_written_checkpoint(tiny_config, tmp_path):
