@@ -41,7 +41,7 @@ from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import VideoRecord
 from motionmae_ds.data.sampling import make_generator, train_clip_indices
 from motionmae_ds.data.transforms import TrainTransform
-from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
 NUM_FRAMES, STRIDE, SIZE = 16, 4, 224
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD

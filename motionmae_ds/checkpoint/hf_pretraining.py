@@ -41,9 +41,9 @@ from motionmae_ds.checkpoint.hf import (
     read_weight_file,
 )
 from motionmae_ds.checkpoint.layout import CheckpointError
-from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
 from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.registry import resolve_size
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
 TIME_HEAD_WEIGHTS = "motionmae_time_head.safetensors"
 MOTIONMAE_CONFIG = "motionmae_config.json"

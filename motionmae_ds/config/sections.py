@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass

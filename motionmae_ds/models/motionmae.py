@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
 from motionmae_ds.models import targets as tg
 from motionmae_ds.models.decoder import Decoder
 from motionmae_ds.models.masking import MaskCounts
@@ -341,7 +340,7 @@ def build_pretrain_model(
     norm_target: bool = False, motion_granularity: int = 1, motion_signed: bool = False,
     loss_type: str = "mse", loss_weight_frame: float = 1.0, loss_weight_motion: float = 1.0,
     drop_path_rate: float = 0.0, grad_checkpointing: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, **unknown,
+    mean: Sequence[float] = tg.IMAGENET_MEAN, std: Sequence[float] = tg.IMAGENET_STD, **unknown,
 ) -> MotionMAE:
     """The pretraining model of registry size `name`; non-None size arguments override the registry."""
     reject_unknown("build_pretrain_model", unknown, PRETRAIN_KWARGS)

@@ -10,6 +10,11 @@ from einops import rearrange
 
 NORM_EPS = 1e-6
 
+# ImageNet statistics of RGB pixels in [0, 1], what VideoMAE, timm and HF's VideoMAE normalise with: the model's
+# default for undoing the loader's normalisation, and the configs' default for data.mean / data.std
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 # Tokens in (t h w) order, each token's values in (tubelet, patch row, patch column, channel) order.
 _VIDEO = "b c (gt tt) (gh ph) (gw pw)"
