@@ -50,8 +50,22 @@ def tiny_config(tmp_path, synthetic_cache):
 
 
 # The torchcodec backend loads the system's FFmpeg shared libraries, which a fresh machine may not have (README:
-# Tests). Its tests (their ids name it) skip there with the reason, unless MOTIONMAE_REQUIRE_TORCHCODEC=1 (set by
-# .ci/run, which installs the libraries) makes them mandatory.
+# Tests). There its tests (their ids name it) cannot decode; each one checks instead what a user of such a
+# machine gets: opening a video with the backend is the setup error that names the packages to install, never a
+# bad video. MOTIONMAE_REQUIRE_TORCHCODEC=1 (set by .ci/run, which installs the libraries) makes the real tests
+# mandatory: there a missing library fails them.
+def _torchcodec_setup_error(item, why: str):
+    def runtest():
+        from motionmae_ds.data.decode import torchcodec as torchcodec_backend
+        from motionmae_ds.data.decode.reader import VideoReader
+
+        with pytest.raises(torchcodec_backend.BackendUnavailable, match="decode backend 'torchcodec' is "
+                                                                        "unavailable: .*install") as raised:
+            VideoReader(b"\x00\x00\x00\x18ftypmp42" + bytes(64), "torchcodec", name=f"{item.name}.mp4")
+        assert str(raised.value).endswith(why)
+    return runtest
+
+
 def pytest_collection_modifyitems(config, items):
     torchcodec_items = [item for item in items if "torchcodec" in item.nodeid]
     if not torchcodec_items or os.environ.get("MOTIONMAE_REQUIRE_TORCHCODEC") == "1":
@@ -61,6 +75,7 @@ def pytest_collection_modifyitems(config, items):
     try:
         torchcodec_backend.require()
     except torchcodec_backend.BackendUnavailable as exc:
-        skip = pytest.mark.skip(reason=f"{exc} (MOTIONMAE_REQUIRE_TORCHCODEC=1 makes these tests mandatory)")
+        why = str(exc).removeprefix("decode backend 'torchcodec' is unavailable: ")
         for item in torchcodec_items:
-            item.add_marker(skip)
+            if isinstance(item, pytest.Function):
+                item.runtest = _torchcodec_setup_error(item, why)
