@@ -17,11 +17,12 @@ HF only builds the 1-D sinusoid table, so ``sincos_3d`` models and learned ``pos
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -224,24 +225,33 @@ def save_hf_videomae(out_dir: str | Path, state: Mapping[str, torch.Tensor], mod
                      force: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` for ``transformers`` ``from_pretrained``; atomic (a temp
     directory renamed at the end)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise CheckpointError(f"{out_dir}: exists (pass --force to replace it)")
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     config = hf_config(model_kwargs, state)
     tensors = ours_to_hf(state)
+    with export_directory(out_dir, force) as tmp:
+        (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+    return Path(out_dir)
+
+
+@contextlib.contextmanager
+def export_directory(out_dir: str | Path, force: bool = False) -> Iterator[Path]:
+    """The export's files go into a temporary directory beside ``out_dir``, which replaces ``out_dir`` only when
+    the block ends without an error: a failed or killed export never leaves a half-written directory. An existing
+    ``out_dir`` is refused unless ``force``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise CheckpointError(f"{out_dir}: exists (pass --force to replace it)")
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
 
 
 def is_hf_dir(path: str | Path) -> bool:

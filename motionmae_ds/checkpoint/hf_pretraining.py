@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,6 +31,7 @@ from motionmae_ds.checkpoint.hf import (
     SAFETENSORS,
     blocks_from_hf,
     blocks_to_hf,
+    export_directory,
     hf_config,
     hf_to_ours,
     kwargs_from_hf_config,
@@ -127,29 +126,18 @@ def save_hf_pretraining(out_dir: str | Path, state: Mapping[str, torch.Tensor], 
                         where: str = "checkpoint", force: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (VideoMAEForPreTraining) and, for a model with a time head,
     ``motionmae_time_head.safetensors``, plus ``motionmae_config.json``; atomic (a temp directory renamed)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise CheckpointError(f"{out_dir}: exists (pass --force to replace it)")
     kw = resolved_kwargs(model_kwargs, where)
     check_exportable(kw, where)
     tensors, time_head = pretraining_to_hf(state, kw, where)
     encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     config = pretraining_hf_config(kw, encoder_state)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with export_directory(out_dir, force) as tmp:
         (tmp / HF_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         if time_head:
             save_file(time_head, str(tmp / TIME_HEAD_WEIGHTS), metadata={"format": "pt"})
         (tmp / MOTIONMAE_CONFIG).write_text(json.dumps({"model": kw}, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 def _kwargs_of_hf_dir(path: Path, cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,14 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
 from motionmae_ds.checkpoint import CheckpointError, load_into
-from motionmae_ds.checkpoint.hf import encoder_kwargs, hf_to_ours, load_hf_videomae, ours_to_hf, save_hf_videomae
+from motionmae_ds.checkpoint.hf import (
+    encoder_kwargs,
+    export_directory,
+    hf_to_ours,
+    load_hf_videomae,
+    ours_to_hf,
+    save_hf_videomae,
+)
 from motionmae_ds.models import build_classifier, build_pretrain_model
 from motionmae_ds.tools.convert import export
 from tests.checkpoint.zero_runs import TINY_DECODER as DEC
@@ -149,3 +156,21 @@ def test_bad_hf_directories(tmp_path):
     with pytest.raises(CheckpointError, match="not a DeepSpeed checkpoint directory"):
         export(tmp_path, tmp_path / "out.pth", "plain")  # neither HF nor DeepSpeed
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_export_directory_replaces_only_on_success(tmp_path):
+    # both HF writers go through it: an export that fails half-way leaves the old directory (or none) and no temp
+    out = tmp_path / "hf"
+    with pytest.raises(CheckpointError, match="exists"):
+        with export_directory(tmp_path, force=False):
+            pass
+    with export_directory(out) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with export_directory(out, force=True) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("disk full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"] and (out / "a.txt").read_text() == "first"
+    with export_directory(out, force=True) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
