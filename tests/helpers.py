@@ -107,6 +107,20 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def pkill_run(proc: subprocess.Popen, sig: str, pattern: str, ready: Callable[[], bool], what: str,
+              timeout: float = 120) -> int:
+    """Once ``ready()`` holds, ``pkill -SIG -f -- PATTERN`` as a user types it, limited to the run's session (other
+    runs on the machine keep theirs), and wait for the run to exit: its exit code. A run still there afterwards (a
+    failed wait) is SIGKILLed with its whole group, so a failing test leaves nothing running."""
+    try:
+        wait_for(ready, 300, what, proc)
+        subprocess.run(["pkill", f"-{sig}", "-s", str(proc.pid), "-f", "--", pattern], check=True)
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            kill9(proc)
+
+
 def wait_for(pred: Callable[[], bool], timeout: float, what: str, proc: Optional[subprocess.Popen] = None) -> None:
     """Poll ``pred`` until it holds; fail the test on timeout, or at once if ``proc`` exits first."""
     end = time.time() + timeout

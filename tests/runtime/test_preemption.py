@@ -6,14 +6,13 @@ command resumes: its log is the uninterrupted run's, row for row, the stop falli
 SIGUSR1 takes the same path (the flag is checked in-process)."""
 import os
 import signal
-import subprocess
 import time
 
 import psutil
 import pytest
 
 from motionmae_ds.runtime.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
-from tests.helpers import REPO, ZERO2, launch_cmd, read_log, start, start_pretrain, wait_for
+from tests.helpers import REPO, ZERO2, launch_cmd, pkill_run, read_log, start, start_pretrain, wait_for
 from tests.helpers import run_pretrain as run
 
 HELD_SAVE = REPO / "tests" / "runtime" / "held_save_pretrain.py"
@@ -60,15 +59,16 @@ def test_scheduler_signals_checkpoint_exit_75_and_resume_the_same_rows(tiny_conf
     #    pattern is limited to this run's session: other runs on this machine keep theirs)
     cut = tmp_path / "cut"
     proc = start_pretrain(args + ["--output_dir", cut], ranks=2, log_path=tmp_path / "cut.txt")
-    try:
-        wait_for(lambda: any(r["step"] >= 4 for r in read_log(cut)), 300, "training steps", proc)
-        matched = [p for p in _session(proc.pid) if RANKS_PATTERN in " ".join(p.cmdline())]
-        assert len(matched) >= 3, [p.cmdline()[:3] for p in matched]  # two ranks and at least one worker
-        subprocess.run(["pkill", "-TERM", "-s", str(proc.pid), "-f", "--", RANKS_PATTERN], check=True)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    matched: list = []
+
+    def steps_logged() -> bool:
+        if not any(r["step"] >= 4 for r in read_log(cut)):
+            return False
+        matched[:] = [p for p in _session(proc.pid) if RANKS_PATTERN in " ".join(p.cmdline())]
+        return True
+
+    code = pkill_run(proc, "TERM", RANKS_PATTERN, steps_logged, "training steps")
+    assert len(matched) >= 3, [p.cmdline()[:3] for p in matched]  # two ranks and at least one worker
     text = (tmp_path / "cut.txt").read_text()
     assert code == PREEMPTED_EXIT_CODE, text[-3000:]
     assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]

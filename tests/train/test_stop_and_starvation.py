@@ -3,7 +3,6 @@ process) with a checkpoint and exit 75 / ``Preempted``; a loader that holds the 
 (``data_wait_s``, ``data_wait``) and the run warns once, naming the remedies."""
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from motionmae_ds.runtime.preemption import PREEMPTED_EXIT_CODE, Preempted
 from motionmae_ds.train.finetune import FinetuneTask
 from motionmae_ds.train.pretrain import PretrainTask
 from tests.finetune_support import motion_lists, write_config
-from tests.helpers import ZERO2, launch_cmd, read_log, start, train_in_process, wait_for
+from tests.helpers import ZERO2, launch_cmd, pkill_run, read_log, start, train_in_process
 
 
 class TermAfter(FinetuneTask):
@@ -33,15 +32,9 @@ def test_finetuning_stops_with_75_on_sigusr1_and_sigterm(tmp_path):
     out = tmp_path / "usr1"
     proc = start(launch_cmd("finetune.py", ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], 1),
                  tmp_path / "usr1.txt")
-    try:
-        wait_for(lambda: any(r["step"] >= 2 for r in read_log(out)), 300, "training steps", proc)
-        # the rank and its loader worker, as `pkill -USR1 -f -- 'launch/finetune.py --local_rank='` signals them
-        subprocess.run(["pkill", "-USR1", "-s", str(proc.pid), "-f", "--", "launch/finetune.py --local_rank="],
-                       check=True)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    # the rank and its loader worker, as `pkill -USR1 -f -- 'launch/finetune.py --local_rank='` signals them
+    code = pkill_run(proc, "USR1", "launch/finetune.py --local_rank=",
+                     lambda: any(r["step"] >= 2 for r in read_log(out)), "training steps")
     text = (tmp_path / "usr1.txt").read_text()
     assert code == PREEMPTED_EXIT_CODE, text[-3000:]
     assert "stopped: stopped on request" in text and "Traceback" not in text, text[-3000:]
