@@ -107,6 +107,27 @@ def kill9(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+KILLED_AT_STEP = REPO / "tests" / "train" / "killed_at_step.py"
+
+
+def run_killed_at(kind: str, step: int, args: Sequence, ranks: int, log_path: Path) -> list[dict]:
+    """``launch/<kind>.py`` through the ``deepspeed`` launcher, SIGKILLed as a whole (launcher, ranks, workers) when
+    it reaches optimizer ``step`` (tests/train/killed_at_step.py): kill -9 at a known step on any machine. Returns
+    the rows it had logged, which must be exactly the steps before ``step``."""
+    output_dir = Path(args[list(args).index("--output_dir") + 1])
+    proc = start(launch_cmd(KILLED_AT_STEP, args, ranks), log_path,
+                 {"MOTIONMAE_TEST_ENTRY": kind, "MOTIONMAE_TEST_KILL_AT_STEP": str(step)})
+    try:
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            kill9(proc)
+    rows = read_log(output_dir)
+    assert code == -signal.SIGKILL, (code, log_path.read_text()[-3000:])
+    assert [r["step"] for r in rows][-1:] == [step - 1], (step, [r["step"] for r in rows])
+    return rows
+
+
 def pkill_run(proc: subprocess.Popen, sig: str, pattern: str, ready: Callable[[], bool], what: str,
               timeout: float = 120) -> int:
     """Once ``ready()`` holds, ``pkill -SIG -f -- PATTERN`` as a user types it, limited to the run's session (other

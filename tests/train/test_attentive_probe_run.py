@@ -11,7 +11,7 @@ from motionmae_ds.builders import build_finetune_model
 from motionmae_ds.config import load_finetune_config
 from motionmae_ds.train.finetune import FinetuneTask
 from tests.finetune_support import motion_lists, save_tiny_classifier, write_config
-from tests.helpers import ZERO2, kill9, launch, launch_cmd, read_log, start, train_in_process, wait_for
+from tests.helpers import ZERO2, launch, read_log, run_killed_at, train_in_process
 
 
 class RecordingProbeTask(FinetuneTask):
@@ -88,31 +88,23 @@ def test_attentive_probe_trains_the_pooler_and_head_over_a_bitwise_frozen_encode
 
 
 def test_two_rank_attentive_probe_kill9_resumes_exactly(tmp_path):
-    # 24 videos / (2 ranks x batch 2) = 6 steps per epoch, 4 epochs; a checkpoint every 5 steps, so none of them
-    # (5, 10, 15, 20) falls on an epoch boundary, and steps enough after the first for the kill to land mid-run
-    cfg = _probe_config(tmp_path, schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 2},
+    # 24 videos / (2 ranks x batch 2) = 6 steps per epoch, 2 epochs; a checkpoint every 5 steps (mid-epoch)
+    cfg = _probe_config(tmp_path, schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
                         data={"num_workers": 1, "rand_aug": "rand-m9-mstd0.5-inc1"},
                         run={"save_every_steps": 5, "keep_last": 2, "save_every_epochs": 0})
     out = tmp_path / "run"
     args = ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out]
-    proc = start(launch_cmd("finetune.py", args, ranks=2), tmp_path / "cut.txt")
-    latest = out / "checkpoints" / "latest"
-    # a mid-epoch checkpoint (step 5 or later) and steps logged past it
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000005"
-             and any(r["step"] >= 7 for r in read_log(out)), 300, "a mid-epoch checkpoint and steps past it", proc)
-    kill9(proc)
-    before = {r["step"]: r for r in read_log(out)}
-    tag = latest.read_text().strip()
-    resumed_step = int(tag.removeprefix("step"))
-    killed_at = max(before)
-    assert killed_at < 24, "the run finished before it could be killed"
-    assert resumed_step in (5, 10, 15, 20) and resumed_step < killed_at, (tag, killed_at)
+    # kill -9 at step 8: the last checkpoint is step 5's (mid-epoch), steps 6 and 7 are logged past it
+    before = {r["step"]: r for r in run_killed_at("finetune", 8, args, 2, tmp_path / "cut.txt")}
+    tag = (out / "checkpoints" / "latest").read_text().strip()
+    assert tag == "step00000005" and sorted(before) == list(range(1, 8)), tag
+    resumed_step, killed_at = 5, 7
 
     again = launch("finetune.py", args, ranks=2)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resumed from {out / 'checkpoints' / tag}" in again.stdout
     after = {r["step"]: r for r in read_log(out)}
-    assert sorted(after) == list(range(1, 25))
+    assert sorted(after) == list(range(1, 13))
     # the steps the killed run had logged past its checkpoint, retraced: same lr, same losses and accuracy
     for step in range(resumed_step + 1, killed_at + 1):
         assert after[step]["lr"] == before[step]["lr"], step

@@ -3,18 +3,7 @@ a 2-rank checkpoint, converted to DeepSpeed's universal format, resumes on 1 ran
 import json
 
 from tests.finetune_support import motion_lists, write_config
-from tests.helpers import (
-    ZERO2,
-    assert_same_steps,
-    call_main,
-    kill9,
-    launch,
-    launch_cmd,
-    read_log,
-    start,
-    train_in_process,
-    wait_for,
-)
+from tests.helpers import ZERO2, assert_same_steps, call_main, launch, read_log, run_killed_at, train_in_process
 
 
 def _vals(run_dir):
@@ -38,17 +27,12 @@ def test_finetune_kill9_mid_epoch_resumes_exactly(tmp_path):
     reference = {r["step"]: r for r in read_log(ref_dir)}
     assert sorted(reference) == list(range(1, 25))
 
-    proc = start(launch_cmd("finetune.py", args + ["--output_dir", cut_dir], ranks=1), tmp_path / "cut.txt")
-    latest = cut_dir / "checkpoints" / "latest"
-    # a mid-epoch checkpoint of epoch 1 (step 16) and steps past it
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000016"
-             and any(r["step"] >= 18 for r in read_log(cut_dir)), 300, "a mid-epoch checkpoint and steps past it", proc)
-    kill9(proc)
-    killed_at = max(r["step"] for r in read_log(cut_dir))
-    assert killed_at < 24, "the run finished before it could be killed"
-    tag = latest.read_text().strip()
-    resumed_step = int(tag.removeprefix("step"))
-    assert resumed_step % 12, "the checkpoint resumed from must be a mid-epoch one"
+    # kill -9 at step 19: the last checkpoint is step 16's (mid-epoch, in epoch 1: 12 steps per epoch), steps 17
+    # and 18 are logged past it
+    rows = run_killed_at("finetune", 19, args + ["--output_dir", cut_dir], 1, tmp_path / "cut.txt")
+    tag = (cut_dir / "checkpoints" / "latest").read_text().strip()
+    assert tag == "step00000016" and sorted({r["step"] for r in rows}) == list(range(1, 19)), tag
+    resumed_step = 16
 
     again = launch("finetune.py", args + ["--output_dir", cut_dir], ranks=1)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

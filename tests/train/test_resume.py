@@ -1,14 +1,13 @@
 """kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's (with decoder
 masking on: its draws resume too). --no_resume starts over."""
 from motionmae_ds.runtime.cli import training_parser
-from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, train_in_process, wait_for
+from tests.helpers import ZERO2, assert_same_steps, read_log, run_killed_at, train_in_process
 from tests.helpers import run_pretrain as run
-from tests.helpers import start_pretrain as start
 
 
 def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
     # 12 videos / batch 2 = 6 steps per epoch, 4 epochs; checkpoints every 5 steps (5, 10, 15, 20: none at an
-    # epoch's end, 6/12/18, so whichever the kill leaves as latest, the resume is mid-epoch) and the last
+    # epoch's end, 6/12/18, so the resume is mid-epoch) and the last
     # epoch's end; a loader worker so that worker timing would show if it leaked into the data; decoder masking
     # on, so its draws (after the encoder mask, from the same generator) must resume exactly too
     cfg = tiny_config(schedule={"epochs": 4, "warmup_epochs": 1, "batch_size": 2},
@@ -24,17 +23,11 @@ def test_kill9_resume_matches_uninterrupted(tiny_config, tmp_path):
     reference = {r["step"]: r for r in read_log(ref_dir)}
     assert sorted(reference) == list(range(1, 25))
 
-    proc = start(args + ["--output_dir", cut_dir], log_path=tmp_path / "cut1.txt")
-    latest = cut_dir / "checkpoints" / "latest"
-    # kill once a checkpoint after the first epoch exists (step 10 is in epoch 1) and training went past it
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000010"
-             and any(r["step"] >= 11 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
-    kill9(proc)
-    killed_at = max(r["step"] for r in read_log(cut_dir))
-    assert killed_at < 24, "the run finished before it could be killed"
-    resumed_tag = latest.read_text().strip()
-    resumed_step = int(resumed_tag.removeprefix("step"))
-    assert resumed_step in (10, 15, 20) and resumed_step < killed_at  # mid-epoch, in epoch 1, 2 or 3
+    # kill -9 at step 13: the last checkpoint is step 10's (mid-epoch, in epoch 1), steps 11 and 12 are logged past it
+    rows = run_killed_at("pretrain", 13, args + ["--output_dir", cut_dir], 1, tmp_path / "cut1.txt")
+    resumed_tag = (cut_dir / "checkpoints" / "latest").read_text().strip()
+    assert resumed_tag == "step00000010" and [r["step"] for r in rows] == list(range(1, 13))
+    resumed_step = 10
 
     again = run(args + ["--output_dir", cut_dir])
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

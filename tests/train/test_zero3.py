@@ -13,9 +13,8 @@ from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.checkpoint.hf import kwargs_from_hf_config
 from motionmae_ds.models.vit import VisionTransformerEncoder
 from tests.checkpoint.zero_runs import deepspeed_run
-from tests.helpers import REPO, assert_same_steps, call_main, kill9, read_log, wait_for
+from tests.helpers import REPO, assert_same_steps, call_main, read_log, run_killed_at
 from tests.helpers import run_pretrain as run
-from tests.helpers import start_pretrain as start
 
 ZERO3 = REPO / "ds_configs" / "zero3.json"
 STEPS = 9  # 12 videos / (2 ranks x batch 2) = 3 steps per epoch, 3 epochs
@@ -41,16 +40,12 @@ def test_zero3_kill9_resume_and_conversions(tiny_config, tmp_path):
     assert sorted(reference) == list(range(1, STEPS + 1))
     assert reference[STEPS]["loss"] < reference[1]["loss"]
 
-    proc = start(args + ["--output_dir", cut_dir], ranks=2, log_path=tmp_path / "cut1.txt")
+    # kill -9 at step 6: the last checkpoint is step 4's (mid-epoch: steps 4-6 are epoch 1), step 5 is logged past it
+    rows = run_killed_at("pretrain", 6, args + ["--output_dir", cut_dir], 2, tmp_path / "cut1.txt")
     latest = cut_dir / "checkpoints" / "latest"
-    # a mid-epoch checkpoint (step 4 is in epoch 1) and training past it
-    wait_for(lambda: latest.exists() and latest.read_text().strip() >= "step00000004"
-             and any(r["step"] >= 5 for r in read_log(cut_dir)), 240, "a checkpoint and steps past it", proc)
-    kill9(proc)
-    killed_at = max(r["step"] for r in read_log(cut_dir))
-    assert killed_at < STEPS, "the run finished before it could be killed"
     resumed_tag = latest.read_text().strip()
-    resumed_step = int(resumed_tag.removeprefix("step"))
+    assert resumed_tag == "step00000004" and [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    resumed_step = 4
 
     again = run(args + ["--output_dir", cut_dir], ranks=2)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
