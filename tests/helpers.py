@@ -110,13 +110,16 @@ def kill9(proc: subprocess.Popen) -> None:
 KILLED_AT_STEP = REPO / "tests" / "train" / "killed_at_step.py"
 
 
-def run_killed_at(kind: str, step: int, args: Sequence, ranks: int, log_path: Path) -> list[dict]:
-    """``launch/<kind>.py`` through the ``deepspeed`` launcher, SIGKILLed as a whole (launcher, ranks, workers) when
-    it reaches optimizer ``step`` (tests/train/killed_at_step.py): kill -9 at a known step on any machine. Returns
-    the rows it had logged, which must be exactly the steps before ``step``."""
+def run_killed_at(kind: str, step: int, args: Sequence, ranks: int, log_path: Path, script: Optional[Path] = None,
+                  extra_env: Optional[dict[str, str]] = None) -> list[dict]:
+    """``launch/<kind>.py`` (or a test-only ``script`` that runs it) through the ``deepspeed`` launcher, SIGKILLed as
+    a whole (launcher, ranks, workers) when it reaches optimizer ``step`` (tests/train/killed_at_step.py): kill -9
+    at a known step on any machine. Returns the rows it had logged, which must be exactly the steps before
+    ``step``."""
     output_dir = Path(args[list(args).index("--output_dir") + 1])
-    proc = start(launch_cmd(KILLED_AT_STEP, args, ranks), log_path,
-                 {"MOTIONMAE_TEST_ENTRY": kind, "MOTIONMAE_TEST_KILL_AT_STEP": str(step)})
+    env = {"MOTIONMAE_TEST_KILL_ENTRY": kind, "MOTIONMAE_TEST_KILL_AT_STEP": str(step),
+           "MOTIONMAE_TEST_KILL_SCRIPT": str(script or ""), **(extra_env or {})}
+    proc = start(launch_cmd(KILLED_AT_STEP, args, ranks), log_path, env)
     try:
         code = proc.wait(timeout=600)
     finally:

@@ -1,4 +1,5 @@
-"""Test-only entry point: launch/pretrain.py or launch/finetune.py (``MOTIONMAE_TEST_ENTRY``), killed with SIGKILL
+"""Test-only entry point: launch/pretrain.py or launch/finetune.py (``MOTIONMAE_TEST_KILL_ENTRY``; or another
+test-only entry point that runs one of them, ``MOTIONMAE_TEST_KILL_SCRIPT``), killed with SIGKILL
 as a whole — launcher, every rank, every loader worker — when the first rank reaches optimizer step
 ``MOTIONMAE_TEST_KILL_AT_STEP`` (after that step's update, before its log row and checkpoint).
 
@@ -16,9 +17,10 @@ from pathlib import Path
 from motionmae_ds.train.finetune import FinetuneTask
 from motionmae_ds.train.pretrain import PretrainTask
 
-ENTRY = os.environ["MOTIONMAE_TEST_ENTRY"]
+ENTRY = os.environ["MOTIONMAE_TEST_KILL_ENTRY"]
 KILL_AT = int(os.environ["MOTIONMAE_TEST_KILL_AT_STEP"])
-SCRIPT = Path(__file__).resolve().parents[2] / "launch" / f"{ENTRY}.py"
+SCRIPT = Path(os.environ.get("MOTIONMAE_TEST_KILL_SCRIPT") or Path(__file__).resolve().parents[2] / "launch" /
+              f"{ENTRY}.py")
 TASK = {"pretrain": PretrainTask, "finetune": FinetuneTask}[ENTRY]
 
 _after_step = TASK.after_step
