@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_finetune_model, build_split, classifier_of, resolve_lists
+from motionmae_ds.checkpoint.engine_io import FROZEN_SOURCE_ATTR
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
@@ -80,6 +81,8 @@ class FinetuneTask(Task):
             raise ConfigError(f"{self.cfg.source}: finetune.init={exc}") from None
         except ckpt.CheckpointError as exc:
             raise ConfigError(f"{self.cfg.source}: finetune.init: {exc}") from None
+        if self.cfg.finetune.probe != "none":  # checkpoints then hold the probe alone (checkpoint/engine_io.py)
+            setattr(model, FROZEN_SOURCE_ATTR, init)
         return report.summary()
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
