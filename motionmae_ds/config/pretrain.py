@@ -176,14 +176,14 @@ def source_name(source: DataSource, index: int) -> str:
 
 
 def pretrain_sources(cfg: PretrainConfig) -> list[DataSource]:
-    """The run's sources with every default filled in (name, sampling_rate): ``data.sources``, or the one source
+    """The run's sources with every default filled in (name, root, sampling_rate): ``data.sources``, or the one source
     the shorthand keys (data.list_file / data.shards, data.root, data.sampling_rate) describe."""
     d = cfg.data
     if not d.sources:
         return [DataSource(name=source_name(DataSource(), 0), list_file=d.list_file, shards=d.shards, root=d.root,
                            weight=1.0, sampling_rate=d.sampling_rate)]
-    return [dataclasses.replace(s, name=source_name(s, i), sampling_rate=s.sampling_rate or d.sampling_rate)
-            for i, s in enumerate(d.sources)]
+    return [dataclasses.replace(s, name=source_name(s, i), root=s.root or d.root,
+                                sampling_rate=s.sampling_rate or d.sampling_rate) for i, s in enumerate(d.sources)]
 
 
 def check_decoder_masking(cfg: PretrainConfig) -> None:

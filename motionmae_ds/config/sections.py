@@ -67,7 +67,7 @@ class DataSource:
     name: str = ""
     list_file: str = ""
     shards: str = ""
-    # prefix of the list's relative paths (as data.root for data.list_file)
+    # prefix of the list's relative paths; empty = data.root
     root: str = ""
     # the source's share of every epoch's samples, relative to the other entries' weights
     weight: float = 1.0

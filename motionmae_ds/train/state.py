@@ -1,9 +1,11 @@
 """The run's state that is not in the engine: where the run is, the log meter between two log rows, and the
-epoch's bad-video counts. ``TrainState.state_dict()`` is what a checkpoint's client state gets from the loop, and
-``load_state_dict`` puts a resumed run back where it stopped, down to the half-filled meter of the next log row.
+epoch's bad-video counts (and, for a mixture of datasets, each source's samples and bad videos).
+``TrainState.state_dict()`` is what a checkpoint's client state gets from the loop, and ``load_state_dict`` puts a
+resumed run back where it stopped, down to the half-filled meter of the next log row.
 
 Every statistic the meter adds is already averaged over the ranks (the loop's per-micro-step all-reduce), so the
-meter is the same on every rank. Bad-video counts are per rank until the epoch end or a checkpoint sums them.
+meter is the same on every rank. Bad-video and per-source counts are per rank until the epoch end or a checkpoint
+sums them.
 """
 from __future__ import annotations
 

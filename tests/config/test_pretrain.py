@@ -99,10 +99,11 @@ def test_sources_load_round_trip_and_fill_their_defaults(write_yaml):
     from motionmae_ds.config.pretrain import pretrain_sources
 
     cfg = load_pretrain_config(write_yaml(
-        "data:\n  sampling_rate: 3\n  sources:\n    - {name: k400, list_file: a.csv, root: /r, weight: 3}\n"
+        "data:\n  sampling_rate: 3\n  root: /base\n  sources:\n"
+        "    - {name: k400, list_file: a.csv, root: /r, weight: 3}\n"
         "    - {shards: 's-{0..1}.tar', weight: 0.5, sampling_rate: 2}\n"))
     assert [(s.name, s.list_file, s.shards, s.root, s.weight, s.sampling_rate) for s in pretrain_sources(cfg)] == [
-        ("k400", "a.csv", "", "/r", 3.0, 3), ("source1", "", "s-{0..1}.tar", "", 0.5, 2)]
+        ("k400", "a.csv", "", "/r", 3.0, 3), ("source1", "", "s-{0..1}.tar", "/base", 0.5, 2)]
     data = cfg.to_dict()
     assert data["data"]["sources"][1] == {"name": "", "list_file": "", "shards": "s-{0..1}.tar", "root": "",
                                           "weight": 0.5, "sampling_rate": 2}
