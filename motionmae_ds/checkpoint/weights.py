@@ -55,6 +55,8 @@ from motionmae_ds.models.classifier import LinearProbe
 
 # the run config that our safetensors exports carry in their metadata
 SAFETENSORS_CONFIG_KEY = "motionmae_config"
+# a probe run's client state: where its frozen encoder was read from (``pinned_source``)
+PROBE_ENCODER_KEY = "probe_encoder"
 
 
 @dataclass
@@ -138,7 +140,8 @@ def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, to
     config = states.get("config")
     if not isinstance(config, Mapping):
         config = _run_config(ckpt_dir)
-    info = _info("deepspeed", str(tag_dir), config, ckpt_dir=ckpt_dir, tag=tag)
+    info = _info("deepspeed", str(tag_dir), config, ckpt_dir=ckpt_dir, tag=tag,
+                 probe_encoder=states.get(PROBE_ENCODER_KEY))
     universal = is_universal(tag_dir)
     if exact or universal or has_zero_shards(tag_dir):
         try:
@@ -166,14 +169,24 @@ def _with_probe_encoder(read: Callable[[], tuple[dict[str, torch.Tensor], dict[s
     if finetune.get("probe") not in ("linear", "attentive") or any(
             k.startswith("backbone.blocks.") for k in state):
         return state, info
-    init = str(finetune.get("init", "none"))
+    init = info.get("probe_encoder") or str(finetune.get("init", "none"))
     if init.lower() == "none" or not Path(init).exists():
-        raise CheckpointError(f"{info['where']}: a probe checkpoint holds the probe alone; its encoder is "
-                              f"finetune.init={init} of the run's config, which is not there to read")
+        raise CheckpointError(f"{info['where']}: a probe checkpoint holds the probe alone; its encoder, the run's "
+                              f"finetune.init ({init}), is not there to read")
     encoder, _ = encoder_weights(read_weights(init)[0])
     info["probe_encoder"] = init
     info["weights"] = f"{info.get('weights', info['kind'])} + encoder from finetune.init={init}"
     return {**{f"backbone.{k}": v for k, v in encoder.items() if not k.startswith("norm.")}, **state}, info
+
+
+def pinned_source(source: str | Path) -> str:
+    """``source`` as a path that reads the same weights later: absolute, and for a DeepSpeed run or checkpoint
+    directory the tag its ``latest`` names now (a pretraining run that goes on moves ``latest``)."""
+    path = Path(source).resolve()
+    if path.is_dir() and not is_hf_dir(path):
+        ckpt_dir, tag = resolve(path)
+        return str(ckpt_dir / tag)
+    return str(path)
 
 
 def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:

@@ -88,7 +88,7 @@ def test_attentive_probe_trains_the_pooler_and_head_over_a_bitwise_frozen_encode
     # what --eval, evaluate.py and the converter read: the probe from the checkpoint, the encoder from the run's
     # finetune.init (the source's fp32 weights, bit for bit)
     raw, info = ckpt.read_weights(out / "checkpoints", exact=True)
-    assert info["probe_encoder"] == str(tmp_path / "init.pth")
+    assert info["probe_encoder"] == str((tmp_path / "init.pth").resolve())
     for name, value in init.items():
         if not name.startswith(("head.", "fc_norm.")):
             assert torch.equal(raw["backbone." + name], value), name
@@ -106,9 +106,35 @@ def test_attentive_probe_trains_the_pooler_and_head_over_a_bitwise_frozen_encode
     assert set(exported) == set(raw) and all(torch.equal(exported[k], raw[k]) for k in raw)
     # without its encoder's source the checkpoint cannot stand alone: one line naming what is missing
     (tmp_path / "init.pth").rename(tmp_path / "moved.pth")
-    with pytest.raises(ckpt.CheckpointError, match=r"a probe checkpoint holds the probe alone; its encoder is "
-                                                   r"finetune.init=\S+init.pth of the run's config, which is not"):
+    with pytest.raises(ckpt.CheckpointError, match=r"a probe checkpoint holds the probe alone; its encoder, the "
+                                                   r"run's finetune.init \(\S+init.pth\), is not there to read"):
         ckpt.load_into(build_finetune_model(load_finetune_config(cfg)), out / "checkpoints", "evaluate")
+
+
+class EncoderAtFinish(FinetuneTask):
+    def finish(self, run, summary):
+        super().finish(run, summary)
+        # as numpy: torch tensors would cross to the test process through shared memory of a process that exits
+        summary["encoder"] = {n: p.detach().float().numpy().copy() for n, p in
+                              run.engine.module.backbone.named_parameters() if not n.startswith(("head.", "fc_norm."))}
+
+
+def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
+    # the run's finetune.init reads other weights when it resumes (a pretraining run it names went on and moved
+    # its latest): the checkpoint does not hold the encoder, so the probe goes on over the one it was trained on
+    cfg = _probe_config(tmp_path, run={"save_every_epochs": 1})
+    first = torch.load(tmp_path / "init.pth")["model"]
+    other = save_tiny_classifier(tmp_path / "other.pth", seed=8)
+    out = tmp_path / "probe"
+    train_in_process("finetune", cfg, out)
+    summary, _ = train_in_process("finetune", cfg, out, task=EncoderAtFinish,
+                                  sets=["schedule.epochs=2", f"finetune.init={tmp_path / 'other.pth'}"])
+    assert summary["resumed_from"] is not None
+    encoder = {name: torch.from_numpy(array) for name, array in summary["encoder"].items()}
+    assert encoder and all(torch.equal(v, first[n].bfloat16().float()) for n, v in encoder.items())
+    assert not all(torch.equal(v, other[n].bfloat16().float()) for n, v in encoder.items())
+    states = ckpt.read_client_state(out / "checkpoints", (out / "checkpoints" / "latest").read_text().strip())
+    assert states["probe_encoder"] == str((tmp_path / "init.pth").resolve())
 
 
 def test_two_rank_attentive_probe_kill9_resumes_exactly(tmp_path):
