@@ -59,11 +59,12 @@ def _clips(paths, seed):
 def test_the_mixture_dataset_behind_the_plain_sampler(synthetic_cache):
     lst = ensure_synthetic_dataset(synthetic_cache, kind="pretrain", num_videos=12, num_frames=12, size=32)
     paths = [line.split()[0] for line in Path(lst).read_text().splitlines()]
-    sources = [_clips(paths[:8], seed=1), _clips(paths[8:], seed=2)]
+    # 7 and 5 videos: the second source's members start at dataset index 7, no multiple of its size
+    sources = [_clips(paths[:7], seed=1), _clips(paths[7:], seed=2)]
     mixture = MixtureDataset(sources, ["a", "b"], [3, 1], seed=5, epoch_len=8)
     assert len(mixture) == 8 and mixture.plan.per_epoch == [6, 2]
-    assert mixture.describe() == ["data.sources[0] a: 8 videos, weight 3: 6 samples per epoch",
-                                  "data.sources[1] b: 4 videos, weight 1: 2 samples per epoch"]
+    assert mixture.describe() == ["data.sources[0] a: 7 videos, weight 3: 6 samples per epoch",
+                                  "data.sources[1] b: 5 videos, weight 1: 2 samples per epoch"]
     ranks = [DistributedSampler(len(mixture), num_replicas=2, rank=r, seed=5) for r in (0, 1)]
     mixture.set_epoch(1)
     assert [d.epoch for d in sources] == [1, 1]

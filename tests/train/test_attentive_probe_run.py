@@ -135,6 +135,9 @@ def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
     assert not all(torch.equal(v, other[n].bfloat16().float()) for n, v in encoder.items())
     states = ckpt.read_client_state(out / "checkpoints", (out / "checkpoints" / "latest").read_text().strip())
     assert states["probe_encoder"] == str((tmp_path / "init.pth").resolve())
+    # and its readers take that encoder too, not the other weights its config's finetune.init now names
+    raw, _ = ckpt.read_weights(out / "checkpoints")
+    assert all(torch.equal(raw["backbone." + n], first[n]) for n in encoder)
 
 
 def test_two_rank_attentive_probe_kill9_resumes_exactly(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from motionmae_ds.config import ConfigError
 from motionmae_ds.data.datasets import DataLoadError
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.runtime.errors import TooManyBadVideosError
@@ -108,3 +109,13 @@ def test_a_source_above_the_bad_fraction_is_named(tiny_config, tmp_path, synthet
     with pytest.raises(TooManyBadVideosError, match=r"epoch 0: data.sources\[1\]: 1/3 = 33.3% of its samples were "
                                                     r"unreadable videos, above data.max_bad_fraction=0.1"):
         train_in_process("pretrain", cfg, tmp_path / "run")
+
+
+def test_a_source_whose_list_cannot_be_read_is_named(tiny_config, tmp_path, synthetic_cache):
+    a, b = _two_lists(tmp_path, synthetic_cache)
+    b.write_text("only_a_path_and_no_label.mp4\n")
+    cfg = tiny_config(data={"synthetic": False, "sources": _sources(a, b)})
+    with pytest.raises(ConfigError, match=r"data.sources\[1\].list_file=\S+b.txt: .*b.txt:1: cannot tell the list "
+                                          r"format") as err:
+        train_in_process("pretrain", cfg, tmp_path / "run")
+    assert len(err.value.args[0].splitlines()) == 1
