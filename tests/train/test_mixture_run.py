@@ -46,10 +46,28 @@ def test_two_ranks_draw_3_to_1_per_epoch_and_resume_exactly_after_kill9(tiny_con
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
 
-    ref = run(args + ["--output_dir", ref_dir], ranks=2)
-    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
-    assert "data.sources[0] big: 8 videos, weight 3: 9 samples per epoch" in ref.stdout
-    assert "data.sources[1] small: 4 videos, weight 1: 3 samples per epoch" in ref.stdout
+    # the uninterrupted run and the one to kill, started together (independent runs)
+    ref = start(args + ["--output_dir", ref_dir], ranks=2, log_path=tmp_path / "ref.txt")
+    proc = start(args + ["--output_dir", cut_dir], ranks=2, log_path=tmp_path / "cut1.txt")
+    try:
+        latest = cut_dir / "checkpoints" / "latest"
+        wait_for(lambda: latest.exists() and any(r["step"] >= 6 for r in read_log(cut_dir)), 300,
+                 "a checkpoint and steps past it", proc)
+        kill9(proc)
+        killed_at = max(r["step"] for r in read_log(cut_dir))
+        assert killed_at < 15, "the run finished before it could be killed"
+        resumed_tag = latest.read_text().strip()
+        resumed_step = int(resumed_tag.removeprefix("step"))
+        assert resumed_step in (5, 10) and resumed_step < killed_at  # mid-epoch: epoch 1 or 3
+
+        assert ref.wait(timeout=300) == 0, (tmp_path / "ref.txt").read_text()[-3000:]
+    finally:  # a failed wait leaves no run behind
+        for started in (proc, ref):
+            if started.poll() is None:
+                kill9(started)
+    ref_out = (tmp_path / "ref.txt").read_text()
+    assert "data.sources[0] big: 8 videos, weight 3: 9 samples per epoch" in ref_out
+    assert "data.sources[1] small: 4 videos, weight 1: 3 samples per epoch" in ref_out
     reference = {r["step"]: r for r in read_log(ref_dir)}
     assert sorted(reference) == list(range(1, 16))
     counts = _source_records(ref_dir)
@@ -58,18 +76,7 @@ def test_two_ranks_draw_3_to_1_per_epoch_and_resume_exactly_after_kill9(tiny_con
         assert record["source_samples"] == [9, 3] and record["source_bad_videos"] == [0, 0]
         assert (record["samples_source0"], record["samples_source1"]) == (9, 3)
         assert f"epoch {epoch}: samples per source (unreadable videos): data.sources[0] 9 (0), " \
-               f"data.sources[1] 3 (0)" in ref.stdout
-
-    proc = start(args + ["--output_dir", cut_dir], ranks=2, log_path=tmp_path / "cut1.txt")
-    latest = cut_dir / "checkpoints" / "latest"
-    wait_for(lambda: latest.exists() and any(r["step"] >= 6 for r in read_log(cut_dir)), 300,
-             "a checkpoint and steps past it", proc)
-    kill9(proc)
-    killed_at = max(r["step"] for r in read_log(cut_dir))
-    assert killed_at < 15, "the run finished before it could be killed"
-    resumed_tag = latest.read_text().strip()
-    resumed_step = int(resumed_tag.removeprefix("step"))
-    assert resumed_step in (5, 10) and resumed_step < killed_at  # mid-epoch: epoch 1 or 3
+               f"data.sources[1] 3 (0)" in ref_out
 
     again = run(args + ["--output_dir", cut_dir], ranks=2)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
