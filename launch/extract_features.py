@@ -7,8 +7,9 @@
 --checkpoint: run dir, DeepSpeed checkpoint dir, .pth/.safetensors or HF VideoMAE directory ("none": random
 init). The config's model section sizes the encoder and its data section reads the clips (the validation
 clip of the finetuning job). Rerunning with the same --output_dir skips the videos already written.
-Writes OUTPUT_DIR/videos/*.safetensors, OUTPUT_DIR/index.json and OUTPUT_DIR/pooled.safetensors.
-Exit codes: 0, 2 (bad input).
+--root prefixes the list's relative paths (as in prepare_data.py and make_shards.py; default: the config's
+data.root). Writes OUTPUT_DIR/videos/*.safetensors, OUTPUT_DIR/index.json and OUTPUT_DIR/pooled.safetensors.
+Exit codes: 0 (unreadable videos are named and left out), 2 (bad input), 4 (no video of the list could be read).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint(p, "encoder weights (any source), or none", required=True)
     add_output_dir(p, "where the features go (rerun the same --output_dir to resume)", required=True, old=("--out",))
     add_option(p, "--list", default=None, help="list file of videos (default: the config's --split list)")
+    add_option(p, "--root", default=None, help="data root prefixed to the list's relative paths (default: data.root)")
     add_option(p, "--split", default="val", choices=("train", "val", "test"), help="which list of the config")
     add_config(p, "configs/finetune_demo.yaml", what="finetuning")
     add_set(p)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg = load_finetune_config(args.config, args.set)
         summary = extract_features(cfg, args.checkpoint, args.output_dir, list_file=args.list, split=args.split,
-                                   tokens=args.tokens, batch_size=args.batch_size)
+                                   tokens=args.tokens, batch_size=args.batch_size, root=args.root)
         if summary.bad:
             print(f"unreadable: {', '.join(b['path'] for b in summary.bad)}", flush=True)
         print(summary.line(), flush=True)

@@ -2,6 +2,7 @@
 config keys to the constructors of the models and data packages."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -15,8 +16,12 @@ from torch import nn
 from motionmae_ds.checkpoint import load_into
 from motionmae_ds.config import ConfigError, PretrainConfig, batch_layout
 from motionmae_ds.config.checks import check_engine
+from motionmae_ds.config.pretrain import pretrain_sources
+from motionmae_ds.config.sections import DataSource
 from motionmae_ds.data.datasets import VideoClipDataset
 from motionmae_ds.data.lists import ListFormatError, read_list
+from motionmae_ds.data.mixture import MixtureDataset
+from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.data.shards import ShardClipDataset, ShardError, index_part, merge_index, shard_urls
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.models import build_classifier, build_mask_generator, build_pretrain_model
@@ -103,12 +108,14 @@ def cache_dir(cfg: PretrainConfig) -> Path:
 
 
 def resolve_list_file(cfg: PretrainConfig) -> str:
-    """The training list: the configured one, or the embedded synthetic set (generated once, cached).
+    """The training list: the configured one (a mixture's: its first source's), or the embedded synthetic set
+    (generated once, cached).
 
     Call on every rank: generation is idempotent, and rank 0 does it first while the others wait.
     """
     if not cfg.data.synthetic:
-        return cfg.data.shards or cfg.data.list_file
+        first = pretrain_sources(cfg)[0]
+        return first.shards or first.list_file
     return str(synthetic_set(cfg, "pretrain"))
 
 
@@ -128,28 +135,31 @@ def synthetic_set(cfg: Any, kind: str) -> Any:
     return made
 
 
-def read_records(data: Any, list_file: str, where: str) -> list:
-    """The entries of ``list_file`` read with a config's ``data`` section (format, root, frame-folder
-    naming); a bad or empty list is a ConfigError whose message starts with ``where``."""
+def read_records(data: Any, list_file: str, where: str, root: Optional[str] = None) -> list:
+    """The entries of ``list_file`` read with a config's ``data`` section (format, root unless ``root`` is given,
+    frame-folder naming); a bad or empty list is a ConfigError whose message starts with ``where``."""
     try:
-        records = read_list(list_file, fmt=data.list_format, root=data.root,
+        records = read_list(list_file, fmt=data.list_format, root=data.root if root is None else root,
                             frame_template=data.frame_template, frame_start=data.frame_start)
-    except (ListFormatError, ValueError) as exc:
+    except (ListFormatError, ValueError, OSError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if not records:
         raise ConfigError(f"{where}: no videos listed")
     return records
 
 
-def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callable[..., Any]]:
-    """(records, dataset class) of a training set: with ``data.shards`` the shards' index (every rank scans its
-    share of the shards, all get the whole) and ``ShardClipDataset`` padded to whole batches on every rank,
-    else the list's entries."""
-    if not cfg.data.shards:
-        return read_records(cfg.data, list_file, where), VideoClipDataset
+def training_records(cfg: Any, list_file: str, where: str, source: Optional[DataSource] = None,
+                     pad: bool = True) -> tuple[list, Callable[..., Any]]:
+    """(records, dataset class) of a training set: with shards (``data.shards``, or ``source``'s) the shards'
+    index (every rank scans its share of the shards, all get the whole) and ``ShardClipDataset``, padded to
+    whole batches on every rank unless ``pad`` is off (a mixture's member: the mixture sizes the epoch), else the
+    list's entries (``source``'s root, or ``data.root``)."""
+    shards, key = (source.shards, where) if source is not None else (cfg.data.shards, f"{cfg.source}: data.shards")
+    if not shards:
+        return read_records(cfg.data, list_file, where, None if source is None else source.root), VideoClipDataset
     found, error = [], None
     try:
-        found = index_part(shard_urls(cfg.data.shards), dist_utils.rank(), dist_utils.world_size())
+        found = index_part(shard_urls(shards), dist_utils.rank(), dist_utils.world_size())
     except ShardError as exc:
         error = str(exc)
     gathered = dist_utils.gather_objects([(found, error)])  # every rank raises alike, none waits
@@ -157,26 +167,65 @@ def training_records(cfg: Any, list_file: str, where: str) -> tuple[list, Callab
         errors = [e for _, e in gathered if e]
         if errors:
             raise ShardError(errors[0])
-        index = merge_index([item for part, _ in gathered for item in part], cfg.data.shards)
+        index = merge_index([item for part, _ in gathered for item in part], shards)
     except ShardError as exc:
-        raise ConfigError(f"{cfg.source}: data.shards: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
+    return index, functools.partial(ShardClipDataset, pad_to=global_batch(cfg) if pad else 1)
+
+
+def global_batch(cfg: Any) -> int:
+    """Videos one optimizer step takes over all ranks (micro batch x accumulation x world size)."""
     world = dist_utils.world_size()
     micro, accum, _ = batch_layout(cfg, world)
-    return index, functools.partial(ShardClipDataset, pad_to=world * micro * accum)
+    return world * micro * accum
 
 
-def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
-    """The pretraining dataset over ``list_file`` (or the configured shards)."""
-    records, dataset_class = training_records(cfg, list_file, f"data.list_file={list_file}")
+def source_dataset(cfg: PretrainConfig, source: DataSource, where: str, seed: int, pad: bool = True,
+                   mode: str = "pretrain") -> Any:
+    """The clip dataset over one source (its list or shards, root and sampling rate)."""
+    records, dataset_class = training_records(cfg, source.list_file, where, source, pad)
     d = cfg.data
     try:
         return dataset_class(
-            records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=d.sampling_rate,
+            records, mode=mode, num_frames=cfg.model.num_frames, sampling_rate=source.sampling_rate,
             input_size=cfg.model.img_size, scale=d.scale, flip=d.flip, mean=d.mean, std=d.std,
-            seed=cfg.run.seed, backend=d.decode_backend, num_repeats=d.num_repeats if mode == "pretrain" else 1,
+            seed=seed, backend=d.decode_backend, num_repeats=d.num_repeats if mode == "pretrain" else 1,
         )
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data: {exc}") from None
+
+
+def build_dataset(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
+    """The pretraining dataset of one source: ``list_file`` (or data.shards) with data.root and data.sampling_rate,
+    or the one entry of data.sources."""
+    first = pretrain_sources(cfg)[0]
+    if cfg.data.sources:
+        key = f"shards={first.shards}" if first.shards else f"list_file={first.list_file}"
+        return source_dataset(cfg, first, f"{cfg.source}: data.sources[0].{key}", cfg.run.seed, mode=mode)
+    where = f"{cfg.source}: data.shards" if first.shards else f"data.list_file={list_file}"
+    return source_dataset(cfg, dataclasses.replace(first, list_file=list_file), where, cfg.run.seed, mode=mode)
+
+
+def build_pretrain_set(cfg: PretrainConfig, list_file: str, mode: str = "pretrain") -> Any:
+    """The pretraining set: one source's dataset (``build_dataset`` over ``list_file``), or with two or more
+    ``data.sources`` a ``MixtureDataset`` of one dataset per source, each with its own root, sampling rate and
+    seed. A mixture's epoch holds the sources' videos together rounded down to whole optimizer steps over all
+    ranks, so every place of it is trained on and each source's share of an epoch is exactly its apportioned
+    count."""
+    sources = pretrain_sources(cfg)
+    if len(sources) == 1:
+        return build_dataset(cfg, list_file, mode)
+    datasets = []
+    for i, source in enumerate(sources):
+        key = f"shards={source.shards}" if source.shards else f"list_file={source.list_file}"
+        datasets.append(source_dataset(cfg, source, f"{cfg.source}: data.sources[{i}].{key}",
+                                       derive_seed(cfg.run.seed, i), pad=False, mode=mode))
+    total, batch = sum(len(d) for d in datasets), global_batch(cfg)
+    if total < batch:
+        raise ConfigError(f"{cfg.source}: data.sources: {total} videos in all give no full optimizer step of "
+                          f"{batch} videos (batch x accumulation x world size)")
+    return MixtureDataset(datasets, [s.name for s in sources], [s.weight for s in sources], cfg.run.seed,
+                          epoch_len=total // batch * batch)
 
 
 # -- finetuning ---------------------------------------------------------------------------------------

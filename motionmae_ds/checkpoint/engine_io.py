@@ -31,6 +31,18 @@ from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.errors import CheckpointWriteError
 from motionmae_ds.runtime.failure import is_peer_failure
 
+# set on a model whose frozen parameters come from a source its checkpoints' readers can read again (a probe's
+# finetune.init, train/finetune.py): its checkpoints then hold the trained parameters alone
+FROZEN_SOURCE_ATTR = "frozen_weights_source"
+
+
+def keeps_frozen(module: nn.Module) -> bool:
+    """Whether ``module``'s checkpoints hold its frozen parameters: yes, unless it names where they came from
+    (``FROZEN_SOURCE_ATTR``). A probe's checkpoint is then the probe alone (kilobytes beside an encoder's
+    hundreds of megabytes); resuming rebuilds the encoder from its source before the engine loads the probe,
+    and ``weights.read_weights`` fills it in from the run's finetune.init."""
+    return not (getattr(module, FROZEN_SOURCE_ATTR, None) and any(not p.requires_grad for p in module.parameters()))
+
 
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -86,7 +98,8 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
         shutil.rmtree(ckpt_dir / tmp_tag)
     dist_utils.barrier()
     try:
-        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=not keeps_frozen(engine.module))
     except BaseException as exc:
         # a full disk fails every rank's write, each at its own time: each removes the temporary tag after its own
         # failure, so the last one to fail leaves nothing behind (a rank whose write went through waits in
@@ -135,8 +148,10 @@ def load_latest(engine: Any, ckpt_dir: str | Path) -> Optional[dict[str, Any]]:
     tag = read_latest(ckpt_dir)
     if tag is None:
         return None
+    # a probe's checkpoint lacks the frozen encoder, which the model already holds from its source
     path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
+                                                load_lr_scheduler_states=False,
+                                                load_module_strict=keeps_frozen(engine.module))
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
     client_state = dict(client_state or {})

@@ -15,7 +15,6 @@ over (t, h, w) to the model's grid into its table, which joins the state dict (a
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -43,6 +42,7 @@ from motionmae_ds.checkpoint.layout import (
     is_universal,
     resolve,
 )
+from motionmae_ds.checkpoint.pos_tables import load_learned_pos
 from motionmae_ds.checkpoint.zero import (
     fp32_state_dict,
     load_model_states,
@@ -52,10 +52,11 @@ from motionmae_ds.checkpoint.zero import (
 )
 from motionmae_ds.models.attentive import AttentiveProbe
 from motionmae_ds.models.classifier import LinearProbe
-from motionmae_ds.models.pos_embed import resample_pos_embed
 
 # the run config that our safetensors exports carry in their metadata
 SAFETENSORS_CONFIG_KEY = "motionmae_config"
+# a probe run's client state: where its frozen encoder was read from (``pinned_source``)
+PROBE_ENCODER_KEY = "probe_encoder"
 
 
 @dataclass
@@ -108,7 +109,7 @@ def read_weights(source: str | Path, tag: Optional[str] = None, exact: bool = Fa
         state, kwargs = load_hf_videomae(path)
         return state, _info("hf", f"HF directory {path}", {"model": kwargs})
     ckpt_dir, tag = resolve(path, tag)
-    return _read_deepspeed(ckpt_dir, tag, exact)
+    return _with_probe_encoder(lambda: _read_deepspeed(ckpt_dir, tag, exact))
 
 
 def _info(kind: str, where: str, config: Optional[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -139,7 +140,8 @@ def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, to
     config = states.get("config")
     if not isinstance(config, Mapping):
         config = _run_config(ckpt_dir)
-    info = _info("deepspeed", str(tag_dir), config, ckpt_dir=ckpt_dir, tag=tag)
+    info = _info("deepspeed", str(tag_dir), config, ckpt_dir=ckpt_dir, tag=tag,
+                 probe_encoder=states.get(PROBE_ENCODER_KEY))
     universal = is_universal(tag_dir)
     if exact or universal or has_zero_shards(tag_dir):
         try:
@@ -153,6 +155,38 @@ def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, to
             info["zero_error"] = str(exc)
     info["weights"] = f"module ({MODEL_STATES})"
     return module_weights(states, str(model_states_file(tag_dir))), info
+
+
+def _with_probe_encoder(read: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A probe run's checkpoint (``finetune.probe``) holds the trained probe alone: the engine leaves the frozen
+    encoder out (checkpoint/engine_io.py). Its encoder is what the run loaded, ``finetune.init`` of its config,
+    read again here and put under the probe's ``backbone.`` names (the pretraining encoder's final norm and a
+    classifier's fc_norm and head left out: a probe uses neither norm, and its head is in the checkpoint)."""
+    state, info = read()
+    config = info.get("config") if isinstance(info.get("config"), Mapping) else {}
+    finetune = config.get("finetune") if isinstance(config.get("finetune"), Mapping) else {}
+    if finetune.get("probe") not in ("linear", "attentive") or any(
+            k.startswith("backbone.blocks.") for k in state):
+        return state, info
+    init = info.get("probe_encoder") or str(finetune.get("init", "none"))
+    if init.lower() == "none" or not Path(init).exists():
+        raise CheckpointError(f"{info['where']}: a probe checkpoint holds the probe alone; its encoder, the run's "
+                              f"finetune.init ({init}), is not there to read")
+    encoder, _ = encoder_weights(read_weights(init)[0])
+    info["probe_encoder"] = init
+    info["weights"] = f"{info.get('weights', info['kind'])} + encoder from finetune.init={init}"
+    return {**{f"backbone.{k}": v for k, v in encoder.items() if not k.startswith("norm.")}, **state}, info
+
+
+def pinned_source(source: str | Path) -> str:
+    """``source`` as a path that reads the same weights later: absolute, and for a DeepSpeed run or checkpoint
+    directory the tag its ``latest`` names now (a pretraining run that goes on moves ``latest``)."""
+    path = Path(source).resolve()
+    if path.is_dir() and not is_hf_dir(path):
+        ckpt_dir, tag = resolve(path)
+        return str(ckpt_dir / tag)
+    return str(path)
 
 
 def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:
@@ -273,7 +307,7 @@ def _load_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], info: di
     usable: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         if name == "pos_embed":
-            _load_learned_pos(model, value, info["config"], report)
+            load_learned_pos(model, value, info["config"], report)
             continue
         if name.startswith(DECODER_PREFIXES) or (not keep_head and name.startswith(HEAD_PREFIXES)):
             report.dropped.append(name)
@@ -308,10 +342,14 @@ def _load_whole_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], in
     """A finetune run's weights under the model's own names (``LinearProbe`` included) as they are; any other
     classifier checkpoint through the finetuning rules, head kept. Anything left unfilled is an error."""
     own = model.state_dict()
-    if set(own) <= set(raw):
-        result = model.load_state_dict({k: raw[k] for k in own}, strict=False)
-        if result.missing_keys:
-            raise WeightsDoNotFitError(f"{source}: missing {', '.join(result.missing_keys)}")
+    # a probe does not use its classifier's fc_norm (an untrained frozen layer): a probe checkpoint leaves it out
+    unused = tuple(f"backbone.{k}" for k in CLASSIFIER_ONLY_PREFIXES if k != "head.") if isinstance(
+        model, (LinearProbe, AttentiveProbe)) else ()
+    if {k for k in own if not k.startswith(unused)} <= set(raw):
+        result = model.load_state_dict({k: raw[k] for k in own if k in raw}, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(unused)]
+        if missing:
+            raise WeightsDoNotFitError(f"{source}: missing {', '.join(missing)}")
         # a table a finetune run loaded into a fixed-table buffer (a learned pos_embed) is saved with its
         # weights; the model's own buffer is not part of its state dict, so it is filled here by name
         tables = {name: buf for name, buf in model.named_buffers() if name not in own and name in raw}
@@ -321,7 +359,7 @@ def _load_whole_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], in
                                            f"{tuple(buf.shape)}")
             with torch.no_grad():
                 buf.copy_(raw[name].to(buf.dtype))
-        return LoadReport(source=str(source), loaded=sorted(own) + sorted(tables), whole=True,
+        return LoadReport(source=str(source), loaded=sorted(k for k in own if k in raw) + sorted(tables), whole=True,
                           weights=info.get("weights", info["kind"]))
     if isinstance(model, (LinearProbe, AttentiveProbe)):  # a probe's own layers are not in a classifier's names
         raise WeightsDoNotFitError(f"{source}: not a {type(model).__name__} checkpoint (no probe/backbone names)")
@@ -329,49 +367,6 @@ def _load_whole_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], in
     if report.missing or report.mismatched or any(n.startswith(HEAD_PREFIXES) for n in report.dropped):
         raise WeightsDoNotFitError(f"{source}: does not hold a complete classifier\n{report.summary()}")
     return report
-
-
-def _grid_from_config(config: Optional[Mapping[str, Any]]) -> Optional[tuple[int, int, int]]:
-    model = config.get("model") if isinstance(config, Mapping) else None
-    try:
-        return (model["num_frames"] // model["tubelet_size"], model["img_size"] // model["patch_size"],
-                model["img_size"] // model["patch_size"])
-    except (TypeError, KeyError):
-        return None
-
-
-def _guess_grid(num_tokens: int, target: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Source grid of a bare learned table: same temporal length as the model if that gives a square, else the
-    model's spatial size."""
-    t, h, w = target
-    if num_tokens % t == 0 and math.isqrt(num_tokens // t) ** 2 == num_tokens // t:
-        side = math.isqrt(num_tokens // t)
-        return t, side, side
-    if num_tokens % (h * w) == 0:
-        return num_tokens // (h * w), h, w
-    raise CheckpointError(f"learned pos_embed with {num_tokens} tokens fits no grid near the model's {target}")
-
-
-def _load_learned_pos(model: nn.Module, table: torch.Tensor, config: Optional[Mapping[str, Any]],
-                      report: LoadReport) -> None:
-    dst = tuple(model.grid)
-    if table.dim() == 2:
-        table = table[None]
-    src = _grid_from_config(config)
-    if src is None or src[0] * src[1] * src[2] != table.shape[1]:
-        src = _guess_grid(table.shape[1], dst)
-    if table.shape[-1] != model.pos_embed.shape[-1]:
-        report.mismatched.append(f"pos_embed {tuple(table.shape)} vs model {tuple(model.pos_embed.shape)}")
-        return
-    resampled = resample_pos_embed(table, src, dst)
-    with torch.no_grad():
-        model.pos_embed.copy_(resampled.to(model.pos_embed.dtype))
-    # a learned table is a weight: register it again as a persistent buffer so that this model's checkpoints
-    # keep it (the fixed default is rebuilt from the grid, not stored)
-    model.register_buffer("pos_embed", model.pos_embed, persistent=True)
-    report.loaded.append("pos_embed")
-    how = "copied" if src == dst else f"resampled from grid {src} to {dst}"
-    report.notes.append(f"learned pos_embed {how} into the model's table")
 
 
 # -- an encoder ---------------------------------------------------------------------------------------

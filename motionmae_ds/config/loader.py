@@ -60,6 +60,12 @@ def convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list of entries, got {value!r}")
+        return [convert_entry(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp) and isinstance(value, tp):  # a rebuilt config's own entries
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -80,6 +86,23 @@ def convert(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise TypeError(f"unsupported config field type {tp} at {where}")
+
+
+def convert_entry(value: Any, entry_cls: type, where: str) -> Any:
+    """One entry of a list-of-entries field (``data.sources``): a mapping, its keys checked against
+    ``entry_cls``'s fields and their types, as a section's are."""
+    if dataclasses.is_dataclass(value) and isinstance(value, entry_cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {value!r}")
+    hints = typing.get_type_hints(entry_cls)
+    known = [f.name for f in dataclasses.fields(entry_cls)]
+    entry = entry_cls()
+    for key, item in value.items():
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+        setattr(entry, key, convert(item, hints[key], f"{where}.{key}"))
+    return entry
 
 
 def key_lines(text: str) -> dict[str, int]:

@@ -39,8 +39,25 @@ def _check_data_files(cfg: PretrainConfig | FinetuneConfig, list_keys: tuple[str
         raise ConfigError(f"{cfg.source}: data.root={cfg.data.root}: directory not found")
 
 
+def _check_sources(cfg: PretrainConfig) -> None:
+    for i, source in enumerate(cfg.data.sources):
+        key = f"{cfg.source}: data.sources[{i}]"
+        if source.list_file and not Path(source.list_file).is_file():
+            raise ConfigError(f"{key}.list_file={source.list_file}: file not found")
+        try:
+            urls = shard_urls(source.shards) if source.shards else []
+        except ShardError as exc:
+            raise ConfigError(f"{key}.shards: {exc}") from None
+        missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+        if missing:
+            raise ConfigError(f"{key}.shards={source.shards}: {missing[0]}: file not found")
+        if source.root and not Path(source.root).is_dir():
+            raise ConfigError(f"{key}.root={source.root}: directory not found")
+
+
 def _check_pretrain(cfg: PretrainConfig) -> None:
     _check_data_files(cfg, ("list_file",))
+    _check_sources(cfg)
     if cfg.model.init_encoder and not Path(cfg.model.init_encoder).exists():
         raise ConfigError(f"{cfg.source}: model.init_encoder={cfg.model.init_encoder}: not found")
     if cfg.data.vis_video and not Path(cfg.data.vis_video).exists():

@@ -9,13 +9,22 @@ device, ``schedule.total_batch_size`` and the lr scaling count clips (batch_size
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from motionmae_ds.config.checks import check_choices, check_ranges, check_shared
 from motionmae_ds.config.loader import REPO_ROOT, ConfigError, SectionedConfig, apply_sections, load_sections
-from motionmae_ds.config.sections import DataSection, ModelSection, OptimSection, RunSection, ScheduleSection
+from motionmae_ds.config.sections import (
+    DataSection,
+    DataSource,
+    ModelSection,
+    OptimSection,
+    RunSection,
+    ScheduleSection,
+)
 from motionmae_ds.models.masking import DECODER_HEADS, DECODER_MASK_KINDS, DECODER_RATIOS, MASK_KINDS
 from motionmae_ds.models.motionmae import DECODER_MODES, LOSSES, TARGETS
 
@@ -68,6 +77,10 @@ class PretrainDataSection(DataSection):
     num_repeats: int = 1
     # clip used for the reconstruction figures; empty = the first entry of list_file
     vis_video: str = ""
+    # a mixture of datasets (data/mixture.py): entries {name, list_file | shards, root, weight, sampling_rate};
+    # every epoch draws from each in proportion to its weight. Empty = the one source data.list_file (or
+    # data.shards) with data.root and data.sampling_rate, which is what one entry here also means
+    sources: list[DataSource] = field(default_factory=list)
 
 
 @dataclass
@@ -128,8 +141,49 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         raise ConfigError(f"{src}: masking.ratio={cfg.masking.ratio} must be in (0, 1)")
     check_decoder_masking(cfg)
     check_shared(cfg)
-    if not cfg.data.synthetic and not cfg.data.list_file and not cfg.data.shards:
+    if cfg.data.sources:
+        check_sources(cfg)
+    elif not cfg.data.synthetic and not cfg.data.list_file and not cfg.data.shards:
         raise ConfigError(f"{src}: data.list_file is empty (set it, or data.synthetic: true)")
+
+
+def check_sources(cfg: PretrainConfig) -> None:
+    """``data.sources``: each entry one list file or shard set, a weight > 0, a stride >= 1, a unique name; and no
+    shorthand (data.list_file, data.shards, data.synthetic) beside them."""
+    d, src = cfg.data, cfg.source
+    for key, value in (("list_file", d.list_file), ("shards", d.shards), ("synthetic", d.synthetic)):
+        if value:
+            raise ConfigError(f"{src}: data.{key}={value} and data.sources are both set: data.{key} is the shorthand "
+                              f"of one source; give one or the other")
+    names = set()
+    for i, s in enumerate(d.sources):
+        where = f"{src}: data.sources[{i}]"
+        if bool(s.list_file) == bool(s.shards):
+            raise ConfigError(f"{where}: give list_file or shards (exactly one), got list_file={s.list_file!r} "
+                              f"shards={s.shards!r}")
+        if not (math.isfinite(s.weight) and s.weight > 0):
+            raise ConfigError(f"{where}.weight={s.weight} must be a number > 0")
+        if s.sampling_rate is not None and s.sampling_rate < 1:
+            raise ConfigError(f"{where}.sampling_rate={s.sampling_rate} must be >= 1")
+        name = source_name(s, i)
+        if name in names:
+            raise ConfigError(f"{where}.name={name!r}: another entry has that name")
+        names.add(name)
+
+
+def source_name(source: DataSource, index: int) -> str:
+    return source.name or f"source{index}"
+
+
+def pretrain_sources(cfg: PretrainConfig) -> list[DataSource]:
+    """The run's sources with every default filled in (name, root, sampling_rate): ``data.sources``, or the one source
+    the shorthand keys (data.list_file / data.shards, data.root, data.sampling_rate) describe."""
+    d = cfg.data
+    if not d.sources:
+        return [DataSource(name=source_name(DataSource(), 0), list_file=d.list_file, shards=d.shards, root=d.root,
+                           weight=1.0, sampling_rate=d.sampling_rate)]
+    return [dataclasses.replace(s, name=source_name(s, i), root=s.root or d.root,
+                                sampling_rate=s.sampling_rate or d.sampling_rate) for i, s in enumerate(d.sources)]
 
 
 def check_decoder_masking(cfg: PretrainConfig) -> None:

@@ -60,6 +60,22 @@ class DataSection:
 
 
 @dataclass
+class DataSource:
+    """One entry of ``data.sources`` (a pretraining mixture, data/mixture.py): a list file or a shard set, its
+    root, its share of every epoch and its temporal stride."""
+    # a short name for the logs; empty = data.sources[i]
+    name: str = ""
+    list_file: str = ""
+    shards: str = ""
+    # prefix of the list's relative paths; empty = data.root
+    root: str = ""
+    # the source's share of every epoch's samples, relative to the other entries' weights
+    weight: float = 1.0
+    # frames between two sampled frames; None = data.sampling_rate
+    sampling_rate: Optional[int] = None
+
+
+@dataclass
 class OptimSection:
     # lr for a total batch of 256; the engine scales it linearly to the actual total batch
     base_lr: float = 1.5e-4

@@ -48,7 +48,7 @@ class DistributedSampler(Sampler[int]):
 
     def epoch_order(self) -> list[int]:
         """The whole epoch's order of dataset indices, before it is split between ranks (a function of the seed
-        and the epoch only; a mixture of datasets overrides it, data/mixture.py)."""
+        and the epoch only)."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -84,6 +84,9 @@ def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if "view" in batch[0]:
         out["view"] = torch.tensor([int(b["view"]) for b in batch], dtype=torch.long)
+    if "source" in batch[0]:  # a mixture's items (data/mixture.py): the per-source counts of train/state.py
+        out["source"] = torch.tensor([int(b["source"]) for b in batch], dtype=torch.long)
+        out["skipped_source"] = [int(b["source"]) for b in batch for _ in b.get("skipped", ())]
     return out
 
 

@@ -8,16 +8,20 @@ source the draws walk through a permutation of its members, without replacement 
 then through a fresh permutation, and the walk continues across epochs: a source that gets 1.5x its size per
 epoch sees every member once before any twice. Every place is a function of (seed, epoch) alone, so the order
 is the same on every rank and a resumed run continues it exactly, as the plain sampler's does.
+
+``MixtureDataset`` puts the plan behind one dataset index (place ``p`` of the epoch), so the training loop keeps
+its one sampler (data/loader.py) for a mixture as for a single list.
 """
 from __future__ import annotations
 
 import bisect
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+from torch.utils.data import Dataset
 
-from motionmae_ds.data.loader import DistributedSampler
+from motionmae_ds.data.datasets import DataLoadError
 from motionmae_ds.data.sampling import derive_seed
 
 _SOURCE_ORDER, _EPOCH_ORDER = 0x5EED_0001, 0x5EED_0002
@@ -82,12 +86,42 @@ class MixturePlan:
         return bisect.bisect_right(self.offsets, index) - 1
 
 
-class MixtureSampler(DistributedSampler):
-    """The distributed sampler (padding, rank striding, mid-epoch start) over a ``MixturePlan``'s epochs."""
+class MixtureDataset(Dataset):
+    """The sources' datasets behind one index of ``plan.epoch_len`` places: place ``p`` of the current epoch is
+    member ``plan.epoch_order(epoch)[p]``. The training loop's own sampler (data/loader.py) then splits the places
+    between the ranks and resumes mid-epoch as for one dataset, and ``set_epoch`` (which the loop calls before it
+    forks the epoch's workers) selects the epoch. Items carry ``source``, their source's index, for the
+    per-source counts; an item its source cannot deliver (all retries unreadable) names the source."""
 
-    def __init__(self, plan: MixturePlan, num_replicas: int, rank: int, drop_last: bool = True) -> None:
-        super().__init__(plan.epoch_len, num_replicas, rank, seed=plan.seed, shuffle=True, drop_last=drop_last)
-        self.plan = plan
+    def __init__(self, sources: Sequence[Dataset], names: Sequence[str], weights: Sequence[float], seed: int,
+                 epoch_len: Optional[int] = None) -> None:
+        if len(names) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(names)} names")
+        self.sources, self.names, self.weights = list(sources), list(names), list(weights)
+        self.plan = MixturePlan([len(d) for d in self.sources], weights, seed, epoch_len)  # type: ignore[arg-type]
+        self.set_epoch(0)
 
-    def epoch_order(self) -> list[int]:
-        return self.plan.epoch_order(self.epoch)
+    def __len__(self) -> int:
+        return self.plan.epoch_len
+
+    def describe(self) -> list[str]:
+        """One line per source: its videos, weight and samples per epoch."""
+        return [f"data.sources[{i}] {name}: {size} videos, weight {weight:g}: {count} samples per epoch"
+                for i, (name, size, weight, count) in enumerate(zip(self.names, self.plan.sizes, self.weights,
+                                                                    self.plan.per_epoch))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for dataset in self.sources:
+            dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.places = self.plan.epoch_order(self.epoch)
+
+    def __getitem__(self, place: int) -> dict[str, Any]:
+        index = self.places[place]
+        source = self.plan.source_of(index)
+        try:
+            item = self.sources[source][index - self.plan.offsets[source]]
+        except DataLoadError as exc:
+            raise DataLoadError(f"data.sources[{source}] ({self.names[source]}): {exc}") from None
+        item["source"] = source
+        return item

@@ -150,11 +150,18 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def extract_features(cfg: FinetuneConfig, source: Optional[str], out_dir: str | Path, list_file: Optional[str] = None,
-                     split: str = "val", tokens: bool = False, batch_size: Optional[int] = None) -> ExtractionSummary:
-    """Features of every video of ``list_file`` (default: the config's ``split`` list) on all ranks."""
+                     split: str = "val", tokens: bool = False, batch_size: Optional[int] = None,
+                     root: Optional[str] = None) -> ExtractionSummary:
+    """Features of every video of ``list_file`` (default: the config's ``split`` list) on all ranks, its relative
+    paths under ``root`` (default: ``data.root``). Unreadable videos are named and left out; when none could be
+    read, ``DataLoadError`` (exit 4) with the summary line."""
     out_dir = Path(out_dir)
     if list_file is not None and not Path(list_file).is_file():
         raise ConfigError(f"--list {list_file}: file not found")
+    if root is not None:
+        if not Path(root).is_dir():
+            raise ConfigError(f"--root {root}: directory not found")
+        cfg.data.root = root
     dist_utils.init_distributed()
     tune_cpu_process()
     rank, world, device = dist_utils.rank(), dist_utils.world_size(), dist_utils.device()
@@ -210,6 +217,9 @@ def extract_features(cfg: FinetuneConfig, source: Optional[str], out_dir: str | 
     if dist_utils.is_main():
         write_index(out_dir, dataset, settings, bad)
     dist_utils.barrier()
+    if bad and not summary.computed and not summary.reused:  # every rank: the summary is the same on all
+        raise DataLoadError(f"{summary.line()}: no video could be read (the first: {bad[0]['path']}: "
+                            f"{bad[0]['reason']}); check the list's paths and --root")
     return summary
 
 

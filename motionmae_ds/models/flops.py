@@ -18,6 +18,7 @@ MLP_RATIO = 4
 TRAIN_FLOPS_PER_MAC = 6
 # a linear probe runs the frozen encoder forward only (its head's backward is negligible)
 PROBE_FLOPS_PER_MAC = 2
+FLOPS_PER_MAC = 2
 
 
 def block_macs(tokens: int, dim: int) -> int:
@@ -52,6 +53,23 @@ def classifier_macs(**model_kwargs: Any) -> int:
     size = resolve_size(args["name"], args["embed_dim"], args["depth"], args["num_heads"])
     tokens, embed = _embed_macs(args, size.embed_dim)
     return embed + size.depth * block_macs(tokens, size.embed_dim) + size.embed_dim * args["num_classes"]
+
+
+def attentive_probe_step_macs(num_queries: int = 1, mlp_ratio: float = MLP_RATIO, **model_kwargs: Any) -> int:
+    """Multiply-accumulates of one training clip of ``AttentiveProbe(build_classifier(**model_kwargs))``, forward
+    and backward (models/attentive.py): the frozen encoder forward only (no backward, no gradients); the pooler's
+    ``num_queries`` queries (q, the two attention matmuls over the N tokens, proj, MLP) and the linear head forward
+    and backward (twice the forward: the key/value projection's input gradient too, since the tokens it reads
+    pass through the pooler's own trained norm)."""
+    args = _bound(build_classifier, CLASSIFIER_KWARGS, "attentive_probe_step_macs", model_kwargs)
+    size = resolve_size(args["name"], args["embed_dim"], args["depth"], args["num_heads"])
+    tokens, embed = _embed_macs(args, size.embed_dim)
+    d, q = size.embed_dim, num_queries
+    encoder = embed + size.depth * block_macs(tokens, d)
+    kv = tokens * d * 2 * d
+    pooler = q * d * d + kv + 2 * q * tokens * d + q * d * d + 2 * q * d * int(d * mlp_ratio)
+    head = d * args["num_classes"]
+    return encoder + 3 * (pooler + head)
 
 
 def pretrain_macs(mask_ratio: float, mask_kind: str = "random", decoder_ratio: float = 0.0,

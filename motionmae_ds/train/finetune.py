@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_finetune_model, build_split, classifier_of, resolve_lists
+from motionmae_ds.checkpoint.engine_io import FROZEN_SOURCE_ATTR
+from motionmae_ds.checkpoint.weights import PROBE_ENCODER_KEY, pinned_source
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
@@ -43,6 +45,7 @@ class FinetuneTask(Task):
         super().__init__(cfg)
         self.ema: Optional[ModelEma] = None
         self.init_report: Optional[str] = None
+        self.encoder_source: Optional[str] = None  # a probe's frozen encoder, as its checkpoints name it
 
     def check(self, micro: int) -> None:
         cfg = self.cfg
@@ -80,6 +83,9 @@ class FinetuneTask(Task):
             raise ConfigError(f"{self.cfg.source}: finetune.init={exc}") from None
         except ckpt.CheckpointError as exc:
             raise ConfigError(f"{self.cfg.source}: finetune.init: {exc}") from None
+        if self.cfg.finetune.probe != "none":  # checkpoints then hold the probe alone (checkpoint/engine_io.py)
+            self.encoder_source = pinned_source(init)
+            setattr(model, FROZEN_SOURCE_ATTR, self.encoder_source)
         return report.summary()
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -90,6 +96,7 @@ class FinetuneTask(Task):
 
     def setup(self, run: RunContext) -> None:
         cfg = self.cfg
+        self.engine = run.engine
         self.mixup: Optional[VideoMixup] = None
         if cfg.mixup_active:
             m = cfg.mixup
@@ -130,11 +137,23 @@ class FinetuneTask(Task):
             self.ema.update(engine.module, step)
 
     def client_state(self) -> dict[str, Any]:
-        return {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        state: dict[str, Any] = {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        if self.encoder_source is not None:
+            state[PROBE_ENCODER_KEY] = self.encoder_source
+        return state
 
     def load_client_state(self, state: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
+        trained_on = state.get(PROBE_ENCODER_KEY)
+        if trained_on and self.encoder_source and trained_on != self.encoder_source:
+            # finetune.init reads other weights now (its run went on): the probe continues on the encoder it
+            # was trained on, which its checkpoint does not hold (ZeRO-0..2 keep frozen weights whole on every rank)
+            if self.engine.zero_optimization_partition_weights():
+                raise ConfigError(f"{self.cfg.source}: finetune.init={self.cfg.finetune.init} reads other weights "
+                                  f"than the probe's checkpoint was trained on; set finetune.init={trained_on}")
+            ckpt.load_into(classifier_of(self.engine.module), trained_on, "finetune")
+            self.encoder_source = trained_on
 
     def run_info(self) -> dict[str, Any]:
         return {"lists": self.lists, "init": self.cfg.finetune.init, "init_report": self.init_report}

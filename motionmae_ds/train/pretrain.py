@@ -15,15 +15,17 @@ from torch.utils.data import Dataset
 
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import (
-    build_dataset,
     build_decoder_masker,
     build_masker,
     build_model,
+    build_pretrain_set,
     model_kwargs,
     resolve_list_file,
 )
 from motionmae_ds.config import PretrainConfig
+from motionmae_ds.config.pretrain import pretrain_sources
 from motionmae_ds.data.lists import read_list
+from motionmae_ds.data.mixture import MixtureDataset
 from motionmae_ds.models import build_pretrain_model
 from motionmae_ds.models.masking import mask_counts
 from motionmae_ds.runtime import distributed as dist_utils
@@ -53,7 +55,7 @@ class PretrainTask(Task):
 
     def build_train_set(self) -> Dataset:
         self.list_file = resolve_list_file(self.cfg)
-        self.dataset = build_dataset(self.cfg, self.list_file, mode="pretrain")
+        self.dataset = build_pretrain_set(self.cfg, self.list_file)
         return self.dataset
 
     def build_model(self) -> nn.Module:
@@ -83,7 +85,10 @@ class PretrainTask(Task):
         return out["loss"], [out["loss"], out["loss_frame"], out["loss_motion"]], videos.shape[0]
 
     def run_info(self) -> dict[str, Any]:
-        return {"list_file": self.list_file}
+        return {"list_file": self.list_file, "sources": self.startup_lines()}
+
+    def startup_lines(self) -> list[str]:
+        return self.dataset.describe() if isinstance(self.dataset, MixtureDataset) else []
 
     def describe(self, run: RunContext) -> str:
         repeats = f" x {self.cfg.data.num_repeats} clips" if self.cfg.data.num_repeats > 1 else ""
@@ -106,8 +111,8 @@ class PretrainTask(Task):
 
     def _first_video(self) -> str:
         d = self.cfg.data
-        records = read_list(self.list_file, fmt=d.list_format, root=d.root, frame_template=d.frame_template,
-                            frame_start=d.frame_start)
+        records = read_list(self.list_file, fmt=d.list_format, root=pretrain_sources(self.cfg)[0].root,
+                            frame_template=d.frame_template, frame_start=d.frame_start)
         return str(records[0].path)
 
 

@@ -5,7 +5,14 @@ from typing import TYPE_CHECKING, Optional
 
 from motionmae_ds.builders import classifier_kwargs, mask_kwargs, model_kwargs
 from motionmae_ds.config import PretrainConfig
-from motionmae_ds.models.flops import PROBE_FLOPS_PER_MAC, TRAIN_FLOPS_PER_MAC, classifier_macs, pretrain_macs
+from motionmae_ds.models.flops import (
+    FLOPS_PER_MAC,
+    PROBE_FLOPS_PER_MAC,
+    TRAIN_FLOPS_PER_MAC,
+    attentive_probe_step_macs,
+    classifier_macs,
+    pretrain_macs,
+)
 from motionmae_ds.train.mfu import accelerator_device_name, mfu
 
 if TYPE_CHECKING:
@@ -14,7 +21,10 @@ if TYPE_CHECKING:
 
 
 def finetune_flops_per_sample(cfg: "FinetuneConfig") -> float:
-    """Model FLOPs of one training clip of a finetuning (6 x MACs) or linear-probe (2 x MACs) run."""
+    """Model FLOPs of one training clip of a finetuning (6 x MACs) or linear-probe (2 x MACs) run, or of an
+    attentive probe's step (the frozen encoder forward, the pooler and head forward and backward)."""
+    if cfg.finetune.probe == "attentive":
+        return FLOPS_PER_MAC * float(attentive_probe_step_macs(cfg.finetune.probe_queries, **classifier_kwargs(cfg)))
     macs = classifier_macs(**classifier_kwargs(cfg))
     return (PROBE_FLOPS_PER_MAC if cfg.finetune.linear_probe else TRAIN_FLOPS_PER_MAC) * float(macs)
 

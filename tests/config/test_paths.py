@@ -66,3 +66,20 @@ def test_finetune_list_files(tmp_path):
 def test_other_objects_are_refused():
     with pytest.raises(TypeError, match="PretrainConfig or FinetuneConfig"):
         check_paths(object())
+
+
+def test_each_source_of_a_mixture_is_checked_and_named(write_yaml, tmp_path):
+    (tmp_path / "a.csv").write_text("a.mp4 0\n")
+    (tmp_path / "s-0.tar").write_bytes(b"")
+
+    def check(second: str) -> None:
+        check_paths(load_pretrain_config(write_yaml(
+            f"data:\n  sources:\n    - {{list_file: {tmp_path}/a.csv}}\n    - {second}\n")))
+
+    with pytest.raises(ConfigError, match=r"data.sources\[1\].list_file=.*b.csv: file not found"):
+        check(f"{{list_file: {tmp_path}/b.csv}}")
+    with pytest.raises(ConfigError, match=r"data.sources\[1\].shards=.*s-\{0..1\}.tar: .*s-1.tar: file not found"):
+        check(f"{{shards: '{tmp_path}/s-{{0..1}}.tar'}}")
+    with pytest.raises(ConfigError, match=r"data.sources\[1\].root=.*videos: directory not found"):
+        check(f"{{list_file: {tmp_path}/a.csv, root: {tmp_path}/videos}}")
+    check(f"{{shards: '{tmp_path}/s-{{0..0}}.tar'}}")

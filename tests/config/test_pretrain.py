@@ -93,3 +93,48 @@ def test_decoder_masking_is_off_by_default_and_loads_every_ratio():
         assert cfg.masking.decoder_ratio == ratio
     # an odd grid is fine while decoder masking is off
     assert load_pretrain_config(None, ["model.img_size=48"]).model.img_size == 48
+
+
+def test_sources_load_round_trip_and_fill_their_defaults(write_yaml):
+    from motionmae_ds.config.pretrain import pretrain_sources
+
+    cfg = load_pretrain_config(write_yaml(
+        "data:\n  sampling_rate: 3\n  root: /base\n  sources:\n"
+        "    - {name: k400, list_file: a.csv, root: /r, weight: 3}\n"
+        "    - {shards: 's-{0..1}.tar', weight: 0.5, sampling_rate: 2}\n"))
+    assert [(s.name, s.list_file, s.shards, s.root, s.weight, s.sampling_rate) for s in pretrain_sources(cfg)] == [
+        ("k400", "a.csv", "", "/r", 3.0, 3), ("source1", "", "s-{0..1}.tar", "/base", 0.5, 2)]
+    data = cfg.to_dict()
+    assert data["data"]["sources"][1] == {"name": "", "list_file": "", "shards": "s-{0..1}.tar", "root": "",
+                                          "weight": 0.5, "sampling_rate": 2}
+    assert config_from_dict(data).to_dict() == data  # a run's config.yaml rebuilds the same sources
+    # the shorthand is one source with data.root and data.sampling_rate
+    one = load_pretrain_config(write_yaml("data: {list_file: x.csv, root: /v, sampling_rate: 2}\n"))
+    assert [(s.list_file, s.root, s.weight, s.sampling_rate) for s in pretrain_sources(one)] == [
+        ("x.csv", "/v", 1.0, 2)]
+
+
+@pytest.mark.parametrize("sources,match", [
+    ("[{list_file: a.csv, shards: 'b-{0..1}.tar'}]", r"data.sources\[0\]: give list_file or shards \(exactly one\)"),
+    ("[{list_file: a.csv}, {root: /r}]", r"data.sources\[1\]: give list_file or shards"),
+    ("[{list_file: a.csv}, {list_file: b.csv, weight: 0}]", r"data.sources\[1\].weight=0.0 must be a number > 0"),
+    ("[{list_file: a.csv, weight: -2}]", r"data.sources\[0\].weight=-2.0 must be a number > 0"),
+    ("[{list_file: a.csv, weight: .nan}]", r"data.sources\[0\].weight=nan must be a number > 0"),
+    ("[{list_file: a.csv, sampling_rate: 0}]", r"data.sources\[0\].sampling_rate=0 must be >= 1"),
+    ("[{list_file: a.csv, name: k}, {list_file: b.csv, name: k}]", r"data.sources\[1\].name='k': another entry"),
+    ("[{list_file: a.csv, wieght: 2}]", r"exp.yaml:2: data.sources\[0\].wieght: unknown key \(known: name, list_file"),
+    ("[{list_file: a.csv, weight: heavy}]", r"data.sources\[0\].weight: expected a number, got 'heavy'"),
+    ("[a.csv]", r"data.sources\[0\]: expected a mapping of keys, got 'a.csv'"),
+    ("a.csv", r"data.sources: expected a list of entries, got 'a.csv'"),
+])
+def test_bad_sources_are_one_line_naming_entry_and_key(write_yaml, sources, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        load_pretrain_config(write_yaml(f"data:\n  sources: {sources}\n"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("shorthand", ["list_file: x.csv", "shards: 'x-{0..1}.tar'", "synthetic: true"])
+def test_sources_and_a_shorthand_are_not_both_given(write_yaml, shorthand):
+    key = shorthand.split(":")[0]
+    with pytest.raises(ConfigError, match=rf"data.{key}=.* and data.sources are both set"):
+        load_pretrain_config(write_yaml(f"data:\n  {shorthand}\n  sources: [{{list_file: a.csv}}]\n"))

@@ -26,7 +26,9 @@ LOADERS = {
     "linprobe_": (load_finetune_config, FinetuneConfig, "linear"),
     "attentive_probe_": (load_finetune_config, FinetuneConfig, "attentive"),
 }
-RECIPES = sorted((REPO_ROOT / "configs").glob("pretrain_*.yaml"))
+# the paper's pretraining recipes (a mixture of datasets is not one: test_mixture_recipe)
+RECIPES = sorted(p for p in (REPO_ROOT / "configs").glob("pretrain_*.yaml")
+                 if not p.stem.startswith("pretrain_mixture_"))
 # (epochs, total batch, mask kind, ratio, sampling_rate, flip, norm_target) from Table 6
 TABLE6 = {
     "ssv2_vit_base": (2400, 1024, "random", 0.9, 2, False, False),
@@ -96,6 +98,18 @@ def test_recipe_builds_on_meta(path: Path):
         assert 95e6 < n_params < 115e6
     else:
         assert 315e6 < n_params < 345e6
+
+
+def test_mixture_recipe_is_k400s_table6_recipe_over_three_weighted_sources():
+    from motionmae_ds.config.pretrain import pretrain_sources
+
+    cfg = load_pretrain_config(REPO_ROOT / "configs" / "pretrain_mixture_k400_k600_k700_vit_base.yaml")
+    k400 = load_pretrain_config(REPO_ROOT / "configs" / "pretrain_k400_vit_base.yaml")
+    assert [(s.name, s.weight, s.sampling_rate) for s in pretrain_sources(cfg)] == [
+        ("k400", 240000.0, 4), ("k600", 392000.0, 4), ("k700", 545000.0, 4)]
+    for section in ("model", "targets", "masking", "optim"):
+        assert cfg.to_dict()[section] == k400.to_dict()[section], section
+    assert cfg.schedule.total_batch_size == k400.schedule.total_batch_size and not cfg.data.list_file
 
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if "vit_" in p.stem and "ucf101" not in p.stem],

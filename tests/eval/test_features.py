@@ -137,3 +137,36 @@ def test_evaluation_precision_is_bf16_on_accelerators_and_fp32_on_the_cpu():
         y = layer(x)
     assert y.dtype == torch.float32 and torch.equal(y, layer(x))
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_root_prefixes_relative_paths_and_a_list_with_nothing_readable_exits_4(inputs, tmp_path):
+    # the same videos listed relative to --root: the features equal the absolute list's
+    lines = inputs["list"].read_text().splitlines()
+    good = [line for line in lines if str(inputs["broken"]) not in line][:2]
+    root = Path(good[0].split()[0]).parent
+    relative = tmp_path / "relative.txt"
+    relative.write_text("".join(f"{Path(line.split()[0]).name} {line.split()[1]}\n" for line in good))
+    out = tmp_path / "rel"
+    proc = launch("extract_features.py", ["--checkpoint", "none", "--config", inputs["config"], "--list", relative,
+                                          "--root", root, "--output_dir", out], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "features of 2 videos: 2 computed, 0 already written, 0 unreadable" in proc.stdout
+    index = json.loads((out / "index.json").read_text())
+    assert [v["path"] for v in index["videos"]] == [line.split()[0] for line in good]
+
+    # without --root the same list names nothing that exists: exit 4 and one line, not "0 computed" and exit 0
+    proc = launch("extract_features.py", ["--checkpoint", "none", "--config", inputs["config"], "--list", relative,
+                                          "--output_dir", tmp_path / "none"], timeout=240)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: unreadable data: features of 2 videos: 0 computed, 0 already written, 2 unreadable "
+                        r"-> \S+: no video could be read \(the first: \S+\.mp4: .+\); check the list's paths and "
+                        r"--root", last), last
+
+
+def test_root_must_be_a_directory(inputs, tmp_path):
+    proc = call_main("extract_features.py", ["--checkpoint", "none", "--list", inputs["list"], "--root",
+                                             tmp_path / "nowhere", "--output_dir", tmp_path / "o", "--config",
+                                             inputs["config"]])
+    assert proc.returncode == 2
+    assert re.fullmatch(r"config error: --root \S+nowhere: directory not found", proc.stderr.strip())

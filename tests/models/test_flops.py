@@ -14,7 +14,8 @@ from motionmae_ds.models import (
     classifier_macs,
     pretrain_macs,
 )
-from motionmae_ds.models.flops import block_macs
+from motionmae_ds.models.attentive import AttentiveProbe
+from motionmae_ds.models.flops import attentive_probe_step_macs, block_macs
 
 
 def counted_macs(model, *inputs) -> int:
@@ -31,6 +32,22 @@ def test_classifier_macs_match_flop_counter(tiny_clf):
     kwargs = {**tiny_clf, "num_frames": 8, "img_size": 48, "depth": 3}
     clf = build_classifier(**kwargs)
     assert classifier_macs(**kwargs) == counted_macs(clf, torch.randn(1, 3, 8, 48, 48))
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+def test_attentive_probe_step_macs_match_flop_counter_forward_and_backward(tiny_clf, queries):
+    # one training step of the probe as torch counts it: the frozen encoder's forward, the pooler and head forward
+    # and backward (no encoder backward, no gradient for the encoder's tokens)
+    kwargs = {**tiny_clf, "num_frames": 8, "img_size": 48, "depth": 3}
+    probe = AttentiveProbe(build_classifier(**kwargs), num_queries=queries).train()
+    videos = torch.randn(1, 3, 8, 48, 48)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        probe(videos).square().sum().backward()
+    assert all(p.grad is None for n, p in probe.named_parameters() if not n.startswith(("pooler.", "backbone.head.")))
+    flops = counter.get_total_flops()
+    assert attentive_probe_step_macs(num_queries=queries, **kwargs) == flops // 2 and flops % 2 == 0
+    # a finetuning step of the same encoder (forward and backward, 3 x its forward) costs more than twice as much
+    assert 3 * classifier_macs(**kwargs) > 2 * attentive_probe_step_macs(num_queries=queries, **kwargs)
 
 
 @pytest.mark.parametrize("mode,target,kind,ratio", [

@@ -1,9 +1,10 @@
 """The attentive probe (finetune.probe: attentive) as the loop trains it: the frozen encoder bitwise unchanged,
-only the pooler and the head trained, the multi-view test; the engine's checkpoint holds the encoder as loaded
-from finetune.init and optimiser states for the probe alone (in this process). A 2-rank run through the
-launcher, killed with -9 and relaunched, retraces the steps it had logged past its checkpoint."""
+only the pooler and the head trained, the multi-view test; the engine's checkpoint holds the probe alone (weights
+and optimiser states), and its readers take the encoder from the run's finetune.init (in this process). A 2-rank
+run through the launcher, killed with -9 and relaunched, retraces the steps it had logged past its checkpoint."""
 import json
 
+import pytest
 import torch
 
 from motionmae_ds import checkpoint as ckpt
@@ -67,24 +68,76 @@ def test_attentive_probe_trains_the_pooler_and_head_over_a_bitwise_frozen_encode
 
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    # the checkpoint holds the probe alone: DeepSpeed's consolidation gives the pooler and the head, nothing of the
+    # frozen encoder, and the model-states file has no copy of it either (bf16 or frozen fragments)
     final = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"))
-    for name, value in init.items():
-        if name.startswith(("head.", "fc_norm.")):
-            continue
-        # the source's weights as the bf16 engine holds them, bit for bit
-        assert torch.equal(final["backbone." + name], value.bfloat16().float()), name
+    assert sorted(final) == sorted(trainable)
+    tag_dir = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    model_states = torch.load(tag_dir / "mp_rank_00_model_states.pt", weights_only=False)
+    assert sorted(model_states["module"]) == sorted(trainable) and not model_states.get("frozen_param_fragments")
+    encoder_numel = sum(v.numel() for k, v in init.items() if not k.startswith(("head.", "fc_norm.")))
+    # the file could not hold the encoder even in bf16 (2 bytes a weight)
+    assert (tag_dir / "mp_rank_00_model_states.pt").stat().st_size < 2 * encoder_numel
     # the optimiser's states: fp32 master weights and two Adam moments of the probe's parameters, none of the
-    # encoder's (the module file keeps the encoder's bf16 copy, loaded from finetune.init)
+    # encoder's
     optim_files = list((out / "checkpoints").glob("*/*optim_states.pt"))
     assert len(optim_files) == 1
     states = torch.load(optim_files[0], weights_only=False)["optimizer_state_dict"]
     master = sum(t.numel() for t in states["single_partition_of_fp32_groups"])
     assert master == sum(final[n].numel() for n in trainable)
-    # what --eval and evaluate.py load: the run's checkpoint, whole, into a freshly built probe
+    # what --eval, evaluate.py and the converter read: the probe from the checkpoint, the encoder from the run's
+    # finetune.init (the source's fp32 weights, bit for bit)
+    raw, info = ckpt.read_weights(out / "checkpoints", exact=True)
+    assert info["probe_encoder"] == str((tmp_path / "init.pth").resolve())
+    for name, value in init.items():
+        if not name.startswith(("head.", "fc_norm.")):
+            assert torch.equal(raw["backbone." + name], value), name
     fresh = build_finetune_model(load_finetune_config(cfg))
     report = ckpt.load_into(fresh, out / "checkpoints", "evaluate")
-    assert report.whole and {n for n, _ in fresh.named_parameters()} <= set(final)
-    assert all(torch.equal(p.detach(), final[n]) for n, p in fresh.named_parameters())
+    assert report.whole
+    own = dict(fresh.named_parameters())
+    assert all(torch.equal(own[n].detach(), final[n]) for n in trainable)
+    assert all(torch.equal(own["backbone." + n].detach(), v) for n, v in init.items()
+               if not n.startswith(("head.", "fc_norm.")))
+    # the converter's plain export: the probe of the checkpoint and the encoder of finetune.init, one state dict
+    from motionmae_ds.tools.convert import export
+
+    exported = torch.load(export(out / "checkpoints", tmp_path / "probe.pth", "plain"))
+    assert set(exported) == set(raw) and all(torch.equal(exported[k], raw[k]) for k in raw)
+    # without its encoder's source the checkpoint cannot stand alone: one line naming what is missing
+    (tmp_path / "init.pth").rename(tmp_path / "moved.pth")
+    with pytest.raises(ckpt.CheckpointError, match=r"a probe checkpoint holds the probe alone; its encoder, the "
+                                                   r"run's finetune.init \(\S+init.pth\), is not there to read"):
+        ckpt.load_into(build_finetune_model(load_finetune_config(cfg)), out / "checkpoints", "evaluate")
+
+
+class EncoderAtFinish(FinetuneTask):
+    def finish(self, run, summary):
+        super().finish(run, summary)
+        # as numpy: torch tensors would cross to the test process through shared memory of a process that exits
+        summary["encoder"] = {n: p.detach().float().numpy().copy() for n, p in
+                              run.engine.module.backbone.named_parameters() if not n.startswith(("head.", "fc_norm."))}
+
+
+def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
+    # the run's finetune.init reads other weights when it resumes (a pretraining run it names went on and moved
+    # its latest): the checkpoint does not hold the encoder, so the probe goes on over the one it was trained on
+    cfg = _probe_config(tmp_path, run={"save_every_epochs": 1})
+    first = torch.load(tmp_path / "init.pth")["model"]
+    other = save_tiny_classifier(tmp_path / "other.pth", seed=8)
+    out = tmp_path / "probe"
+    train_in_process("finetune", cfg, out)
+    summary, _ = train_in_process("finetune", cfg, out, task=EncoderAtFinish,
+                                  sets=["schedule.epochs=2", f"finetune.init={tmp_path / 'other.pth'}"])
+    assert summary["resumed_from"] is not None
+    encoder = {name: torch.from_numpy(array) for name, array in summary["encoder"].items()}
+    assert encoder and all(torch.equal(v, first[n].bfloat16().float()) for n, v in encoder.items())
+    assert not all(torch.equal(v, other[n].bfloat16().float()) for n, v in encoder.items())
+    states = ckpt.read_client_state(out / "checkpoints", (out / "checkpoints" / "latest").read_text().strip())
+    assert states["probe_encoder"] == str((tmp_path / "init.pth").resolve())
+    # and its readers take that encoder too, not the other weights its config's finetune.init now names
+    raw, _ = ckpt.read_weights(out / "checkpoints")
+    assert all(torch.equal(raw["backbone." + n], first[n]) for n in encoder)
 
 
 def test_two_rank_attentive_probe_kill9_resumes_exactly(tmp_path):

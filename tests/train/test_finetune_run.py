@@ -6,6 +6,8 @@ import json
 import torch
 
 from motionmae_ds import checkpoint as ckpt
+from motionmae_ds.builders import build_finetune_model
+from motionmae_ds.config import load_finetune_config
 from tests.finetune_support import motion_lists, predictions, save_tiny_classifier, write_config
 from tests.helpers import REPO, ZERO2, launch, train_in_process
 
@@ -81,13 +83,20 @@ def test_linear_probe_keeps_the_encoder_frozen(tmp_path):
     train_in_process("finetune", cfg, out)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    # the checkpoint holds the probe alone (checkpoint/engine_io.py): the head, trained, and the feature norm's
+    # running statistics; the frozen encoder is finetune.init's, which every reader of the checkpoint loads again
     final = get_fp32_state_dict_from_zero_checkpoint(str(out / "checkpoints"))
-    for name, value in init.items():
-        if name.startswith(("head.", "fc_norm.")):
-            continue
-        # the encoder went through the bf16 engine untouched: equal up to bf16 rounding of the init
-        assert torch.equal(final["backbone." + name], value.bfloat16().float()), name
+    assert sorted(final) == ["backbone.head.bias", "backbone.head.weight", "probe_norm.num_batches_tracked",
+                             "probe_norm.running_mean", "probe_norm.running_var"]
     assert not torch.equal(final["backbone.head.weight"], init["head.weight"].bfloat16().float())
+    probe = build_finetune_model(load_finetune_config(cfg))
+    assert ckpt.load_into(probe, out / "checkpoints", "evaluate").whole
+    weights = probe.state_dict()
+    for name, value in init.items():
+        if not name.startswith(("head.", "fc_norm.")):
+            assert torch.equal(weights["backbone." + name], value), name
+    assert torch.equal(weights["backbone.head.weight"], final["backbone.head.weight"])
+    assert torch.equal(weights["probe_norm.running_var"], final["probe_norm.running_var"])
     assert json.loads((out / "metrics.json").read_text())["num_videos"] == 4
 
 

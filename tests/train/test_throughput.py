@@ -18,7 +18,7 @@ def test_tflops_is_six_flops_per_mac_per_sample_and_no_mfu_on_cpu():
 
 def test_finetune_counter_is_six_flops_per_classifier_mac_and_two_for_a_probe():
     from motionmae_ds.config import load_finetune_config
-    from motionmae_ds.models.flops import classifier_macs
+    from motionmae_ds.models.flops import attentive_probe_step_macs, classifier_macs
     from motionmae_ds.train.throughput import FlopCounter
 
     cfg = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7"])
@@ -29,6 +29,16 @@ def test_finetune_counter_is_six_flops_per_classifier_mac_and_two_for_a_probe():
     probe = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7",
                                         "finetune.linear_probe=true"])
     assert FlopCounter.finetuning(probe).flops_per_sample == 2 * macs
+    # the attentive probe: the frozen encoder forward, the pooler and head forward and backward
+    # (models/flops.py's count, checked against torch's counter in tests/models/test_flops.py)
+    attentive = load_finetune_config(None, ["model.num_frames=8", "model.img_size=64", "model.num_classes=7",
+                                            "finetune.probe=attentive", "finetune.probe_queries=2",
+                                            "finetune.probe_random_init=true", "finetune.init=none"])
+    step = attentive_probe_step_macs(num_queries=2, name=m.name, num_classes=7, num_frames=8, img_size=64,
+                                     patch_size=m.patch_size, tubelet_size=m.tubelet_size, embed_dim=m.embed_dim,
+                                     depth=m.depth, num_heads=m.num_heads)
+    assert FlopCounter.finetuning(attentive).flops_per_sample == 2 * step
+    assert 2 * macs < 2 * step < 6 * macs
 
 
 def test_decoder_masking_counts_the_decoded_tokens_only():
