@@ -10,7 +10,7 @@ from motionmae_ds.config import ConfigError
 from motionmae_ds.data.datasets import DataLoadError
 from motionmae_ds.data.synthetic import ensure_synthetic_dataset
 from motionmae_ds.runtime.errors import TooManyBadVideosError
-from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, train_in_process, wait_for
+from tests.helpers import ZERO2, assert_same_steps, kill9, read_log, run_killed_at, train_in_process
 from tests.helpers import run_pretrain as run
 from tests.helpers import start_pretrain as start
 
@@ -46,25 +46,18 @@ def test_two_ranks_draw_3_to_1_per_epoch_and_resume_exactly_after_kill9(tiny_con
     args = ["--config", cfg, "--deepspeed_config", ZERO2]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
 
-    # the uninterrupted run and the one to kill, started together (independent runs)
+    # the uninterrupted run in the background while the other one is killed with -9 at step 8: its last checkpoint
+    # is step 5's (mid-epoch, in epoch 1), steps 6 and 7 are logged past it
     ref = start(args + ["--output_dir", ref_dir], ranks=2, log_path=tmp_path / "ref.txt")
-    proc = start(args + ["--output_dir", cut_dir], ranks=2, log_path=tmp_path / "cut1.txt")
     try:
-        latest = cut_dir / "checkpoints" / "latest"
-        wait_for(lambda: latest.exists() and any(r["step"] >= 6 for r in read_log(cut_dir)), 300,
-                 "a checkpoint and steps past it", proc)
-        kill9(proc)
-        killed_at = max(r["step"] for r in read_log(cut_dir))
-        assert killed_at < 15, "the run finished before it could be killed"
-        resumed_tag = latest.read_text().strip()
-        resumed_step = int(resumed_tag.removeprefix("step"))
-        assert resumed_step in (5, 10) and resumed_step < killed_at  # mid-epoch: epoch 1 or 3
-
+        rows = run_killed_at("pretrain", 8, args + ["--output_dir", cut_dir], 2, tmp_path / "cut1.txt")
         assert ref.wait(timeout=300) == 0, (tmp_path / "ref.txt").read_text()[-3000:]
     finally:  # a failed wait leaves no run behind
-        for started in (proc, ref):
-            if started.poll() is None:
-                kill9(started)
+        if ref.poll() is None:
+            kill9(ref)
+    resumed_tag = (cut_dir / "checkpoints" / "latest").read_text().strip()
+    assert resumed_tag == "step00000005" and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    resumed_step = 5
     ref_out = (tmp_path / "ref.txt").read_text()
     assert "data.sources[0] big: 8 videos, weight 3: 9 samples per epoch" in ref_out
     assert "data.sources[1] small: 4 videos, weight 1: 3 samples per epoch" in ref_out
