@@ -8,6 +8,8 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .finishing import pack_items
+
 
 class DistributedSampler(Sampler[int]):
     """Shuffle with a generator seeded by (seed, epoch), pad to a multiple of the world size, stride.
@@ -75,9 +77,14 @@ class DistributedSampler(Sampler[int]):
 
 
 def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack ``video`` (B, ...) and ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    """``video``: the training items' frames and views packed into one ``finishing.PackedClips`` (or, for items
+    without views, stacked (B, ...)); ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    if "views" in batch[0]:
+        video: Any = pack_items([b["video"] for b in batch], [b["views"] for b in batch])
+    else:
+        video = torch.stack([b["video"] for b in batch])
     out: dict[str, Any] = {
-        "video": torch.stack([b["video"] for b in batch]),
+        "video": video,
         "label": torch.tensor([int(b["label"]) for b in batch], dtype=torch.long),
         "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
         "skipped": [s for b in batch for s in b.get("skipped", ())],
