@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .decode import VideoDecodeError, VideoReader, count_present_frames, read_frame_folder
+from .finishing import frame_size
 from .sampling import (
     SAMPLINGS,
     eval_indices,
@@ -133,16 +134,22 @@ class VideoClipDataset(Dataset):
         return template, start
 
     def _read(
-        self, record: Any, reader: VideoReader | None, clips: list[list[int]]
-    ) -> tuple[torch.Tensor, list[list[int]]]:
-        """Decode the union of the clips' frames once: (frames uint8 (U, H, W, 3), positions per clip)."""
+        self, record: Any, reader: VideoReader | None, clips: list[list[int]], yuv: bool = False
+    ) -> tuple[torch.Tensor, list[list[int]], str]:
+        """Decode the union of the clips' frames once: (frames, positions per clip, their format). Frames are uint8
+        (U, H, W, 3), "rgb"; with ``yuv`` and a backend that hands over 4:2:0 frames, (U, H * 3 / 2, W) I420 and the
+        colour matrix (converted on the device: ``finishing.finish_clips``)."""
         union = sorted({i for clip in clips for i in clip})
         where = {frame: pos for pos, frame in enumerate(union)}
         positions = [[where[i] for i in clip] for clip in clips]
         if reader is None:
             template, start = self._frame_source(record)
-            return read_frame_folder(record.path, union, template, start), positions
-        return reader.get([int(record.start) + i for i in union]), positions
+            return read_frame_folder(record.path, union, template, start), positions, "rgb"
+        wanted = [int(record.start) + i for i in union]
+        if yuv:
+            frames, fmt = reader.get_frames(wanted)
+            return frames, positions, fmt
+        return reader.get(wanted), positions, "rgb"
 
     def _num_frames(self, record: Any, reader: VideoReader | None) -> int:
         if record.num_frames is not None and int(record.num_frames) > 0:
@@ -167,28 +174,31 @@ class VideoClipDataset(Dataset):
         if self.mode == "pretrain":  # repeated temporal sampling: R clips, the union decoded in one pass
             clips = repeated_train_indices(self.sampling, n, self.num_frames, self.sampling_rate, self.num_repeats,
                                            generator)
-            frames, positions = self._read(record, reader, clips)
-            height, width = frames.shape[1:3]
-            return {"video": frames, "views": [self.transform.view(height, width, pos, generator) for pos in positions]}
+            frames, positions, fmt = self._read(record, reader, clips, yuv=True)
+            height, width = frame_size(frames, fmt)
+            return {"video": frames, "frame_format": fmt,
+                    "views": [self.transform.view(height, width, pos, generator) for pos in positions]}
         if self.mode == "train":
             clip = train_indices(self.sampling, n, self.num_frames, self.sampling_rate, generator)
-            frames, positions = self._read(record, reader, [clip])
             if self.transform.rand_aug is None:  # R views of the one clip's frames, finished on the device
-                height, width = frames.shape[1:3]
-                return {"video": frames, "views": [self.transform.view(height, width, positions[0], generator)
-                                                   for _ in range(self.num_repeats)]}
+                frames, positions, fmt = self._read(record, reader, [clip], yuv=True)
+                height, width = frame_size(frames, fmt)
+                return {"video": frames, "frame_format": fmt,
+                        "views": [self.transform.view(height, width, positions[0], generator)
+                                  for _ in range(self.num_repeats)]}
+            frames, positions, _ = self._read(record, reader, [clip])
             frames = frames[positions[0]]  # in clip order, repeated frames (short videos) included
             done, views, t = [], [], len(positions[0])
             for k in range(self.num_repeats):
                 done.append(self.transform(frames, generator)[0])
                 views.append(self.transform.erase_view(range(k * t, (k + 1) * t), generator))
-            return {"video": torch.cat(done), "views": views}
+            return {"video": torch.cat(done), "frame_format": "rgb", "views": views}
         if self.mode == "val":
             clip = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, 1)[0]
-            frames, positions = self._read(record, reader, [clip])
+            frames, positions, _ = self._read(record, reader, [clip])
             return {"video": self.transform(frames[positions[0]])}
         clips = eval_indices(self.sampling, n, self.num_frames, self.sampling_rate, self.test_clips)
-        frames, positions = self._read(record, reader, clips)
+        frames, positions, _ = self._read(record, reader, clips)
         resized = resize_short_side(frames, self.short_side_size)
         s = self.input_size
         offsets = spatial_crop_offsets(resized.shape[-2], resized.shape[-1], s, self.test_crops)

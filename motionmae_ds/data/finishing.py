@@ -1,8 +1,9 @@
 """The clip's last steps, on the device of the step: workers decode and cut, the accelerator finishes.
 
 A training item leaves its worker as uint8 frames plus, per clip (view), what to do with them: the frames'
-positions, the crop box, the flip and the random-erasing box (``View``). ``collate_clips`` packs a batch into one
-flat uint8 buffer (``PackedClips``: one pinned host-to-device copy per step); ``finish_clips`` then, on the device
+positions, the crop box, the flip and the random-erasing box (``View``). The decoders write the frames straight into
+shared memory inside a worker (``decode.common.frame_buffer``), and ``collate_clips`` packs a batch without copying
+them (``PackedClips``: one pinned, non-blocking host-to-device copy per item); ``finish_clips`` then, on the device
 and for every clip, picks its frames, crops the box, resizes it to S x S (bilinear with antialiasing, in float),
 flips, and for the whole batch converts and normalises, then erases. Validation and test items are uint8 at their
 final size, ``(3, T, S, S)`` / ``(V, 3, T, S, S)``; ``finish_clips`` only converts and normalises them.
@@ -37,15 +38,26 @@ class View:
     erase: tuple[int, int, int, int, int] | None = None
 
 
+# Limited-range YUV -> RGB, by matrix: (Kr, Kb) of BT.601 and BT.709 (decode.pyav.YUV_MATRICES names them)
+_KR_KB = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+FORMATS = ("rgb", *_KR_KB)
+
+
+def frame_size(frames: torch.Tensor, fmt: str) -> tuple[int, int]:
+    """(H, W) of an item's frames: (U, H, W, 3) "rgb", or (U, H * 3 / 2, W) I420 (any matrix of ``_KR_KB``)."""
+    if fmt == "rgb":
+        return int(frames.shape[1]), int(frames.shape[2])
+    return int(frames.shape[1]) * 2 // 3, int(frames.shape[2])
+
+
 class PackedClips:
-    """A training batch of uint8 frames in one flat buffer; ``len`` is the number of items (videos).
+    """A training batch: ``frames[i]`` is item i's uint8 frames in ``formats[i]`` (``frame_size``), ``views[i]`` its
+    clips; ``len`` is the number of items (videos). DataLoader's pin_memory calls ``pin_memory()``; the step
+    ``to(device, non_blocking=True)``."""
 
-    ``shapes[i]`` is item i's frame tensor shape (U, H, W, 3) at ``offsets[i]`` in ``frames``; ``views[i]`` its
-    clips. DataLoader's pin_memory calls ``pin_memory()``; the step calls ``to(device, non_blocking=True)``."""
-
-    def __init__(self, frames: torch.Tensor, offsets: list[int], shapes: list[tuple[int, ...]],
-                 views: list[list[View]]) -> None:
-        self.frames, self.offsets, self.shapes, self.views = frames, offsets, shapes, views
+    def __init__(self, frames: list[torch.Tensor], views: list[list[View]], formats: list[str] | None = None) -> None:
+        self.frames, self.views = frames, views
+        self.formats = formats if formats is not None else ["rgb"] * len(frames)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -59,43 +71,28 @@ class PackedClips:
         return len(self.views[0])
 
     def pin_memory(self, device: Any = None) -> "PackedClips":
-        return PackedClips(self.frames.pin_memory(), self.offsets, self.shapes, self.views)
+        return PackedClips([f.pin_memory() for f in self.frames], self.views, self.formats)
 
     def is_pinned(self) -> bool:
-        return self.frames.is_pinned()
+        return all(f.is_pinned() for f in self.frames)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "PackedClips":
-        return PackedClips(self.frames.to(device, non_blocking=non_blocking), self.offsets, self.shapes, self.views)
-
-    def item_frames(self, i: int) -> torch.Tensor:
-        """Item i's frames, uint8 (U, H, W, 3), a view of the buffer."""
-        n = 1
-        for s in self.shapes[i]:
-            n *= s
-        return self.frames[self.offsets[i]:self.offsets[i] + n].view(self.shapes[i])
+        return PackedClips([f.to(device, non_blocking=non_blocking) for f in self.frames], self.views, self.formats)
 
 
-def _shared_empty(numel: int, like: torch.Tensor) -> torch.Tensor:
-    """An empty tensor for the batch; in a DataLoader worker in shared memory, as default_collate does, so that
-    sending it to the main process copies nothing."""
-    if torch.utils.data.get_worker_info() is not None:
-        storage = like.untyped_storage()._new_shared(numel * like.element_size())
-        return like.new(storage).view(-1)[:numel]
-    return like.new_empty(numel)
-
-
-def pack_items(frames: Sequence[torch.Tensor], views: Sequence[Sequence[View]]) -> PackedClips:
-    """One ``PackedClips`` from the items' frames (uint8 (U, H, W, 3) each) and views."""
+def pack_items(frames: Sequence[torch.Tensor], views: Sequence[Sequence[View]],
+               formats: Sequence[str] | None = None) -> PackedClips:
+    """One ``PackedClips`` from the items' frames, views and frame formats (default "rgb"); nothing is copied."""
+    formats = list(formats) if formats is not None else ["rgb"] * len(frames)
     if len({len(v) for v in views}) > 1:
         raise ValueError("every item of a batch must hold the same number of clips")
-    sizes = [f.numel() for f in frames]
-    out = _shared_empty(sum(sizes), frames[0])
-    offsets, at = [], 0
-    for f, n in zip(frames, sizes):
-        out[at:at + n].copy_(f.reshape(-1))
-        offsets.append(at)
-        at += n
-    return PackedClips(out, offsets, [tuple(f.shape) for f in frames], [list(v) for v in views])
+    for f, fmt in zip(frames, formats):
+        if fmt not in FORMATS:
+            raise ValueError(f"frame format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if f.dtype != torch.uint8 or (fmt == "rgb" and (f.dim() != 4 or f.shape[-1] != 3)) or (
+                fmt != "rgb" and (f.dim() != 3 or f.shape[1] % 3 or f.shape[2] % 2)):
+            raise ValueError(f"{fmt} item frames of the wrong type or shape: {f.dtype} {tuple(f.shape)}")
+    return PackedClips(list(frames), [list(v) for v in views], formats)
 
 
 @functools.lru_cache(maxsize=16)
@@ -124,6 +121,33 @@ def _select(frames: torch.Tensor, positions: tuple[int, ...]) -> torch.Tensor:
     return torch.stack([frames[p] for p in positions])
 
 
+def yuv_to_rgb(frames: torch.Tensor, positions: tuple[int, ...], box: Box, matrix: str) -> torch.Tensor:
+    """float (T, 3, h, w) in [0, 255]: the ``box`` of the I420 frames at ``positions``, converted as swscale converts
+    4:2:0 at the same size (limited range, ``matrix``, each chroma sample for its 2 x 2 luma pixels, truncated)."""
+    height, width = frame_size(frames, matrix)
+    top, left, h, w = box
+    clip = _select(frames, positions).reshape(len(positions), -1)
+    luma = clip[:, : height * width].view(-1, height, width)[:, top:top + h, left:left + w].float()
+    # the chroma rows and columns that cover the box, each repeated for its two luma rows and columns
+    r0, c0, r1, c1 = top // 2, left // 2, (top + h - 1) // 2 + 1, (left + w - 1) // 2 + 1
+    luma_size, quarter = height * width, (height // 2) * (width // 2)
+    chroma = []
+    for k in range(2):
+        start = luma_size + k * quarter
+        plane = clip[:, start:start + quarter].view(-1, height // 2, width // 2)
+        up = plane[:, r0:r1, c0:c1].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        chroma.append(up[:, top - 2 * r0: top - 2 * r0 + h, left - 2 * c0: left - 2 * c0 + w].float().sub_(128.0))
+    kr, kb = _KR_KB[matrix]
+    kg = 1.0 - kr - kb
+    y = luma.sub_(16.0).mul_(255.0 / 219.0)
+    cb, cr = chroma[0].mul_(255.0 / 224.0), chroma[1].mul_(255.0 / 224.0)
+    r = y + cr * (2.0 * (1.0 - kr))
+    g = y - cb * (2.0 * kb * (1.0 - kb) / kg) - cr * (2.0 * kr * (1.0 - kr) / kg)
+    b = y + cb * (2.0 * (1.0 - kb))
+    # swscale's tables truncate: floor matches its output to within its fixed-point error (docs/DATA.md)
+    return torch.stack((r, g, b), dim=1).floor_().clamp_(0.0, 255.0)
+
+
 def resize_clip(clip: torch.Tensor, size: int) -> torch.Tensor:
     """float (T, C, h, w) -> (T, C, size, size): bilinear with antialiasing (what PIL's BILINEAR does when it
     shrinks); unchanged when already that size."""
@@ -142,12 +166,14 @@ def finish_clips(video: Any, device: torch.device, size: int, mean: Sequence[flo
         return normalize_batch(video.to(device, non_blocking=True), mean, std)
     moved = video.to(device, non_blocking=True)
     clips, erases = [], []
-    for i, views in enumerate(moved.views):
-        frames = moved.item_frames(i)
+    for frames, views, fmt in zip(moved.frames, moved.views, moved.formats):
         for view in views:
             top, left, h, w = view.box
-            clip = _select(frames, view.positions)[:, top:top + h, left:left + w]
-            clip = resize_clip(clip.permute(0, 3, 1, 2).float(), size)
+            if fmt == "rgb":
+                clip = _select(frames, view.positions)[:, top:top + h, left:left + w].permute(0, 3, 1, 2).float()
+            else:
+                clip = yuv_to_rgb(frames, view.positions, view.box, fmt)
+            clip = resize_clip(clip, size)
             clips.append((clip.flip(-1) if view.flip else clip).transpose(0, 1))  # (3, T, S, S)
             erases.append(view.erase)
     out = normalize_batch(torch.stack(clips), mean, std)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from motionmae_ds.data.finishing import finish_clips
+from motionmae_ds.data.finishing import finish_clips, frame_size, yuv_to_rgb
 from motionmae_ds.data.loader import collate_clips
 from motionmae_ds.data.transforms import as_tchw, hflip, normalize, resized_crop, sample_resized_crop_box
 from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
@@ -13,6 +13,10 @@ CPU = torch.device("cpu")
 # The device resizes in float and does not round to uint8 before normalising; the worker path resized in uint8
 # (torch's fixed-point antialiased kernel) and rounded: within 1.5 levels of 255 (docs/DATA.md).
 PIXEL_BOUND = 1.5
+# 4:2:0 frames converted to RGB on the device against swscale's conversion (its fixed-point tables): 2 levels, and
+# a finished clip made from them (conversion, then the resize's rounding) 3
+RGB_BOUND = 2.0
+YUV_PIXEL_BOUND = 3.0
 
 
 def old_train_clip(frames: torch.Tensor, generator: torch.Generator, size: int, scale=(0.5, 1.0),
@@ -31,6 +35,26 @@ def finished(item: dict, size: int) -> torch.Tensor:
     return finish_clips(collate_clips([item])["video"], CPU, size, IMAGENET_MEAN, IMAGENET_STD)
 
 
+def item_rgb(item: dict, positions) -> torch.Tensor:
+    """float (T, H, W, 3): the item's frames at ``positions`` in RGB, converted as the device converts them."""
+    fmt, frames = item.get("frame_format", "rgb"), item["video"]
+    if fmt == "rgb":
+        return frames[list(positions)].double()
+    height, width = frame_size(frames, fmt)
+    return yuv_to_rgb(frames, tuple(positions), (0, 0, height, width), fmt).permute(0, 2, 3, 1).double()
+
+
+def assert_same_frames(item: dict, positions, ref) -> None:
+    """The item's frames are the reference decode's frames: equal in RGB, or within the conversion's rounding
+    (``RGB_BOUND``) when they travel as 4:2:0."""
+    got, want = item_rgb(item, positions), torch.from_numpy(ref).double()
+    if item.get("frame_format", "rgb") == "rgb":
+        assert torch.equal(got, want)
+    else:
+        err = float((got - want).abs().max())
+        assert err <= RGB_BOUND, f"converted frames {err:.2f} levels from swscale's (bound {RGB_BOUND})"
+
+
 def pixels(x: torch.Tensor) -> torch.Tensor:
     """Normalised (..., 3, T, H, W) back to pixel levels 0..255 (float64)."""
     shape = (3, 1, 1, 1)
@@ -45,6 +69,8 @@ def pixel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((pixels(a) - pixels(b)).abs().max())
 
 
-def assert_same_clip(new: torch.Tensor, old: torch.Tensor) -> None:
+def assert_same_clip(new: torch.Tensor, old: torch.Tensor, item: dict | None = None) -> None:
+    """``new`` (finished from ``item``) is ``old`` within the bound of the item's frame format."""
+    bound = PIXEL_BOUND if item is None or item.get("frame_format", "rgb") == "rgb" else YUV_PIXEL_BOUND
     err = pixel_error(new, old)
-    assert err <= PIXEL_BOUND, f"{err:.3f} pixel levels apart (bound {PIXEL_BOUND})"
+    assert err <= bound, f"{err:.3f} pixel levels apart (bound {bound})"

@@ -13,7 +13,7 @@ from motionmae_ds.data.loader import collate_clips
 from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
 from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
-from clip_reference import assert_same_clip, finished, old_train_clip  # isort: skip
+from clip_reference import assert_same_clip, assert_same_frames, finished, old_train_clip  # isort: skip
 
 ACCURACY_VIDEOS = ("h264", "vp9", "avi_bframes", "mpeg_ps", "vfr", "gray", "short10")
 
@@ -59,8 +59,8 @@ def test_pretrain_clip_decodes_the_sampled_frames(name, good_videos, reference):
         idx = train_clip_indices(len(ref), 8, 4, gen)
         item = ds[i]
         # the worker ships exactly the sampled frames, uncropped; the device finishes them like the old path
-        assert torch.equal(item["video"][list(item["views"][0].positions)], torch.from_numpy(ref[idx]))
-        assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32))
+        assert_same_frames(item, item["views"][0].positions, ref[idx])
+        assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32), item)
 
 
 def test_videomae_v2_start_offset(good_videos, reference):
@@ -114,8 +114,8 @@ def test_determinism_and_epochs(good_videos, tmp_path):
     main = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips)]
     workers = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips, num_workers=2)]
     assert len(main) == 2 and all(isinstance(x, PackedClips) for x in main + workers)
-    assert all(torch.equal(x.frames, y.frames) and x.views == y.views and x.shapes == y.shapes
-               for x, y in zip(main, workers))
+    assert all(len(x.frames) == len(y.frames) == 2 and x.views == y.views for x, y in zip(main, workers))
+    assert all(torch.equal(a, b) for x, y in zip(main, workers) for a, b in zip(x.frames, y.frames))
 
 
 @pytest.mark.parametrize("name,backend", [("h264", "pyav"), ("avi_bframes", "pyav"), ("vfr", "pyav"),
@@ -137,14 +137,14 @@ def test_pretrain_repeats_are_clips_with_their_own_starts_each_frame_exact(name,
         # the union of the clips' frames travels once, each frame exact
         assert item["video"].shape[0] == len({f for clip in clips for f in clip})
         for r, clip in enumerate(clips):
-            assert torch.equal(item["video"][list(item["views"][r].positions)], torch.from_numpy(ref[clip]))
-            assert_same_clip(video[r], old_train_clip(torch.from_numpy(ref[clip]), gen, 32))
+            assert_same_frames(item, item["views"][r].positions, ref[clip])
+            assert_same_clip(video[r], old_train_clip(torch.from_numpy(ref[clip]), gen, 32), item)
     # repeats=1 draws exactly the single clip of the plain pretraining item
     one = VideoClipDataset([_rec(good_videos[name])], mode="pretrain", num_frames=4, sampling_rate=3,
                            input_size=32, seed=7, backend=backend)
     gen = make_generator(7, 0, 0, 0)
     idx = train_clip_indices(len(ref), 4, 3, gen)
-    assert_same_clip(finished(one[0], 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32))
+    assert_same_clip(finished(one[0], 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32), one[0])
 
 
 @pytest.mark.parametrize("name", ["h264", "avi_bframes", "mpeg_ps", "vfr"])
@@ -163,7 +163,8 @@ def test_pretrain_repeats_decode_every_frame_once_in_one_pass(name, good_videos,
             counter = reader.counter
         del gen_copy
         assert max(counter.decoded.values()) == 1, "a frame went through the decoder twice"
-        assert counter.converted == len(union), "frames converted to RGB != the union of the clips"
+        # 4:2:0 frames travel as they are: the worker converts none to RGB (the device does, only the boxes)
+        assert counter.converted == 0, "the worker converted frames to RGB"
         if name in ("avi_bframes", "mpeg_ps"):  # forward decode: exactly the frames up to the last wanted one
             assert sorted(counter.decoded) == list(range(max(union) + 1))
         else:  # seeking: never more than the file, never a GOP twice

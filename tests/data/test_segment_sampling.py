@@ -18,7 +18,7 @@ from motionmae_ds.data.sampling import (
 )
 from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
-from clip_reference import assert_same_clip, finished, old_train_clip  # isort: skip
+from clip_reference import assert_same_clip, assert_same_frames, finished, old_train_clip  # isort: skip
 
 # Hand-computed with T = 16 segments of n / 16 frames: starts floor(k n / 16), centres floor((k + 1/2) n / 16).
 HAND = {
@@ -125,8 +125,8 @@ def test_dataset_decodes_the_segment_frames(name, good_videos, reference):
     gen = make_generator(3, 1, 0, 0)
     idx = segment_train_indices(n, t, gen)
     item = train[0]
-    assert torch.equal(item["video"][list(item["views"][0].positions)], torch.from_numpy(ref[idx]))
-    assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32, flip=False))
+    assert_same_frames(item, item["views"][0].positions, ref[idx])
+    assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32, flip=False), item)
 
 
 def test_pretraining_refuses_segment_sampling(good_videos):
