@@ -173,8 +173,9 @@ class DecodeOnly:
         record = self.records[i % len(self.records)]
         with VideoReader(record.path, self.backend) as reader:  # as the dataset: one open per item
             n = reader.num_frames
-            # the dataset's draws for (seed 0, epoch 0, item i, attempt 0): the same clips, so the same frames
-            clips = repeated_train_indices("dense", n, NUM_FRAMES, STRIDE, self.num_repeats, make_generator(0, 0, i, 0))
+            # the dataset's draws for its item i (seed 0, epoch 0, attempt 0): the same clips, so the same frames
+            draw = make_generator(0, 0, i % len(self.records), 0)
+            clips = repeated_train_indices("dense", n, NUM_FRAMES, STRIDE, self.num_repeats, draw)
             reader.decode_only(sorted({f for clip in clips for f in clip}))
         return self.num_repeats
 
@@ -237,7 +238,8 @@ def bench_matrix(args) -> list[dict]:
         original = [str(make_bench_video(out / f"bench_{width}x{height}_{k}.mp4", width, height, args.frames, k))
                     for k in range(args.videos)]
         for source, paths in (("original", original), ("reencoded", reencoded(original))):
-            records = [VideoRecord(p, 0, 0, None, False) for p in paths]
+            # the files listed many times over: item i is then a fresh draw (its own random clips) for every i timed
+            records = [VideoRecord(p, 0, 0, None, False) for p in paths] * 500
             cases, items, keys = {}, {}, {}
             for r in (1, 4):
                 for case, fn in (("ours", Ours(records, r)), ("decode_only", DecodeOnly(records, r))):

@@ -11,9 +11,10 @@ final size, ``(3, T, S, S)`` / ``(V, 3, T, S, S)``; ``finish_clips`` only conver
 Mean and std are arguments (the config's ``data.mean`` / ``data.std``); their tensors are made once per device
 (``_stats``), so the step copies nothing from the host but the batch itself.
 
-Pixels differ from the pre-#33 worker path (uint8 resize on the CPU, rounded, then normalised) only by that
-rounding and the float kernel: at most 1/255 per pixel before normalisation (docs/DATA.md has the measured
-numbers; tests/data/test_finishing.py holds the bound).
+Pixels differ from the pre-#33 worker path (swscale's RGB frames, uint8 resize on the CPU, rounded, normalised) by
+the resize's rounding (RGB frames: within 1.5 levels of 255) and, for 4:2:0 frames, by the conversion (device vs
+swscale: within 2 levels; a finished clip within 3.5); docs/DATA.md has the numbers measured on real clips
+(``bench/finishing_error.py``), tests/data/clip_reference.py the bounds the tests hold.
 """
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ def finish_clips(video: Any, device: torch.device, size: int, mean: Sequence[flo
     for frames, views, fmt in zip(moved.frames, moved.views, moved.formats):
         for view in views:
             top, left, h, w = view.box
+            if (fmt == "rgb") != (frames.dim() == 4):
+                raise ValueError(f"{fmt} frames of shape {tuple(frames.shape)} (formats {moved.formats})")
             if fmt == "rgb":
                 clip = _select(frames, view.positions)[:, top:top + h, left:left + w].permute(0, 3, 1, 2).float()
             else:

@@ -14,9 +14,9 @@ CPU = torch.device("cpu")
 # (torch's fixed-point antialiased kernel) and rounded: within 1.5 levels of 255 (docs/DATA.md).
 PIXEL_BOUND = 1.5
 # 4:2:0 frames converted to RGB on the device against swscale's conversion (its fixed-point tables): 2 levels, and
-# a finished clip made from them (conversion, then the resize's rounding) 3
+# a finished clip made from them (conversion, then the resize's rounding) 3.5
 RGB_BOUND = 2.0
-YUV_PIXEL_BOUND = 3.0
+YUV_PIXEL_BOUND = 3.5
 
 
 def old_train_clip(frames: torch.Tensor, generator: torch.Generator, size: int, scale=(0.5, 1.0),
