@@ -28,9 +28,12 @@ def bench_video(dry: bool, out_dir: Path) -> str:
 def nvdec_case(path: str, dry: bool) -> dict[str, Any]:
     """Decode clips of 16 frames at stride 4 with torchcodec on CUDA and on the CPU; their difference and the
     decode rates."""
-    from torchcodec.decoders import VideoDecoder
-
     from motionmae_ds.data.decode import VideoReader
+    from motionmae_ds.data.decode import torchcodec as torchcodec_backend
+
+    if not torchcodec_backend.available():  # a finding, not a failure: the machine lacks torchcodec's FFmpeg
+        return {"skipped": "torchcodec cannot load here: " + torchcodec_backend._load()[1][:200]}
+    from torchcodec.decoders import VideoDecoder
 
     cuda = torch.cuda.is_available()
     cpu_dec = VideoDecoder(path, device="cpu", seek_mode="exact", num_ffmpeg_threads=1, dimension_order="NHWC")
