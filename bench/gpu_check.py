@@ -16,9 +16,8 @@ What it records:
   ``VideoMAEForPreTraining``
   at the same batch through the same engine: step time, clips/s, achieved TFLOP/s (the model's analytic FLOPs),
   MFU, peak device memory above what was held before the case (the previous case's engine is destroyed first);
-- the training data loader's clips/s with N workers (pinned memory on CUDA) on the embedded synthetic MP4 set,
-  beside the step rates; NVDEC (torchcodec on CUDA) against the CPU decode of the same clips, and the device's
-  finishing of a batch (bench/gpu_data.py).
+- the training loader's clips/s with N workers (pinned on CUDA) on the synthetic MP4 set, beside the step rates;
+  NVDEC (torchcodec on CUDA) against the CPU decode of the same clips, the device finishing a batch (gpu_data.py).
 Each case is caught on its own: a failure (an OOM, a missing wheel) is written into its row, the rest still runs.
 The dry mode runs the same functions on a tiny model, a tiny set and the CPU, so that CI keeps this script working.
 """
