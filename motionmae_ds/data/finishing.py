@@ -136,7 +136,9 @@ def yuv_to_rgb(frames: torch.Tensor, positions: tuple[int, ...], box: Box, matri
     for k in range(2):
         start = luma_size + k * quarter
         plane = clip[:, start:start + quarter].view(-1, height // 2, width // 2)
-        up = plane[:, r0:r1, c0:c1].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        part = plane[:, r0:r1, c0:c1]  # each sample twice along rows and columns (expand: no device-side size)
+        n, ph, pw = part.shape
+        up = part[:, :, None, :, None].expand(n, ph, 2, pw, 2).reshape(n, 2 * ph, 2 * pw)
         chroma.append(up[:, top - 2 * r0: top - 2 * r0 + h, left - 2 * c0: left - 2 * c0 + w].float().sub_(128.0))
     kr, kb = _KR_KB[matrix]
     kg = 1.0 - kr - kb
