@@ -1,33 +1,37 @@
-"""Clips/s of one data worker for the pretraining pipeline: ours vs a VideoMAE-style baseline, same run.
+"""Clips/s of one data worker: ours, the decoder's own limit, and a VideoMAE-style loader, in one run.
 
-    python bench/data_throughput.py [--repeats 5] [--clips 12] [--frames 300] [--out /tmp/bench_videos]
+    python bench/data_throughput.py [--repeats 5] [--clips 8] [--clock cpu] [--json PATH]
+    python bench/data_throughput.py --list FILE [--root DIR] [--sample 16] [--target 900]
 
-Both pipelines take 16 frames at stride 4 from a random start, crop at a random scale, resize to 224x224,
-flip half the clips and normalise to float (3, 16, 224, 224), in this process (a DataLoader worker runs
-exactly this code), on H.264 MP4 files made here at 320x240 and 640x360 (x264 defaults: keyint 250,
-B-frames). Clip indices come from the same sampler with the same seeds, so both decode the same frames.
-- ours: ``VideoClipDataset(mode="pretrain")[i]`` - decode.py (decord for MP4, batch of wanted frames),
-  one uint8 crop + resize over all frames, flip and normalise on the tensor.
-- baseline, the way VideoMAE's pretraining loader works: ``decord.VideoReader(num_threads=1)``,
-  ``get_batch(...).asnumpy()``, a PIL image per frame, multi-scale crop with scales (1, .875, .75, .66) of
-  the shorter side and 13 fixed positions, PIL bilinear resize per frame, stack, to float, per-frame
-  normalise.
-The mask generator (if ``motionmae_ds.models.build_mask_generator`` exists) is called once per clip in
-both, as the data loader would. Timings alternate ours/baseline per repeat; the table shows medians.
-A second row per resolution times the transforms alone on the same already-decoded frames.
-Repeated temporal sampling (third table): ours with ``num_repeats`` 1 and 4 (4 clips with their own starts from
-one opened video, the union of their frames decoded once) and decode_backend auto / torchcodec, against the
-baseline timed in the same rounds; clips/s counts clips (an R=4 item is 4 clips).
-Data at scale (second table, ours in both columns): the files re-encoded by ``prepare_data.py --reencode``
-(short side 320, keyint 16, x264 tune fastdecode) against the original files, and the original files packed into
-a WebDataset shard (``make_shards``; bytes read by range, decoded in memory) against the same files from disk.
+Every case takes 16 frames at stride 4 from random starts (the dataset's sampler and seeds, so all cases decode
+the same frames), in this process with one thread (a DataLoader worker runs exactly this code), on H.264 MP4 files
+made here at 320x240 and 640x360 (x264 defaults: keyint 250, B-frames) and on the same files re-encoded by
+``prepare_data.py --reencode`` (short side 320, keyint 16, tune fastdecode):
+- ours: what a worker does per item since #33: ``VideoClipDataset(mode="pretrain")[i]`` (open, seek, decode the
+  union of the R clips' frames once, convert to RGB, draw boxes and flips) and ``collate_clips`` (the frames into
+  the batch's shared buffer). Cropping, resizing, flipping and normalising run on the step's device
+  (``data/finishing.py``), not here.
+- decode_only: the same backend opening the same file and decoding the same frames with the same seeks, and
+  nothing else (``VideoReader.decode_only``: no RGB conversion, no copy): the limit for that decoder.
+- videomae_style: the way VideoMAE's pretraining loader works: ``decord.VideoReader(num_threads=1)``,
+  ``get_batch(...).asnumpy()``, a PIL image per frame, multi-scale crop (scales 1, .875, .75, .66 of the shorter
+  side, 13 fixed positions), PIL bilinear resize per frame, flip, stack, to float, per-frame normalise, and the
+  tube mask drawn in the worker. One clip per item (num_repeats 1).
+clips/s counts clips (an item with num_repeats=4 is 4 clips); the cases of one video and source are timed back to
+back in each repeat, order rotating; medians. ``--json PATH`` writes ``{"results": [{"video", "source",
+"num_repeats", "case", "clips_per_s"}, ...]}``.
+
+``--list FILE`` times ours on a sample of your own videos (a list file as training reads it) and prints clips/s
+per core and the workers per GPU a ``--target`` of clips/s per GPU needs (README: "Sizing the loader").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import shutil
+import random
 import statistics
 import time
 from fractions import Fraction
@@ -38,9 +42,10 @@ import torch
 from common import machine
 
 from motionmae_ds.data.datasets import VideoClipDataset
-from motionmae_ds.data.lists import VideoRecord
-from motionmae_ds.data.sampling import make_generator, train_clip_indices
-from motionmae_ds.data.transforms import TrainTransform
+from motionmae_ds.data.decode import VideoReader
+from motionmae_ds.data.lists import VideoRecord, read_list
+from motionmae_ds.data.loader import collate_clips
+from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
 from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
 NUM_FRAMES, STRIDE, SIZE = 16, 4, 224
@@ -133,159 +138,190 @@ class VideoMAEStyleBaseline:
 
 
 def _mask_fn():
-    try:
-        from motionmae_ds.models import build_mask_generator
-    except ImportError:
-        return lambda: None
+    from motionmae_ds.models import build_mask_generator
+
     gen = build_mask_generator(kind="tube", grid=(NUM_FRAMES // 2, SIZE // 16, SIZE // 16), ratio=0.9)
     return lambda: gen(1)
 
 
 # --clock cpu: this process's CPU time (all its threads) instead of wall time, for a machine shared with other jobs
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def _rate(fn, start: int, clips: int, mask) -> float:
-    t0 = _clock()
-    for i in range(start, start + clips):
-        out = fn(i)
-        mask()
-        assert out.shape == (3, NUM_FRAMES, SIZE, SIZE), out.shape
-    return clips / (_clock() - t0)
-
-
 _clock = CLOCK["wall"]
 
 
-def _paired(cases: list, clips: int, repeats: int, mask) -> list[float]:
-    """Median clips/s of each case, the cases timed back to back in each repeat (order rotating)."""
-    rates = [[] for _ in cases]
+class Ours:
+    """A worker's part of one item: the dataset's item and its collation into the batch buffer; returns clips."""
+
+    def __init__(self, records: list, num_repeats: int, backend: str = "auto", num_frames: int = NUM_FRAMES,
+                 sampling_rate: int = STRIDE) -> None:
+        self.ds = VideoClipDataset(records, mode="pretrain", num_frames=num_frames, sampling_rate=sampling_rate,
+                                   input_size=SIZE, flip=True, num_repeats=num_repeats, backend=backend)
+
+    def __call__(self, i: int) -> int:
+        batch = collate_clips([self.ds[i % len(self.ds)]])
+        assert batch["video"].frames[0].dtype == torch.uint8
+        return batch["video"].num_clips
+
+
+class DecodeOnly:
+    """The same backend decoding the same frames of the same file with the same seeks, and nothing else."""
+
+    def __init__(self, records: list, num_repeats: int, backend: str = "auto") -> None:
+        self.records, self.num_repeats, self.backend = records, num_repeats, backend
+
+    def __call__(self, i: int) -> int:
+        record = self.records[i % len(self.records)]
+        with VideoReader(record.path, self.backend) as reader:  # as the dataset: one open per item
+            n = reader.num_frames
+            # the dataset's draws for its item i (seed 0, epoch 0, attempt 0): the same clips, so the same frames
+            draw = make_generator(0, 0, i % len(self.records), 0)
+            clips = repeated_train_indices("dense", n, NUM_FRAMES, STRIDE, self.num_repeats, draw)
+            reader.decode_only(sorted({f for clip in clips for f in clip}))
+        return self.num_repeats
+
+
+class VideoMAEStyle:
+    def __init__(self, paths: list[str]) -> None:
+        self.base, self.mask = VideoMAEStyleBaseline(paths), _mask_fn()
+
+    def __call__(self, i: int) -> int:
+        out = self.base(i)
+        self.mask()
+        assert out.shape == (3, NUM_FRAMES, SIZE, SIZE), out.shape
+        return 1
+
+
+def as_worker() -> None:
+    """Run as a DataLoader worker does: the decoders then write frames into shared memory (what a worker sends
+    to the main process without copying; ``decode.common.frame_buffer``), and that allocation is timed too."""
+    from torch.utils.data._utils import worker
+
+    worker._worker_info = worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=None)
+
+
+def _rate(fn, start: int, items: int) -> float:
+    t0, clips = _clock(), 0
+    for i in range(start, start + items):
+        clips += fn(i)
+    return clips / (_clock() - t0)
+
+
+def timed(cases: dict, items: dict, repeats: int) -> dict:
+    """Median clips/s of each case; all cases timed back to back in each repeat, the order rotating."""
+    names = list(cases)
+    for name in names:
+        _rate(cases[name], 0, 1)  # warm-up: imports, page cache
+    rates: dict = {name: [] for name in names}
     for r in range(repeats):
-        order = list(range(len(cases)))
-        order = order[r % len(cases):] + order[:r % len(cases)]
-        for k in order:
-            rates[k].append(_rate(cases[k], 1000 * (r + 1), clips, mask))
-    return [statistics.median(x) for x in rates]
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            rates[name].append(_rate(cases[name], 1000 * (r + 1), items[name]))
+    return {name: statistics.median(v) for name, v in rates.items()}
 
 
-def scale_rows(name: str, paths: list[str], out: Path, args, mask) -> list[tuple]:
-    """(video, case, clips/s, reference clips/s, ratio) for the re-encoded files and the shard."""
+def reencoded(paths: list[str]) -> list[str]:
     from motionmae_ds.data.reencode import reencode_file
-    from motionmae_ds.data.shards import ShardClipDataset, build_index, write_shards
 
-    kw = dict(mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE, input_size=SIZE, flip=True)
-    small = []
+    out = []
     for p in paths:
         dst = str(Path(p).with_name(Path(p).stem + "_s320_k16.mp4"))
         if not os.path.exists(dst):
             reencode_file(p, dst, short_side=320, keyint=16)
-        small.append(dst)
-    shard_dir = out / f"shards_{name}"
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    shard = write_shards([(p, 0, 0) for p in paths], str(shard_dir))[0]
-    sets = [VideoClipDataset([VideoRecord(p, 0, 0, None, False) for p in paths], **kw),
-            VideoClipDataset([VideoRecord(p, 0, 0, None, False) for p in small], **kw),
-            ShardClipDataset(build_index(shard), **kw)]
-    cases = [lambda i, d=d: d[i % len(d)]["video"] for d in sets]
-    for fn in cases:
-        _rate(fn, 0, 2, mask)  # warm-up
-    disk, reencoded, sharded = _paired(cases, args.clips, args.repeats, mask)
-    return [(name, "re-encoded (short side 320, keyint 16) vs original files", reencoded, disk, reencoded / disk),
-            (name, "WebDataset shard vs the same files on disk", sharded, disk, sharded / disk)]
+        out.append(dst)
+    return out
 
 
-def _clips_rate(fn, start: int, items: int, mask) -> float:
-    """Clips/s of ``fn`` giving one clip (3, T, S, S) or R clips (R, 3, T, S, S) per item; one mask per clip."""
+def bench_matrix(args) -> list[dict]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for width, height in ((320, 240), (640, 360)):
+        original = [str(make_bench_video(out / f"bench_{width}x{height}_{k}.mp4", width, height, args.frames, k))
+                    for k in range(args.videos)]
+        for source, paths in (("original", original), ("reencoded", reencoded(original))):
+            # the files listed many times over: item i is then a fresh draw (its own random clips) for every i timed
+            records = [VideoRecord(p, 0, 0, None, False) for p in paths] * 500
+            cases, items, keys = {}, {}, {}
+            for r in (1, 4):
+                for case, fn in (("ours", Ours(records, r)), ("decode_only", DecodeOnly(records, r))):
+                    cases[(case, r)], items[(case, r)] = fn, max(1, args.clips // r)
+            cases[("videomae_style", 1)], items[("videomae_style", 1)] = VideoMAEStyle(paths), args.clips
+            keys = timed(cases, items, args.repeats)
+            for (case, r), rate in keys.items():
+                results.append({"video": f"{width}x{height}", "source": source, "num_repeats": r, "case": case,
+                                "clips_per_s": round(rate, 2)})
+                print(f"{width}x{height} {source:9s} R={r} {case:14s} {rate:7.1f} clips/s", flush=True)
+    return results
+
+
+def _lookup(results: list[dict], video: str, source: str, r: int, case: str) -> float:
+    return next(x["clips_per_s"] for x in results
+                if (x["video"], x["source"], x["num_repeats"], x["case"]) == (video, source, r, case))
+
+
+def print_matrix(results: list[dict], args) -> None:
+    print(f"\nmachine: {machine(1)}; one worker (1 thread), {args.repeats} repeats, median, {args.clock} clock")
+    print("| video | source | num_repeats | ours clips/s | decode_only clips/s | ours / decode_only "
+          "| videomae_style clips/s | ours / videomae_style |")
+    print("|---|---|---|---|---|---|---|---|")
+    for video in ("320x240", "640x360"):
+        for source in ("original", "reencoded"):
+            base = _lookup(results, video, source, 1, "videomae_style")
+            for r in (1, 4):
+                o, d = _lookup(results, video, source, r, "ours"), _lookup(results, video, source, r, "decode_only")
+                print(f"| {video} | {source} | {r} | {o:.1f} | {d:.1f} | {o / d:.2f} | {base:.1f} | {o / base:.2f}x |")
+
+
+def bench_list(args) -> None:
+    """clips/s per core of ours on a sample of the user's videos, and workers per GPU for ``--target``."""
+    records = read_list(args.list, root=args.root or "")
+    rng = random.Random(0)
+    sample = rng.sample(records, min(args.sample, len(records)))
+    ours = Ours(sample, args.num_repeats, args.backend, args.num_frames, args.sampling_rate)
+    for i in range(min(2, len(sample))):
+        ours(i)  # warm-up
     t0, clips = _clock(), 0
-    for i in range(start, start + items):
-        out = fn(i)
-        views = out if out.dim() == 5 else out[None]
-        assert tuple(views.shape[1:]) == (3, NUM_FRAMES, SIZE, SIZE), out.shape
-        for _ in range(len(views)):
-            mask()
-        clips += len(views)
-    return clips / (_clock() - t0)
-
-
-def repeat_rows(name: str, paths: list[str], base, args, mask) -> list[tuple]:
-    """(video, case, clips/s, VideoMAE-style clips/s, ratio): ours with num_repeats 1 and 4 (R clips per opened
-    video, their frames decoded once), with decode_backend auto, pyav and torchcodec, timed beside the baseline."""
-    from motionmae_ds.data.decode import torchcodec as torchcodec_backend
-
-    records = [VideoRecord(p, 0, 0, None, False) for p in paths]
-    cases, labels = [(base, args.clips)], []
-    variants = [("auto", 1), ("auto", 4), ("pyav", 1), ("pyav", 4)]
-    variants += [("torchcodec", 1), ("torchcodec", 4)] if torchcodec_backend.available() else []
-    for backend, repeats in variants:
-        ds = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
-                              input_size=SIZE, flip=True, num_repeats=repeats, backend=backend)
-        cases.append((lambda i, d=ds: d[i % len(d)]["video"], max(1, args.clips // repeats)))
-        labels.append(f"num_repeats={repeats}, decode_backend {backend}")
-    for case, _ in cases:
-        _clips_rate(case, 0, 1, mask)  # warm-up
-    rates: list[list[float]] = [[] for _ in cases]
-    for r in range(args.repeats):
-        for k in [(k + r) % len(cases) for k in range(len(cases))]:
-            rates[k].append(_clips_rate(cases[k][0], 1000 * (r + 1), cases[k][1], mask))
-    medians = [statistics.median(x) for x in rates]
-    return [(name, label, m, medians[0], m / medians[0]) for label, m in zip(labels, medians[1:])]
+    for _ in range(args.repeats):
+        for i in range(len(sample)):
+            clips += ours(i)
+    rate = clips / (_clock() - t0)
+    workers = math.ceil(args.target / rate)
+    print(f"machine: {machine(1)}; {len(sample)} of {len(records)} videos of {args.list}, {args.repeats} passes, "
+          f"{args.clock} clock")
+    print(f"clips (num_frames={args.num_frames}, sampling_rate={args.sampling_rate}, num_repeats={args.num_repeats}): "
+          f"{rate:.1f} clips/s per core (one worker)")
+    print(f"for {args.target:g} clips/s per GPU: {workers} workers per GPU "
+          f"(data.num_workers={workers}, {workers} CPU cores per GPU)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--clips", type=int, default=12, help="clips per timed run")
+    parser.add_argument("--clips", type=int, default=8, help="clips per timed run")
     parser.add_argument("--frames", type=int, default=300, help="frames per generated video (10 s at 30 fps)")
     parser.add_argument("--videos", type=int, default=2, help="videos per resolution")
     parser.add_argument("--out", default="/tmp/motionmae_bench_videos")
     parser.add_argument("--clock", choices=tuple(CLOCK), default="wall", help="cpu: process CPU time, not wall")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--list", default="", help="time ours on a sample of this list file's videos")
+    parser.add_argument("--root", default="", help="--list: the folder its relative paths start from")
+    parser.add_argument("--sample", type=int, default=16, help="--list: videos to sample")
+    parser.add_argument("--target", type=float, default=900.0, help="--list: clips/s one GPU trains")
+    parser.add_argument("--num_frames", type=int, default=NUM_FRAMES)
+    parser.add_argument("--sampling_rate", type=int, default=STRIDE)
+    parser.add_argument("--num_repeats", type=int, default=1)
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     global _clock
     _clock = CLOCK[args.clock]
     torch.set_num_threads(1)  # one DataLoader worker = one thread
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    mask = _mask_fn()
-    rows, at_scale, repeated = [], [], []
-    for width, height in ((320, 240), (640, 360)):
-        paths = [str(make_bench_video(out / f"bench_{width}x{height}_{k}.mp4", width, height, args.frames, k))
-                 for k in range(args.videos)]
-        records = [VideoRecord(p, 0, 0, None, False) for p in paths]
-        ours = VideoClipDataset(records, mode="pretrain", num_frames=NUM_FRAMES, sampling_rate=STRIDE,
-                                input_size=SIZE, flip=True)
-        base = VideoMAEStyleBaseline(paths)
-        ours_fn = lambda i, ours=ours: ours[i % len(ours)]["video"]  # noqa: E731
-        _rate(ours_fn, 0, 2, mask), _rate(base, 0, 2, mask)  # warm-up: imports, page cache
-        # Transforms alone, on the same decoded frames: the part of the pipeline that is ours to speed up.
-        decoded = [base.decode(i) for i in range(4)]
-        tf = TrainTransform(SIZE, scale=(0.5, 1.0), flip=True)
-        ours_tf = lambda i, tf=tf, decoded=decoded: tf(torch.from_numpy(decoded[i % 4]), make_generator(0, 0, i, 0))  # noqa: E731,E501
-        base_tf = lambda i, base=base, decoded=decoded: base.transform(decoded[i % 4], i)  # noqa: E731
-        for label, ours_case, base_case, clips in (("decode + transform", ours_fn, base, args.clips),
-                                                   ("transform only", ours_tf, base_tf, 4 * args.clips)):
-            ours_rates, base_rates = [], []
-            for r in range(args.repeats):
-                start = 1000 * (r + 1)
-                pair = [(ours_rates, ours_case), (base_rates, base_case)]
-                for rates, fn in pair if r % 2 == 0 else pair[::-1]:
-                    rates.append(_rate(fn, start, clips, mask))
-            o, b = statistics.median(ours_rates), statistics.median(base_rates)
-            rows.append((f"{width}x{height}", label, o, b, o / b))
-        at_scale += scale_rows(f"{width}x{height}", paths, out, args, mask)
-        repeated += repeat_rows(f"{width}x{height}", paths, base, args, mask)
-    print(f"machine: {machine(1)}; {args.repeats} repeats x {args.clips} clips, median, {args.clock} clock")
-    print("| video | stage | ours clips/s | VideoMAE-style clips/s | speed-up |")
-    print("|---|---|---|---|---|")
-    for name, label, o, b, ratio in rows:
-        print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
-    print("\n| video | ours, decode + transform | clips/s | reference clips/s | ratio |")
-    print("|---|---|---|---|---|")
-    for name, label, o, b, ratio in at_scale:
-        print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
-    print("\n| video | ours, decode + transform | clips/s | VideoMAE-style clips/s | speed-up |")
-    print("|---|---|---|---|---|")
-    for name, label, o, b, ratio in repeated:
-        print(f"| {name} | {label} | {o:.1f} | {b:.1f} | {ratio:.2f}x |")
+    as_worker()
+    if args.list:
+        bench_list(args)
+        return
+    results = bench_matrix(args)
+    print_matrix(results, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

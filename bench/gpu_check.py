@@ -16,8 +16,8 @@ What it records:
   ``VideoMAEForPreTraining``
   at the same batch through the same engine: step time, clips/s, achieved TFLOP/s (the model's analytic FLOPs),
   MFU, peak device memory above what was held before the case (the previous case's engine is destroyed first);
-- the training data loader's clips/s with N workers (pinned memory on CUDA) on the embedded synthetic MP4 set,
-  beside the step rates.
+- the training loader's clips/s with N workers (pinned on CUDA) on the synthetic MP4 set, beside the step rates;
+  NVDEC (torchcodec on CUDA) against the CPU decode of the same clips, the device finishing a batch (gpu_data.py).
 Each case is caught on its own: a failure (an OOM, a missing wheel) is written into its row, the rest still runs.
 The dry mode runs the same functions on a tiny model, a tiny set and the CPU, so that CI keeps this script working.
 """
@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 from common import cpu_name, hf_videomae_pretraining, sync  # noqa: E402  (bench/common.py)
+from gpu_data import bench_video, finishing_case, nvdec_case  # noqa: E402  (bench/gpu_data.py)
 
 FULL = {"frames": 16, "img_size": 224, "mask_ratio": 0.9, "models": ("vit_base", "vit_large"),
         "batch": {"vit_base": 32, "vit_large": 16}, "compile_models": ("vit_base",), "warmup": 3, "steps": 10,
@@ -334,6 +335,8 @@ def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False, fused
                 row["ours_over_hf_step_time"] = round(ours["step_s"] / row["step_s"], 3)
     cfg = pretrain_config(p["models"][0], p, dry, False, False)
     result["loader"] = [guarded(lambda w=w: loader_case(cfg, w, p["loader_batches"])) for w in p["loader_workers"]]
+    result["data"] = [guarded(lambda: nvdec_case(bench_video(dry, Path(tempfile.mkdtemp(prefix="gpu_check_"))), dry)),
+                      guarded(lambda: finishing_case(dry))]
     return result
 
 
@@ -365,7 +368,7 @@ def table(result: dict[str, Any]) -> str:
     for r in result["loader"]:
         lines.append(f"| {r.get('workers', '?')} | {r.get('batch', '')} | {r.get('clips_per_s', r.get('error', ''))} "
                      f"| {r.get('pinned', '')} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + [json.dumps(r) for r in result.get("data", [])]) + "\n"
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -387,7 +390,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = table(result)
     out.with_suffix(".md").write_text(text)
     print(text, flush=True)
-    failed = [r for r in result["steps"] + result["loader"] if "error" in r]
+    failed = [r for r in result["steps"] + result["loader"] + result["data"] if "error" in r]
     tests = result["gpu_tests"]
     bad_tests = tests.get("failures", 0) + tests.get("errors", 0) or ("error" in tests)
     return 1 if failed or bad_tests else 0

@@ -13,16 +13,15 @@ MAX_LINES = 400
 
 # part of the package -> the parts it may import (beside itself); read top-down, the floors of DESIGN.md
 MAY_IMPORT: dict[str, set[str]] = {
-    "defaults": set(),
-    "models": {"defaults"},
-    "data": {"defaults"},
-    "config": {"models", "data", "defaults"},
-    "runtime": {"config", "models", "data", "defaults"},
-    "checkpoint": {"runtime", "config", "models", "data", "defaults"},
-    "builders": {"checkpoint", "runtime", "config", "models", "data", "defaults"},
-    "eval": {"builders", "checkpoint", "runtime", "config", "models", "data", "defaults"},
-    "train": {"eval", "builders", "checkpoint", "runtime", "config", "models", "data", "defaults"},
-    "tools": {"eval", "builders", "checkpoint", "runtime", "config", "models", "data", "defaults"},
+    "models": set(),
+    "data": set(),
+    "config": {"models", "data"},
+    "runtime": {"config", "models", "data"},
+    "checkpoint": {"runtime", "config", "models", "data"},
+    "builders": {"checkpoint", "runtime", "config", "models", "data"},
+    "eval": {"builders", "checkpoint", "runtime", "config", "models", "data"},
+    "train": {"eval", "builders", "checkpoint", "runtime", "config", "models", "data"},
+    "tools": {"eval", "builders", "checkpoint", "runtime", "config", "models", "data"},
 }
 
 

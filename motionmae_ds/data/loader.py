@@ -2,11 +2,14 @@
 mid-epoch), the collate function and the training loader."""
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from .finishing import pack_items
 
 
 class DistributedSampler(Sampler[int]):
@@ -75,9 +78,15 @@ class DistributedSampler(Sampler[int]):
 
 
 def collate_clips(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack ``video`` (B, ...) and ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    """``video``: the training items' frames and views packed into one ``finishing.PackedClips`` (or, for items
+    without views, stacked (B, ...)); ``label``/``index`` (B,) (and ``view`` if present); ``skipped`` flat."""
+    if "views" in batch[0]:
+        video: Any = pack_items([b["video"] for b in batch], [b["views"] for b in batch],
+                                [b.get("frame_format", "rgb") for b in batch])
+    else:
+        video = torch.stack([b["video"] for b in batch])
     out: dict[str, Any] = {
-        "video": torch.stack([b["video"] for b in batch]),
+        "video": video,
         "label": torch.tensor([int(b["label"]) for b in batch], dtype=torch.long),
         "index": torch.tensor([int(b["index"]) for b in batch], dtype=torch.long),
         "skipped": [s for b in batch for s in b.get("skipped", ())],
@@ -103,11 +112,28 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+# What the forkserver imports once, so that each worker it forks starts with them loaded (tens of ms, not seconds).
+_PRELOAD = ["torch", "motionmae_ds.data.datasets", "motionmae_ds.data.shards", "motionmae_ds.data.finishing"]
+
+
+def worker_context() -> Any:
+    """The start method of loader workers: forkserver. A worker forked from the rank would inherit the rank's
+    decoder state (codec contexts with frame threads, swscale contexts, decord's reader threads; torchcodec's and
+    the launcher's too): threads do not survive a fork, and a copy that waits for them when it is destroyed hangs
+    the worker for ever (issue #33: PyAV, 2 of 4 runs). The forkserver is a fresh interpreter (started by
+    fork + exec) that has decoded nothing; workers are forked from it, the dataset is pickled to them.
+    ``tests/data/test_worker_start.py`` repeats the risky sequence."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)
+    return ctx
+
+
 def make_loader(dataset: Any, sampler: Any, batch_size: int, workers: int, timeout_s: float,
                 device: torch.device) -> DataLoader:
     """The training loader. Pinned batches on an accelerator, so the step's ``.to(device, non_blocking=True)``
-    copies asynchronously; persistent_workers=False: each epoch forks fresh workers, which carry the new
-    ``set_epoch``. Workers ignore the stop signals (``ignore_stop_signals``)."""
+    copies asynchronously; persistent_workers=False: each epoch starts fresh workers (``worker_context``), which
+    carry the new ``set_epoch``. Workers ignore the stop signals (``ignore_stop_signals``)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
                       drop_last=True, persistent_workers=False, pin_memory=device.type != "cpu",
-                      timeout=timeout_s if workers > 0 else 0, worker_init_fn=ignore_stop_signals)
+                      timeout=timeout_s if workers > 0 else 0, worker_init_fn=ignore_stop_signals,
+                      multiprocessing_context=worker_context() if workers > 0 else None)

@@ -1,8 +1,12 @@
 """Clip augmentation on uint8 tensors: one op over all frames, never a per-frame PIL round trip.
 
-Input clips are uint8 ``(T, H, W, 3)`` (what the decoders return) or ``(T, 3, H, W)``; outputs are float
-``(3, T, S, S)`` normalised with mean/std, the layout the models take. Every random draw comes from the
-``torch.Generator`` passed in, so a clip is a function of the generator's seed.
+Input clips are uint8 ``(T, H, W, 3)`` (what the decoders return) or ``(T, 3, H, W)``. A worker only draws and
+cuts: ``TrainTransform.view`` draws a clip's crop box, flip and random-erasing box (a ``finishing.View``) and the
+device finishes the clip (``finishing.finish_clips``: crop, resize, flip, normalise, erase); with RandAug the
+worker crops, resizes, flips and augments in uint8 (RandAug must see the flipped S x S clip) and the device only
+normalises and erases. ``EvalTransform`` gives uint8 ``(3, T, S, S)`` crops. ``normalize`` and ``random_erase``
+are the reference the device path is tested against. Every random draw comes from the ``torch.Generator``
+passed in, so a clip is a function of the generator's seed.
 
 Choices (documented here because they differ from VideoMAE's code):
 - Crop: torchvision-style random resized crop (area fraction uniform in ``scale``, aspect ratio
@@ -18,7 +22,8 @@ Choices (documented here because they differ from VideoMAE's code):
   over a list of PIL frames (VideoMAE's finetuning path) does.
 - Random erasing (finetuning): timm's defaults (area [0.02, 1/3], aspect [0.3, 3.3], one box, per-pixel
   normal noise in normalised space), but one box for all frames of the clip - a tube the model cannot
-  fill in by copying the region from a neighbouring frame.
+  fill in by copying the region from a neighbouring frame. The worker draws the box and a noise seed; the
+  device draws the noise from that seed (since #33: before, the worker drew the noise itself).
 """
 
 from __future__ import annotations
@@ -31,8 +36,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from motionmae_ds.defaults import IMAGENET_MEAN, IMAGENET_STD
-
+from .finishing import View
 from .sampling import spatial_crop_offsets
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
@@ -120,14 +124,28 @@ def hflip(clip: torch.Tensor) -> torch.Tensor:
     return clip.flip(-1)
 
 
-def normalize(
-    clip: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> torch.Tensor:
+def normalize(clip: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 ``(T, 3, H, W)`` in [0, 255] -> float ``(3, T, H, W)`` of ``(x / 255 - mean) / std``."""
     out = clip.permute(1, 0, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
     m = torch.tensor(mean, dtype=torch.float32).mul_(255.0).view(3, 1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).mul_(255.0).reciprocal_().view(3, 1, 1, 1)
     return out.sub_(m).mul_(s)
+
+
+def erase_box(prob: float, height: int, width: int, generator: torch.Generator | None = None,
+              area: Sequence[float] = (0.02, 1 / 3), aspect: Sequence[float] = (0.3, 1 / 0.3)) -> Box | None:
+    """The random-erasing box (top, left, h, w) of an ``height`` x ``width`` clip, or None (not erased)."""
+    if prob <= 0 or torch.rand((), generator=generator).item() >= prob:
+        return None
+    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
+    for _ in range(10):
+        target = height * width * _uniform(generator, area[0], area[1])
+        ar = math.exp(_uniform(generator, log_lo, log_hi))
+        h = int(round(math.sqrt(target * ar)))
+        w = int(round(math.sqrt(target / ar)))
+        if 0 < h < height and 0 < w < width:
+            return _randint(generator, height - h), _randint(generator, width - w), h, w
+    return None
 
 
 def random_erase(
@@ -139,20 +157,11 @@ def random_erase(
 ) -> torch.Tensor:
     """With probability ``prob`` fill one box (the same in every frame) of a normalised float
     ``(3, T, H, W)`` clip with standard-normal noise; in place, returns ``clip``."""
-    if prob <= 0 or torch.rand((), generator=generator).item() >= prob:
-        return clip
     _, t, height, width = clip.shape
-    log_lo, log_hi = math.log(aspect[0]), math.log(aspect[1])
-    for _ in range(10):
-        target = height * width * _uniform(generator, area[0], area[1])
-        ar = math.exp(_uniform(generator, log_lo, log_hi))
-        h = int(round(math.sqrt(target * ar)))
-        w = int(round(math.sqrt(target / ar)))
-        if 0 < h < height and 0 < w < width:
-            top, left = _randint(generator, height - h), _randint(generator, width - w)
-            noise = torch.randn((3, t, h, w), generator=generator, dtype=clip.dtype)
-            clip[:, :, top : top + h, left : left + w] = noise
-            break
+    box = erase_box(prob, height, width, generator, area, aspect)
+    if box is not None:
+        top, left, h, w = box
+        clip[:, :, top : top + h, left : left + w] = torch.randn((3, t, h, w), generator=generator, dtype=clip.dtype)
     return clip
 
 
@@ -190,7 +199,7 @@ class ClipRandAugment:
                 self.increasing = bool(value)
             else:
                 self.prob = value
-        self.fill = list(fill) if fill is not None else [round(255 * m) for m in IMAGENET_MEAN]
+        self.fill = list(fill) if fill is not None else [128, 128, 128]
 
     def _apply(self, op: str, clip: torch.Tensor, level: float, sign: float) -> torch.Tensor:
         frac = level / 10.0
@@ -249,7 +258,8 @@ class ClipRandAugment:
 
 
 class TrainTransform:
-    """Pretraining / finetuning clip: random resized crop, flip, [RandAug], normalise, [random erasing]."""
+    """Pretraining / finetuning clip: random resized crop, flip, [RandAug], [random erasing]; normalising is the
+    device's (``finishing.finish_clips``). ``fill`` is RandAug's fill colour (uint8 RGB: the mean pixel)."""
 
     def __init__(
         self,
@@ -259,41 +269,61 @@ class TrainTransform:
         flip: bool = True,
         rand_aug: str | None = None,
         random_erase: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        fill: Sequence[int] | None = None,
     ):
         self.input_size, self.scale, self.ratio, self.flip = input_size, tuple(scale), tuple(ratio), flip
-        self.rand_aug = ClipRandAugment(rand_aug, fill=[round(255 * m) for m in mean]) if rand_aug else None
-        self.random_erase, self.mean, self.std = random_erase, tuple(mean), tuple(std)
+        self.rand_aug = ClipRandAugment(rand_aug, fill=fill) if rand_aug else None
+        self.random_erase = random_erase
 
-    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _flip(self, generator: torch.Generator | None) -> bool:
+        return self.flip and torch.rand((), generator=generator).item() < 0.5
+
+    def _erase(self, generator: torch.Generator | None) -> tuple[int, int, int, int, int] | None:
+        box = erase_box(self.random_erase, self.input_size, self.input_size, generator)
+        if box is None:
+            return None
+        return (*box, int(torch.randint(0, 2**62, (), generator=generator).item()))
+
+    def view(self, height: int, width: int, positions: Sequence[int],
+             generator: torch.Generator | None = None) -> View:
+        """The draws of one clip of ``height`` x ``width`` frames at ``positions`` (no RandAug): box, flip, erase."""
+        box = sample_resized_crop_box(height, width, self.scale, self.ratio, generator)
+        flip = self._flip(generator)
+        return View(tuple(int(p) for p in positions), box, flip, self._erase(generator))
+
+    def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Box]:
+        """With RandAug: the worker's part of a clip, uint8 (T, S, S, 3) cropped, resized, flipped and augmented,
+        and the crop box; ``erase_view`` draws the rest."""
         clip = as_tchw(frames)
         box = sample_resized_crop_box(clip.shape[-2], clip.shape[-1], self.scale, self.ratio, generator)
         clip = resized_crop(clip, box, self.input_size)
-        if self.flip and torch.rand((), generator=generator).item() < 0.5:
+        if self._flip(generator):
             clip = hflip(clip)
         if self.rand_aug is not None:
             clip = self.rand_aug(clip, generator)
-        out = normalize(clip, self.mean, self.std)
-        return random_erase(out, self.random_erase, generator) if self.random_erase > 0 else out
+        return clip.permute(0, 2, 3, 1).contiguous(), box
+
+    def erase_view(self, positions: Sequence[int], generator: torch.Generator | None = None) -> View:
+        """The view of a clip the worker finished to S x S (``__call__``): only the erasing is left to draw."""
+        s = self.input_size
+        return View(tuple(int(p) for p in positions), (0, 0, s, s), False, self._erase(generator))
 
 
 class EvalTransform:
-    """Validation clip: shorter side to ``short_side_size``, centre ``input_size`` crop, normalise."""
+    """Validation clip: shorter side to ``short_side_size``, centre ``input_size`` crop; uint8, normalised on the
+    device (``finishing.normalize_batch``)."""
 
-    def __init__(self, input_size: int, short_side_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, num_crops: int = 1):
+    def __init__(self, input_size: int, short_side_size: int, num_crops: int = 1):
         if short_side_size < input_size:
             raise ValueError(f"short_side_size ({short_side_size}) must be >= input_size ({input_size})")
         self.input_size, self.short_side_size, self.num_crops = input_size, short_side_size, num_crops
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def crops(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        """``num_crops`` normalised ``(3, T, S, S)`` crops along the longer side of the resized clip."""
+        """``num_crops`` uint8 ``(3, T, S, S)`` crops along the longer side of the resized clip."""
         clip = resize_short_side(frames, self.short_side_size)
         s = self.input_size
         offsets = spatial_crop_offsets(clip.shape[-2], clip.shape[-1], s, self.num_crops)
-        return [normalize(clip[:, :, y : y + s, x : x + s], self.mean, self.std) for y, x in offsets]
+        return [clip[:, :, y : y + s, x : x + s].permute(1, 0, 2, 3).contiguous() for y, x in offsets]
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.crops(frames)[0] if self.num_crops == 1 else torch.stack(self.crops(frames))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_finetune_model, build_split, resolve_lists
 from motionmae_ds.config import ConfigError, FinetuneConfig
+from motionmae_ds.data.finishing import normalize_batch
 from motionmae_ds.data.loader import DistributedSampler, ignore_stop_signals
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
@@ -86,8 +87,10 @@ class VideoScores:
 
 
 @torch.no_grad()
-def score_items(model: nn.Module, loader: DataLoader, device: torch.device) -> ItemScores:
-    """Run the model on every view of every item this rank's loader yields; sum each item's views."""
+def score_items(model: nn.Module, loader: DataLoader, device: torch.device, mean: Optional[Sequence[float]] = None,
+                std: Optional[Sequence[float]] = None) -> ItemScores:
+    """Run the model on every view of every item this rank's loader yields; sum each item's views. With ``mean``
+    and ``std`` (the config's), the uint8 views are normalised on the device; without, they are the model's input."""
     was_training = model.training
     model.eval()
     metas, sums, skipped = [], [], 0
@@ -97,7 +100,8 @@ def score_items(model: nn.Module, loader: DataLoader, device: torch.device) -> I
             videos = batch["video"]
             n, v = videos.shape[:2]
             with dist_utils.inference_precision(device):  # bf16 on an accelerator, fp32 on the CPU
-                logits = model(videos.flatten(0, 1).to(device, non_blocking=True))
+                videos = videos.flatten(0, 1).to(device, non_blocking=True)
+                logits = model(normalize_batch(videos, mean, std) if mean is not None else videos)
             probs = torch.softmax(logits.float(), dim=-1).cpu().view(n, v, -1)
             total = probs[:, 0].double()
             for k in range(1, v):  # one fixed order, whatever the batch
@@ -202,14 +206,16 @@ def write_results(out_dir: str | Path, metrics: dict[str, Any], scores: VideoSco
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, rank: int, world: int,
-             num_workers: int = 0, timeout_s: float = 300.0) -> tuple[dict[str, Any], VideoScores]:
-    """Score ``dataset`` on all ranks (all must call); every rank returns the same metrics and scores."""
+             num_workers: int = 0, timeout_s: float = 300.0, mean: Optional[Sequence[float]] = None,
+             std: Optional[Sequence[float]] = None) -> tuple[dict[str, Any], VideoScores]:
+    """Score ``dataset`` on all ranks (all must call); every rank returns the same metrics and scores. ``mean`` /
+    ``std``: the config's ``data.mean`` / ``data.std``, to normalise the uint8 clips on the device."""
     sampler = DistributedSampler(len(dataset), world, rank, shuffle=False, drop_last=False)  # type: ignore[arg-type]
     loader = DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_eval, drop_last=False, timeout=timeout_s if num_workers > 0 else 0,
                         # a finetuning run validates with this loader: a stop signal is its rank's to act on
                         worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
-    items = gather_items(score_items(model, loader, device), device)
+    items = gather_items(score_items(model, loader, device, mean, std), device)
     scores = aggregate(items)
     metrics = compute_metrics(scores)
     if items.skipped:
@@ -253,7 +259,8 @@ def evaluate_checkpoint(cfg: FinetuneConfig, source: str | Path, output_dir: str
     message = load_eval_weights(model, source)
     model.to(device)
     metrics, scores = evaluate(model, dataset, cfg.eval.batch_size, device, rank, world,
-                               num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s)
+                               num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s,
+                               mean=cfg.data.mean, std=cfg.data.std)
     if dist_utils.is_main():
         print(message, flush=True)
         write_results(output_dir, metrics, scores, record_paths(dataset), cfg.eval.save_scores)

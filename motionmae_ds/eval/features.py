@@ -35,6 +35,7 @@ from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_encoder, build_split, resolve_lists
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.datasets import DataLoadError
+from motionmae_ds.data.finishing import normalize_batch
 from motionmae_ds.models.vit import VisionTransformerEncoder
 from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
@@ -198,7 +199,8 @@ def extract_features(cfg: FinetuneConfig, source: Optional[str], out_dir: str | 
                 print(f"skipped bad video {path}: {b['reason']} (rank {rank})", flush=True)
                 bad.append({"index": b["index"], "path": path, "reason": b["reason"]})
         if good:
-            videos = torch.stack([b["video"] for b in good]).to(device)
+            videos = torch.stack([b["video"] for b in good]).to(device, non_blocking=True)
+            videos = normalize_batch(videos, cfg.data.mean, cfg.data.std)  # uint8 clips, normalised on the device
             with dist_utils.inference_precision(device):              # bf16 on an accelerator, fp32 on the CPU
                 out = encoder(videos).float().cpu()                   # (B, N, D)
             for row, b in enumerate(good):

@@ -14,6 +14,7 @@ from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_masker, build_model
 from motionmae_ds.config import PretrainConfig, config_from_dict, load_pretrain_config
 from motionmae_ds.data.decode import count_frames, read_frames
+from motionmae_ds.data.finishing import normalize_batch
 from motionmae_ds.data.sampling import uniform_clip_indices
 from motionmae_ds.data.transforms import EvalTransform
 from motionmae_ds.models.targets import temporal_difference
@@ -30,7 +31,7 @@ def load_clip(cfg: PretrainConfig, path: str | Path) -> torch.Tensor:
     indices = uniform_clip_indices(n, cfg.model.num_frames, cfg.data.sampling_rate, num_clips=1)[0]
     frames = read_frames(str(path), indices, backend=cfg.data.decode_backend)
     size = cfg.model.img_size
-    return EvalTransform(input_size=size, short_side_size=size, mean=cfg.data.mean, std=cfg.data.std)(frames)
+    return normalize_batch(EvalTransform(input_size=size, short_side_size=size)(frames), cfg.data.mean, cfg.data.std)
 
 
 def _denorm_tokens(pred: torch.Tensor, raw: torch.Tensor, channels: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from motionmae_ds.builders import build_finetune_model, build_split, classifier_
 from motionmae_ds.checkpoint.engine_io import FROZEN_SOURCE_ATTR
 from motionmae_ds.checkpoint.weights import PROBE_ENCODER_KEY, pinned_source
 from motionmae_ds.config import ConfigError, FinetuneConfig
+from motionmae_ds.data.finishing import finish_clips
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.eval.evaluate import evaluate, record_paths, write_results
 from motionmae_ds.runtime import distributed as dist_utils
@@ -115,11 +116,13 @@ class FinetuneTask(Task):
                                 shadow=build_finetune_model(cfg) if zero3 else None, device=run.device)
 
     def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
-        videos, labels = batch["video"], torch.as_tensor(batch["label"])
-        if videos.dim() == 6:  # repeated sampling: (B, R, ...) -> (B * R, ...)
-            labels = labels.repeat_interleave(videos.shape[1])
-            videos = videos.flatten(0, 1)
-        videos, labels = videos.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        packed, labels = batch["video"], torch.as_tensor(batch["label"])
+        if packed.clips_per_item > 1:  # repeated sampling: B items of R clips -> B * R clips, item-major
+            labels = labels.repeat_interleave(packed.clips_per_item)
+        # the uint8 frames go to the device (pinned, non-blocking); crop, resize, flip, normalise and erase there
+        d = self.cfg.data
+        videos = finish_clips(packed, ctx.device, self.cfg.model.img_size, d.mean, d.std)
+        labels = labels.to(ctx.device, non_blocking=True)
         targets: torch.Tensor = labels
         if self.mixup is not None:
             rng = np.random.default_rng(derive_seed(ctx.seed, ctx.epoch, ctx.micro, ctx.rank, 3))
@@ -172,7 +175,8 @@ class FinetuneTask(Task):
     def _evaluate(self, run: RunContext, dataset: Any, model: nn.Module) -> tuple[dict[str, Any], Any]:
         cfg = self.cfg
         return evaluate(model, dataset, cfg.eval.batch_size, run.device, run.rank, run.world,
-                        num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s)
+                        num_workers=cfg.data.num_workers, timeout_s=cfg.data.loader_timeout_s,
+                        mean=cfg.data.mean, std=cfg.data.std)
 
     def end_epoch(self, run: RunContext, state: TrainState, last: bool, summary: dict[str, Any]) -> None:
         every = self.cfg.eval.val_every_epochs

@@ -24,6 +24,7 @@ from motionmae_ds.builders import (
 )
 from motionmae_ds.config import PretrainConfig
 from motionmae_ds.config.pretrain import pretrain_sources
+from motionmae_ds.data.finishing import finish_clips
 from motionmae_ds.data.lists import read_list
 from motionmae_ds.data.mixture import MixtureDataset
 from motionmae_ds.models import build_pretrain_model
@@ -72,10 +73,10 @@ class PretrainTask(Task):
         return FlopCounter(self.cfg)
 
     def loss(self, engine: Any, batch: dict[str, Any], ctx: StepContext) -> LossResult:
-        videos = batch["video"]
-        if videos.dim() == 6:  # repeated temporal sampling: (B, R, ...) -> B * R clips, each with its own mask
-            videos = videos.flatten(0, 1)
-        videos = videos.to(ctx.device, non_blocking=True)
+        # The uint8 frames go to the device (pinned, non-blocking) and are finished there: crop, resize, flip,
+        # normalise; B items of R clips (repeated temporal sampling) give B * R clips, each with its own mask.
+        d = self.cfg.data
+        videos = finish_clips(batch["video"], ctx.device, self.cfg.model.img_size, d.mean, d.std)
         mask = self.masker(videos.shape[0], device=ctx.device, generator=ctx.generator)
         if self.decoder_masker is None:
             out = engine(videos, mask, counts=self.counts)

@@ -43,6 +43,11 @@ def test_dry_mode_writes_the_json_and_the_table(tmp_path):
     assert hf["ours_over_hf_step_time"] > 0
     assert [r["workers"] for r in result["loader"]] == list(result["settings"]["loader_workers"])
     assert all(r["clips_per_s"] > 0 and r["clips"] > 0 for r in result["loader"])
+    decode, finishing = result["data"]  # NVDEC (without CUDA: torchcodec's CPU decoder against PyAV's) and finishing
+    assert "error" not in decode and "error" not in finishing, result["data"]
+    if "skipped" not in decode:
+        assert decode["within_rounding"] and decode["clips"] >= 2 and decode["other_clips_per_s"] > 0
+    assert finishing["out_shape"][1:3] == [3, finishing["frames"]] and finishing["ms_per_batch"] > 0
     table = out.with_suffix(".md").read_text()
     assert "| model | impl |" in table and "gpu tests:" in table
     assert ("not run (no CUDA)" in table) is (not torch.cuda.is_available())

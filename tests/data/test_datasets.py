@@ -7,10 +7,13 @@ from torch.utils.data import DataLoader
 
 from motionmae_ds.data.datasets import DataLoadError, VideoClipDataset
 from motionmae_ds.data.decode import VideoReader, count_decodable_frames, count_present_frames
+from motionmae_ds.data.finishing import PackedClips, normalize_batch
 from motionmae_ds.data.lists import VideoRecord, read_list
 from motionmae_ds.data.loader import collate_clips
 from motionmae_ds.data.sampling import make_generator, repeated_train_indices, train_clip_indices
-from motionmae_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
+
+from clip_reference import assert_same_clip, assert_same_frames, finished, old_train_clip  # isort: skip
 
 ACCURACY_VIDEOS = ("h264", "vp9", "avi_bframes", "mpeg_ps", "vfr", "gray", "short10")
 
@@ -19,6 +22,11 @@ def _norm(frames: np.ndarray) -> np.ndarray:
     """uint8 (T, H, W, 3) -> float64 (3, T, H, W), ImageNet-normalised."""
     x = (frames.astype(np.float64) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     return x.transpose(3, 0, 1, 2)
+
+
+def _norm_item(video: torch.Tensor) -> np.ndarray:
+    """An evaluation item's uint8 clip(s) normalised as the evaluation loop does (on its device)."""
+    return normalize_batch(video, IMAGENET_MEAN, IMAGENET_STD).numpy()
 
 
 def _rec(path, label=0, start=0, num_frames=None):
@@ -37,7 +45,7 @@ def test_val_clip_equals_reference_decode(name, good_videos, reference):
     expected_idx = {48: list(range(10, 39, 4)), 40: list(range(6, 35, 4)), 24: list(range(1, 23, 3)),
                     10: list(range(1, 9))}[len(ref)]
     assert item["label"] == 3 and item["index"] == 0 and item["skipped"] == []
-    np.testing.assert_allclose(item["video"].numpy(), _norm(ref[expected_idx][:, :, 8:56]), atol=1e-5)
+    np.testing.assert_allclose(_norm_item(item["video"]), _norm(ref[expected_idx][:, :, 8:56]), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ("h264", "avi_bframes", "short10"))
@@ -46,12 +54,13 @@ def test_pretrain_clip_decodes_the_sampled_frames(name, good_videos, reference):
     ds = VideoClipDataset([_rec(good_videos[name])] * 3, mode="pretrain", num_frames=8, sampling_rate=4,
                           input_size=32, seed=5)
     ds.set_epoch(2)
-    tf = TrainTransform(32, scale=(0.5, 1.0), flip=True)
     for i in range(3):
         gen = make_generator(5, 2, i, 0)  # the dataset's documented draw for (seed, epoch, index, attempt 0)
         idx = train_clip_indices(len(ref), 8, 4, gen)
-        expected = tf(torch.from_numpy(ref[idx]), gen)
-        assert torch.equal(ds[i]["video"], expected)
+        item = ds[i]
+        # the worker ships exactly the sampled frames, uncropped; the device finishes them like the old path
+        assert_same_frames(item, item["views"][0].positions, ref[idx])
+        assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32), item)
 
 
 def test_videomae_v2_start_offset(good_videos, reference):
@@ -59,7 +68,7 @@ def test_videomae_v2_start_offset(good_videos, reference):
     ds = VideoClipDataset([_rec(good_videos["h264"], start=20, num_frames=28)], mode="val", num_frames=4,
                           sampling_rate=2, input_size=48, short_side_size=48)
     # 28 frames, span 7, centre 14 -> record frames 11, 13, 15, 17 -> file frames 31, 33, 35, 37
-    np.testing.assert_allclose(ds[0]["video"].numpy(), _norm(ref[[31, 33, 35, 37]][:, :, 8:56]), atol=1e-5)
+    np.testing.assert_allclose(_norm_item(ds[0]["video"]), _norm(ref[[31, 33, 35, 37]][:, :, 8:56]), atol=1e-5)
 
 
 def test_test_mode_all_views_in_one_item(good_videos, reference):
@@ -72,7 +81,7 @@ def test_test_mode_all_views_in_one_item(good_videos, reference):
     for k, start in enumerate((6, 30)):
         frames = ref[list(range(start, start + 13, 4))]
         for c, x in enumerate((0, 12, 24)):
-            np.testing.assert_allclose(video[k * 3 + c].numpy(), _norm(frames[:, 4:44, x : x + 40]), atol=1e-5)
+            np.testing.assert_allclose(_norm_item(video[k * 3 + c]), _norm(frames[:, 4:44, x : x + 40]), atol=1e-5)
 
 
 def test_frame_folders(frame_folders):
@@ -85,7 +94,7 @@ def test_frame_folders(frame_folders):
                                   short_side_size=48)
             n = spec["num_frames"]
             start = min(max(int(np.floor(n / 2 - 2 + 0.5)), 0), n - 4)
-            np.testing.assert_allclose(ds[0]["video"].numpy(), _norm(ref[start : start + 4][:, :, 8:56]),
+            np.testing.assert_allclose(_norm_item(ds[0]["video"]), _norm(ref[start : start + 4][:, :, 8:56]),
                                        atol=1e-5)
 
 
@@ -97,14 +106,16 @@ def test_determinism_and_epochs(good_videos, tmp_path):
               random_erase=0.25, seed=7)
     a, b = VideoClipDataset(records, **kw), VideoClipDataset(records, **kw)
     for i in range(4):
-        assert torch.equal(a[i]["video"], b[i]["video"]) and a[i]["label"] == i
+        assert torch.equal(a[i]["video"], b[i]["video"]) and a[i]["views"] == b[i]["views"] and a[i]["label"] == i
     b.set_epoch(1)
     assert all(not torch.equal(a[i]["video"], b[i]["video"]) for i in range(4))
     # Worker count and timing do not matter: 2 workers give the batches of the main process.
     a.set_epoch(1)
     main = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips)]
     workers = [x["video"] for x in DataLoader(a, batch_size=2, collate_fn=collate_clips, num_workers=2)]
-    assert all(torch.equal(x, y) for x, y in zip(main, workers)) and len(main) == 2
+    assert len(main) == 2 and all(isinstance(x, PackedClips) for x in main + workers)
+    assert all(len(x.frames) == len(y.frames) == 2 and x.views == y.views for x, y in zip(main, workers))
+    assert all(torch.equal(a, b) for x, y in zip(main, workers) for a, b in zip(x.frames, y.frames))
 
 
 @pytest.mark.parametrize("name,backend", [("h264", "pyav"), ("avi_bframes", "pyav"), ("vfr", "pyav"),
@@ -115,22 +126,25 @@ def test_pretrain_repeats_are_clips_with_their_own_starts_each_frame_exact(name,
     ds = VideoClipDataset([_rec(good_videos[name])] * 3, mode="pretrain", num_frames=4, sampling_rate=3,
                           input_size=32, num_repeats=repeats, seed=7, backend=backend)
     ds.set_epoch(1)
-    tf = TrainTransform(32, scale=(0.5, 1.0), flip=True)
     for i in range(3):
-        video = ds[i]["video"]
+        item = ds[i]
+        video = finished(item, 32)
         assert video.shape == (repeats, 3, 4, 32, 32)
         # the documented draws: the R clips' starts from the item's generator, then each clip's crop and flip
         gen = make_generator(7, 1, i, 0)
         clips = repeated_train_indices("dense", len(ref), 4, 3, repeats, gen)
         assert len({clip[0] for clip in clips}) == repeats, "starts must differ"
+        # the union of the clips' frames travels once, each frame exact
+        assert item["video"].shape[0] == len({f for clip in clips for f in clip})
         for r, clip in enumerate(clips):
-            assert torch.equal(video[r], tf(torch.from_numpy(ref[clip]), gen)), f"item {i} clip {r}"
+            assert_same_frames(item, item["views"][r].positions, ref[clip])
+            assert_same_clip(video[r], old_train_clip(torch.from_numpy(ref[clip]), gen, 32), item)
     # repeats=1 draws exactly the single clip of the plain pretraining item
     one = VideoClipDataset([_rec(good_videos[name])], mode="pretrain", num_frames=4, sampling_rate=3,
                            input_size=32, seed=7, backend=backend)
     gen = make_generator(7, 0, 0, 0)
     idx = train_clip_indices(len(ref), 4, 3, gen)
-    assert torch.equal(one[0]["video"], tf(torch.from_numpy(ref[idx]), gen))
+    assert_same_clip(finished(one[0], 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32), one[0])
 
 
 @pytest.mark.parametrize("name", ["h264", "avi_bframes", "mpeg_ps", "vfr"])
@@ -149,7 +163,8 @@ def test_pretrain_repeats_decode_every_frame_once_in_one_pass(name, good_videos,
             counter = reader.counter
         del gen_copy
         assert max(counter.decoded.values()) == 1, "a frame went through the decoder twice"
-        assert counter.converted == len(union), "frames converted to RGB != the union of the clips"
+        # 4:2:0 frames travel as they are: the worker converts none to RGB (the device does, only the boxes)
+        assert counter.converted == 0, "the worker converted frames to RGB"
         if name in ("avi_bframes", "mpeg_ps"):  # forward decode: exactly the frames up to the last wanted one
             assert sorted(counter.decoded) == list(range(max(union) + 1))
         else:  # seeking: never more than the file, never a GOP twice
@@ -162,17 +177,19 @@ def test_short_videos_give_full_clips_in_every_mode(good_videos, reference):
     expected = list(range(10)) + [9] * 6
     val = VideoClipDataset([_rec(good_videos["short10"])], mode="val", num_frames=16, input_size=48,
                            short_side_size=48)
-    np.testing.assert_allclose(val[0]["video"].numpy(), _norm(ref[expected][:, :, 8:56]), atol=1e-5)
+    np.testing.assert_allclose(_norm_item(val[0]["video"]), _norm(ref[expected][:, :, 8:56]), atol=1e-5)
     for mode in ("train", "pretrain"):
         ds = VideoClipDataset([_rec(good_videos["short10"])], mode=mode, num_frames=16, input_size=32,
                               num_repeats=2)
-        assert ds[0]["video"].shape == (2, 3, 16, 32, 32)
+        assert finished(ds[0], 32).shape == (2, 3, 16, 32, 32)
 
 
 def test_repeated_sampling_decodes_once_augments_twice(good_videos):
     ds = VideoClipDataset([_rec(good_videos["h264"])], mode="train", num_frames=4, sampling_rate=2,
                           input_size=32, num_repeats=2)
-    video = ds[0]["video"]
+    item = ds[0]
+    assert item["video"].shape[0] == 4 and item["views"][0].positions == item["views"][1].positions  # decoded once
+    video = finished(item, 32)
     assert video.shape == (2, 3, 4, 32, 32) and not torch.equal(video[0], video[1])
 
 
@@ -239,10 +256,10 @@ def test_config_frame_template_and_start_reach_frame_folder_lists(frame_folders,
     cfg = load_pretrain_config(None, [f"data.list_file={lst}", "model.num_frames=4", "model.img_size=48", *keys])
     # pretraining: a random clip loads with nothing skipped (the default template would find no file)
     item = build_dataset(cfg, str(lst), mode="pretrain")[0]
-    assert item["skipped"] == [] and tuple(item["video"].shape) == (3, 4, 48, 48)
+    assert item["skipped"] == [] and tuple(finished(item, 48).shape) == (1, 3, 4, 48, 48)
     ft = load_finetune_config(None, [f"data.train_list={lst}", "model.num_frames=4", "model.img_size=48",
                                      "data.short_side_size=48", "model.num_classes=2", *keys])
-    clip = build_split(ft, str(lst), "val")[0]["video"].numpy()
+    clip = _norm_item(build_split(ft, str(lst), "val")[0]["video"])
     # val sampling of 4 frames at stride 4 from a 6-frame folder lowers the stride to 1 (frames 1..4)
     np.testing.assert_allclose(clip, _norm(ref[1:5][:, :, 8:56]), atol=1e-5)
     # the default template does not name these files: every retry fails, naming the missing frame

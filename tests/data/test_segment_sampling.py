@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from motionmae_ds.data.datasets import VideoClipDataset
+from motionmae_ds.data.finishing import normalize_batch
 from motionmae_ds.data.lists import VideoRecord
 from motionmae_ds.data.sampling import (
     eval_indices,
@@ -15,7 +16,9 @@ from motionmae_ds.data.sampling import (
     segment_train_indices,
     train_indices,
 )
-from motionmae_ds.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainTransform
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
+
+from clip_reference import assert_same_clip, assert_same_frames, finished, old_train_clip  # isort: skip
 
 # Hand-computed with T = 16 segments of n / 16 frames: starts floor(k n / 16), centres floor((k + 1/2) n / 16).
 HAND = {
@@ -110,9 +113,10 @@ def test_dataset_decodes_the_segment_frames(name, good_videos, reference):
                             test_clips=2, test_crops=1, sampling="segment")
     video = test[0]["video"]
     for view, idx in enumerate(segment_eval_indices(n, t, 2)):
-        np.testing.assert_allclose(video[view].numpy(), _norm(ref[idx][:, :, 8:56]), atol=1e-5)
+        np.testing.assert_allclose(normalize_batch(video[view], IMAGENET_MEAN, IMAGENET_STD).numpy(),
+                                   _norm(ref[idx][:, :, 8:56]), atol=1e-5)
     val = VideoClipDataset([rec], mode="val", num_frames=t, input_size=48, short_side_size=48, sampling="segment")
-    np.testing.assert_allclose(val[0]["video"].numpy(), video[0].numpy(), atol=0)
+    assert torch.equal(val[0]["video"], video[0])
     # training: the dataset's documented draw for (seed, epoch, index, attempt) picks the frames, then the
     # same generator drives the augmentation
     train = VideoClipDataset([rec], mode="train", num_frames=t, input_size=32, flip=False, seed=3,
@@ -120,8 +124,9 @@ def test_dataset_decodes_the_segment_frames(name, good_videos, reference):
     train.set_epoch(1)
     gen = make_generator(3, 1, 0, 0)
     idx = segment_train_indices(n, t, gen)
-    expected = TrainTransform(32, scale=(0.5, 1.0), flip=False)(torch.from_numpy(ref[idx]), gen)
-    assert torch.equal(train[0]["video"], expected)
+    item = train[0]
+    assert_same_frames(item, item["views"][0].positions, ref[idx])
+    assert_same_clip(finished(item, 32)[0], old_train_clip(torch.from_numpy(ref[idx]), gen, 32, flip=False), item)
 
 
 def test_pretraining_refuses_segment_sampling(good_videos):

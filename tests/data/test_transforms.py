@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from motionmae_ds.data.finishing import finish_clips, normalize_batch, pack_items
 from motionmae_ds.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ClipRandAugment,
     EvalTransform,
     TrainTransform,
@@ -18,10 +17,18 @@ from motionmae_ds.data.transforms import (
     resized_crop,
     sample_resized_crop_box,
 )
+from motionmae_ds.models.targets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _clip(t=4, h=24, w=32, seed=0):
     return torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _train(tf: TrainTransform, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The worker's draws for ``clip`` (T, H, W, 3), finished as the step does (on the CPU): float (3, T, S, S)."""
+    view = tf.view(clip.shape[1], clip.shape[2], range(clip.shape[0]), generator)
+    return finish_clips(pack_items([clip], [[view]]), torch.device("cpu"), tf.input_size, IMAGENET_MEAN,
+                        IMAGENET_STD)[0]
 
 
 def _ref_normalize(frames_thwc: np.ndarray) -> np.ndarray:
@@ -34,14 +41,15 @@ def test_normalize_hand_values_and_layout():
     frames = torch.zeros((2, 1, 3, 3), dtype=torch.uint8)
     frames[0, 0, 0] = torch.tensor([0, 128, 255], dtype=torch.uint8)
     frames[1, 0, 2] = torch.tensor([255, 255, 255], dtype=torch.uint8)
-    out = normalize(as_tchw(frames))
+    out = normalize(as_tchw(frames), IMAGENET_MEAN, IMAGENET_STD)
     assert out.shape == (3, 2, 1, 3) and out.dtype == torch.float32
     assert out[0, 0, 0, 0].item() == pytest.approx(-0.485 / 0.229, abs=1e-5)
     assert out[1, 0, 0, 0].item() == pytest.approx((128 / 255 - 0.456) / 0.224, abs=1e-5)
     assert out[2, 0, 0, 0].item() == pytest.approx((1 - 0.406) / 0.225, abs=1e-5)
     assert out[0, 1, 0, 2].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-5)
     clip = _clip()
-    np.testing.assert_allclose(normalize(as_tchw(clip)).numpy(), _ref_normalize(clip.numpy()), atol=1e-5)
+    out = normalize(as_tchw(clip), IMAGENET_MEAN, IMAGENET_STD)
+    np.testing.assert_allclose(out.numpy(), _ref_normalize(clip.numpy()), atol=1e-5)
 
 
 def test_as_tchw_accepts_both_layouts_and_rejects_others():
@@ -90,7 +98,7 @@ def test_flip_really_flips_and_can_be_disabled():
     tf = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
     seen = set()
     for seed in range(20):
-        out = tf(clip, torch.Generator().manual_seed(seed)).numpy()
+        out = _train(tf, clip, torch.Generator().manual_seed(seed)).numpy()
         if np.allclose(out, flipped, atol=1e-5):
             seen.add("flip")
         else:
@@ -99,16 +107,23 @@ def test_flip_really_flips_and_can_be_disabled():
     assert seen == {"flip", "plain"}
     tf = TrainTransform(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
     for seed in range(10):
-        np.testing.assert_allclose(tf(clip, torch.Generator().manual_seed(seed)).numpy(), plain, atol=1e-5)
+        np.testing.assert_allclose(_train(tf, clip, torch.Generator().manual_seed(seed)).numpy(), plain, atol=1e-5)
 
 
 def test_train_transform_is_a_function_of_the_generator_seed():
     clip = _clip(t=4, h=48, w=64)
     tf = TrainTransform(32, rand_aug="rand-m9-mstd0.5-inc1", random_erase=0.5)
-    a = tf(clip, torch.Generator().manual_seed(11))
-    b = tf(clip, torch.Generator().manual_seed(11))
-    c = tf(clip, torch.Generator().manual_seed(12))
-    assert a.shape == (3, 4, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+
+    def draw(seed):  # the RandAug path: the worker finishes the uint8 clip, then draws the erasing
+        gen = torch.Generator().manual_seed(seed)
+        return tf(clip, gen)[0], tf.erase_view(range(4), gen)
+
+    (a, va), (b, vb), (c, _) = draw(11), draw(11), draw(12)
+    assert a.shape == (4, 32, 32, 3) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and va == vb and not torch.equal(a, c)
+    plain = TrainTransform(32, random_erase=0.5)
+    views = [plain.view(48, 64, range(4), torch.Generator().manual_seed(s)) for s in (11, 11, 12)]
+    assert views[0] == views[1] != views[2]
 
 
 def test_randaug_applies_one_op_sequence_to_all_frames():
@@ -162,11 +177,13 @@ def test_random_erase_same_box_in_every_frame():
 def test_eval_three_crops_along_longer_side():
     clip = _clip(t=2, h=24, w=32, seed=9)
     ref = _ref_normalize(clip.numpy())
-    views = EvalTransform(20, 24, num_crops=3)(clip)
+    raw = EvalTransform(20, 24, num_crops=3)(clip)
+    assert raw.dtype == torch.uint8  # normalised on the device
+    views = normalize_batch(raw, IMAGENET_MEAN, IMAGENET_STD)
     assert views.shape == (3, 3, 2, 20, 20)
     for v, x in zip(views, (0, 6, 12)):
         np.testing.assert_allclose(v.numpy(), ref[:, :, 2:22, x : x + 20], atol=1e-5)
-    centre = EvalTransform(20, 24)(clip)
+    centre = normalize_batch(EvalTransform(20, 24)(clip), IMAGENET_MEAN, IMAGENET_STD)
     np.testing.assert_allclose(centre.numpy(), ref[:, :, 2:22, 6:26], atol=1e-5)
     with pytest.raises(ValueError, match="short_side_size"):
         EvalTransform(32, 24)

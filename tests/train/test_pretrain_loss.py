@@ -9,6 +9,7 @@ import torch
 
 from motionmae_ds.builders import build_decoder_masker, build_masker, build_model
 from motionmae_ds.config import load_pretrain_config
+from motionmae_ds.data.finishing import finish_clips
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.train.pretrain import PretrainTask
 from tests.helpers import ZERO2, read_log, train_in_process
@@ -24,7 +25,8 @@ class RecordFirstBatch(PretrainTask):
 
     def loss(self, engine, batch, ctx):
         if (ctx.epoch, ctx.micro) == (0, 0):
-            torch.save(batch["video"].clone(), self.dump)
+            d = self.cfg.data  # the clips as the step finishes them on its device
+            torch.save(finish_clips(batch["video"], ctx.device, self.cfg.model.img_size, d.mean, d.std), self.dump)
         return super().loss(engine, batch, ctx)
 
 

@@ -116,11 +116,36 @@ def check_indices(indices: Sequence[int]) -> list[int]:
     return out
 
 
-def pick(frames: dict[int, np.ndarray], indices: list[int]) -> "torch.Tensor":
+def frame_buffer(shape: tuple[int, ...]) -> "torch.Tensor":
+    """An uninitialised uint8 tensor for decoded frames; inside a DataLoader worker in shared memory, so that the
+    frames travel to the main process (and into the batch, ``finishing.PackedClips``) without another copy."""
     # torch is imported on first use so that scanning tools (prepare_data) start without it.
     import torch
 
-    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = torch.UntypedStorage._new_shared(numel)
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def pick(frames: dict[int, np.ndarray], indices: list[int], to_array: Callable = np.asarray) -> "torch.Tensor":
+    """uint8 (K, H, W, 3): the frames at ``indices`` copied once into a ``frame_buffer``; ``to_array`` turns a
+    stored frame into its (H, W, 3) array (PyAV: converts it to RGB)."""
+    first = to_array(frames[indices[0]])
+    out = frame_buffer((len(indices), *first.shape))
+    array = out.numpy()
+    array[0] = first
+    row = {indices[0]: 0}
+    for k, i in enumerate(indices[1:], start=1):
+        if i in row:  # a repeated index (short videos): the frame is converted once
+            array[k] = array[row[i]]
+        else:
+            array[k] = to_array(frames[i])
+            row[i] = k
+    return out
 
 
 def one_line(exc: BaseException) -> str:

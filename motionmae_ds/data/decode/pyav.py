@@ -14,6 +14,7 @@ from .common import (
     check_indices,
     check_range,
     count_until_failure,
+    frame_buffer,
     one_line,
     pick,
 )
@@ -108,29 +109,55 @@ class PyAVReader:
         return self._frames
 
     def _rgb(self, frame) -> np.ndarray:
+        """The frame converted to RGB, (H, W, 3): a view of swscale's output, copied once by ``pick``."""
         # One reformatter per reader keeps its swscale context: ``frame.to_ndarray(format=...)`` builds a new
         # one per frame, which costs more than the conversion (same pixels: tests/data/test_decode.py).
-        # threads=1: swscale then starts no slice threads. With its default (one per CPU) a context that is
-        # still alive when DataLoader forks its workers is freed in a child that lacks those threads, and
-        # the child hangs for ever in sws_freeContext (tests/data/test_decode.py, the fork test). Workers
-        # are the parallelism here, as for the decoder's thread_count = 1.
+        # threads=1: swscale then starts no slice threads; workers are the parallelism here, as for the decoder's
+        # thread_count = 1 (and a context with threads that a forked child inherited would hang it when freed:
+        # loader workers start from a forkserver, data/loader.py).
         self.counter.converted += 1
         if self._reformatter is None:
             from av.video.reformatter import VideoReformatter
 
             self._reformatter = VideoReformatter()
-        return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        rgb = self._reformatter.reformat(frame, format="rgb24", threads=1)
+        plane = rgb.planes[0]
+        rows = np.frombuffer(plane, np.uint8).reshape(rgb.height, plane.line_size)
+        return rows[:, : rgb.width * 3].reshape(rgb.height, rgb.width, 3)
 
-    def get(self, indices: Sequence[int]) -> torch.Tensor:
+    def _decode(self, indices: Sequence[int]) -> tuple[list[int], dict]:
         indices = check_indices(indices)
         check_range(self.path, indices, self.num_frames)
         wanted = sorted(set(indices))
         frames = self._get_by_seeking(wanted) if self._seekable else None
         if frames is None:
             frames = self._get_forward(wanted)
-        return pick(frames, indices)
+        return indices, frames
 
-    def _get_forward(self, wanted: list[int]) -> dict[int, np.ndarray]:
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        # the decoded frames are kept as the decoder made them; each is converted once, into the output
+        indices, frames = self._decode(indices)
+        return pick(frames, indices, self._rgb)
+
+    def get_yuv(self, indices: Sequence[int]) -> tuple[torch.Tensor, str]:
+        """The frames at ``indices`` as the decoder made them, when that is 8-bit 4:2:0 of a colour matrix the device
+        converts (``YUV_MATRICES``): uint8 (K, H * 3 / 2, W), I420 (the Y plane, then U and V, each H / 2 x W / 2,
+        in rows of W), and the matrix; no conversion to RGB here (``finishing.finish_clips`` does it on the device).
+        Other frames (other formats, odd sizes, full range, other matrices) come as ``get`` gives them: (K, H, W, 3),
+        "rgb"."""
+        indices, frames = self._decode(indices)
+        first = frames[indices[0]]
+        matrix = yuv_matrix(first)
+        if matrix is None:
+            return pick(frames, indices, self._rgb), "rgb"
+        return _pick_i420(frames, indices), matrix
+
+    def decode_only(self, indices: Sequence[int]) -> int:
+        """Decode the frames at ``indices`` exactly as ``get`` does (same seeks, same skipped pictures) and convert
+        nothing: the decoder's own cost, the limit a loader worker can reach (bench/data_throughput.py)."""
+        return len(self._decode(indices)[1])
+
+    def _get_forward(self, wanted: list[int]) -> dict:
         # Test views usually come in ascending order: go on from where the last call stopped if possible.
         if self._next_index is None or wanted[0] < self._next_index:
             self.rewind()
@@ -145,7 +172,7 @@ class PyAVReader:
                     )
                 self.counter.decoded[decoded] += 1
                 if decoded in need:
-                    out[decoded] = self._rgb(frame)
+                    out[decoded] = frame
                 decoded += 1
                 if decoded > last:
                     self._next_index = decoded
@@ -163,13 +190,13 @@ class PyAVReader:
             f"frame {last} requested but only {decoded} frames decode (the container lists {self.num_frames})",
         )
 
-    def _get_by_seeking(self, wanted: list[int]) -> dict[int, np.ndarray] | None:
+    def _get_by_seeking(self, wanted: list[int]) -> dict | None:
         """Seek to the keyframe before each run of wanted frames and decode forward, matching by pts.
 
         Returns None when the decoder does not present the timestamps the index promised; the caller
         then decodes forward from the start, which is the definition of the frame order.
         """
-        out: dict[int, np.ndarray] = {}
+        out: dict = {}
         targets = {self._pts[i]: i for i in wanted}
         self._skip_pts = set(targets) if self._stream.codec_context.name in SKIP_NONREF_CODECS else None
         position = None  # pts of the last frame decoded without a seek since
@@ -197,7 +224,7 @@ class PyAVReader:
                     position = frame.pts
                     self.counter.decoded[bisect.bisect_left(self._pts, position)] += 1
                     if position in targets and targets[position] not in out:
-                        out[targets[position]] = self._rgb(frame)
+                        out[targets[position]] = frame
                     if position >= target:
                         break
                 if i not in out:
@@ -234,6 +261,38 @@ class PyAVReader:
     def close(self) -> None:
         self._reformatter = None
         self._container.close()
+
+
+# the colour matrices finishing.yuv_to_rgb implements (limited range), by PyAV's colorspace value: what swscale
+# converts with, where the frame names no matrix too (FFmpeg's default, BT.601)
+YUV_MATRICES = {1: "bt709", 2: "bt601", 5: "bt601", 6: "bt601"}
+
+
+def yuv_matrix(frame) -> str | None:
+    """The matrix name of a frame the device can convert (yuv420p, even size, limited range), else None."""
+    if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2 or int(frame.color_range) == 2:
+        return None
+    return YUV_MATRICES.get(int(frame.colorspace))
+
+
+def _pick_i420(frames: dict, indices: list[int]) -> torch.Tensor:
+    """uint8 (K, H * 3 / 2, W): each frame's three planes without their row padding, in I420 order, copied once
+    into a ``frame_buffer`` (shared memory in a worker)."""
+    h, w = frames[indices[0]].height, frames[indices[0]].width
+    out = frame_buffer((len(indices), h * 3 // 2, w))
+    flat = out.numpy().reshape(len(indices), -1)
+    sizes = ((h, w), (h // 2, w // 2), (h // 2, w // 2))
+    row: dict[int, int] = {}
+    for k, i in enumerate(indices):
+        if i in row:  # a repeated index (short videos)
+            flat[k] = flat[row[i]]
+            continue
+        row[i], at = k, 0
+        for plane, (ph, pw) in zip(frames[i].planes, sizes):
+            rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:ph, :pw]
+            flat[k, at:at + ph * pw].reshape(ph, pw)[:] = rows
+            at += ph * pw
+    return out
 
 
 def probe_frames(source: VideoSource) -> tuple[int, int, float]:

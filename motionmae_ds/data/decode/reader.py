@@ -107,6 +107,22 @@ class VideoReader:
         self._impl = pyav.PyAVReader(self.source)
         return self._impl.get(indices)
 
+    def get_frames(self, indices: Sequence[int]) -> tuple[torch.Tensor, str]:
+        """The frames at ``indices`` as a worker ships them: ``(uint8 (K, H * 3 / 2, W) I420, matrix)`` where the
+        backend hands over 4:2:0 frames the device can convert (PyAV; ``pyav.YUV_MATRICES``), else
+        ``(uint8 (K, H, W, 3), "rgb")``, as ``get``. The device converts (``finishing.finish_clips``)."""
+        if isinstance(self._impl, pyav.PyAVReader):
+            return self._impl.get_yuv(indices)
+        return self.get(indices), "rgb"
+
+    def decode_only(self, indices: Sequence[int]) -> int:
+        """Decode the frames at ``indices`` as ``get`` does, without the conversion to RGB where the backend can
+        leave it out (PyAV); the number of distinct frames. The decoder's own cost, for benchmarks."""
+        if hasattr(self._impl, "decode_only"):
+            return self._impl.decode_only(indices)
+        self._impl.get(indices)  # decord and torchcodec convert inside their decode
+        return len(set(indices))
+
     def close(self) -> None:
         self._impl.close()
 
