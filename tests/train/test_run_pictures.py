@@ -117,6 +117,13 @@ class ScriptedValidation(FinetuneTask):
                        run.out_dir / f"weights_epoch{epoch}.pt")
         return metrics, scores
 
+    def _save_best(self, run, state, metrics):
+        super()._save_best(run, state, metrics)
+        # what `latest` named right after each best was written (it must not be best)
+        pointer = ckpt.read_pointer(run.out_dir / "checkpoints")
+        with open(run.out_dir / "latest_after_best.txt", "a") as f:
+            f.write(f"{pointer}\n")
+
 
 def test_finetuning_keeps_the_best_checkpoint_and_resumes_from_the_last(tmp_path):
     lists = motion_lists(tmp_path / "cache")
@@ -129,6 +136,9 @@ def test_finetuning_keeps_the_best_checkpoint_and_resumes_from_the_last(tmp_path
     # 24 training videos / batch 4 = 6 steps per epoch
     assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["best", "step00000018"]
     assert (ckpts / "latest").read_text().strip() == "step00000018"
+    # best was written before each epoch's own checkpoint: latest still named the previous step tag (none yet at
+    # epoch 0), never best
+    assert (out / "latest_after_best.txt").read_text().split() == ["None", "step00000006"]
     record = json.loads((ckpts / BEST_TAG / BEST_RECORD).read_text())
     assert (record["epoch"], record["step"], record["val_top1"]) == (1, 12, 75.0)
     assert summary["best"]["epoch"] == 1
