@@ -162,6 +162,19 @@ def run_step(step: Step, workdir: Path) -> dict:
     return {"wall_s": round(wall, 1), **step.read(workdir)}
 
 
+def adopt_pretraining(source: Path, workdir: Path) -> None:
+    """``source`` (a finished demo pretraining run) copied to ``workdir/runs/pretrain_demo``, its numbers recorded
+    without a wall time; the copy, so nothing is ever written into ``source``."""
+    target = workdir / "runs" / "pretrain_demo"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    step = next(s for s in steps() if s.name == "pretrain")
+    results = {"steps": {"pretrain": {"wall_s": None, "adopted_from": str(source.resolve()), **step.read(workdir)}},
+               "total_s": 0.0}
+    (workdir / RESULTS).write_text(json.dumps(results, indent=1) + "\n")
+
+
 def run_all(workdir: Path, only: Optional[list[str]] = None, jobs: int = 1) -> dict:
     """Run the plan (the pretraining first, alone); ``jobs`` > 1 runs the commands after it that many at once
     (their wall times then overlap). ``doc_numbers.json`` is rewritten after every command; with ``only``, the
@@ -222,7 +235,7 @@ def _row(results: dict, name: str, cells: Callable[[dict], list[str]]) -> Option
 
 
 def _minutes(s: dict) -> str:
-    return f"{s['wall_s'] / 60:.1f} min"
+    return f"{s['wall_s'] / 60:.1f} min" if s.get("wall_s") is not None else "not timed (--pretrain_from)"
 
 
 def _table(results: dict, header: list[str], rows: list[tuple[str, Callable[[dict], list[str]]]]) -> str:
@@ -317,6 +330,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="where the runs go (emptied first); default runs/doc_numbers")
     p.add_argument("--only", nargs="+", choices=[s.name for s in steps()],
                    help="run these commands only (later ones need runs/pretrain_demo of an earlier run)")
+    p.add_argument("--pretrain_from", default=None,
+                   help="copy this finished demo pretraining run in as runs/pretrain_demo instead of running it "
+                        "(its numbers are read from its log; its wall time is not measured)")
     p.add_argument("--from_runs", default=None, help="print the tables of an earlier run's doc_numbers.json")
     p.add_argument("--jobs", type=int, default=1,
                    help="commands after the pretraining run this many at once (default 1: wall times alone)")
@@ -326,11 +342,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         results = _json(Path(args.from_runs) / RESULTS)
     else:
         workdir = Path(args.workdir).resolve()
-        if not args.only:
+        if not args.only or not workdir.exists():
             prepare_workdir(workdir)
-        elif not workdir.exists():
-            prepare_workdir(workdir)
-        results = run_all(workdir, args.only, args.jobs)
+        only = args.only
+        if args.pretrain_from:
+            adopt_pretraining(Path(args.pretrain_from), workdir)
+            only = [s.name for s in steps() if s.name != "pretrain" and (not args.only or s.name in args.only)]
+        results = run_all(workdir, only, args.jobs)
     made = tables(results)
     for name, table in made.items():
         print(f"\n<!-- doc_numbers: {name} -->  ({DOCS[name]})\n{table}\n<!-- /doc_numbers -->")
