@@ -2,15 +2,19 @@
 against log.jsonl), and a finetuning run's best-by-validation checkpoint beside the last ones."""
 import json
 import math
+import os
 import shutil
+import signal
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.checkpoint.layout import BEST_RECORD, BEST_TAG
 from motionmae_ds.models import build_classifier
+from motionmae_ds.runtime.preemption import Preempted
 from motionmae_ds.train import curves
 from motionmae_ds.train.finetune import FinetuneTask
 from motionmae_ds.train.pretrain import PretrainTask
@@ -106,7 +110,16 @@ SCRIPTED_VAL = [50.0, 75.0, 25.0]
 
 class ScriptedValidation(FinetuneTask):
     """The real validation pass, its top-1 replaced by ``SCRIPTED_VAL``; the module's weights at every validation
-    are kept for the test."""
+    are kept for the test. With ``stop_at`` it signals itself (SIGTERM, as a scheduler would) after that step."""
+
+    def __init__(self, cfg, stop_at=None):
+        super().__init__(cfg)
+        self.stop_at = stop_at
+
+    def after_step(self, engine, step):
+        super().after_step(engine, step)
+        if step == self.stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _evaluate(self, run, dataset, model):
         metrics, scores = super()._evaluate(run, dataset, model)
@@ -131,7 +144,12 @@ def test_finetuning_keeps_the_best_checkpoint_and_resumes_from_the_last(tmp_path
                        schedule={"epochs": 3, "warmup_epochs": 1, "batch_size": 4},
                        eval={"val_every_epochs": 1}, run={"save_every_epochs": 1, "keep_last": 1})
     out = tmp_path / "run"
+    # stopped in epoch 2 and resumed: the resumed run must know the best so far (75, from the checkpoint's client
+    # state) and so keep best at epoch 1 when epoch 2 validates worse
+    with pytest.raises(Preempted, match="at epoch 2 step 14"):
+        train_in_process("finetune", cfg, out, task=ScriptedValidation, stop_at=13)
     summary, stdout = train_in_process("finetune", cfg, out, task=ScriptedValidation)
+    assert summary["resumed_from"] == "step00000014" and "best checkpoint" not in stdout
     ckpts = out / "checkpoints"
     # 24 training videos / batch 4 = 6 steps per epoch
     assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["best", "step00000018"]
@@ -164,7 +182,6 @@ def test_finetuning_keeps_the_best_checkpoint_and_resumes_from_the_last(tmp_path
     # logged with its metric: two improvements, none at the worse epoch
     rows = _rows(out / "log.jsonl")
     assert [(r["epoch"], r["best_val_top1"]) for r in rows if "best_val_top1" in r] == [(0, 50.0), (1, 75.0)]
-    assert f"best checkpoint {ckpts / 'best'} (epoch 1, step 12, val top-1 75.00)" in stdout
     # the picture: loss, train and val top-1, lr and clips/s, each value where the log puts it
     panels = check_curves(out / "curves.png", rows, FinetuneTask.curve_panels,
                           {"loss", "train_top1", "val_top1", "lr", "clips_per_s"})
