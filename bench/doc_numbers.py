@@ -235,7 +235,10 @@ def _row(results: dict, name: str, cells: Callable[[dict], list[str]]) -> Option
 
 
 def _minutes(s: dict) -> str:
-    return f"{s['wall_s'] / 60:.1f} min" if s.get("wall_s") is not None else "not timed (--pretrain_from)"
+    wall = s.get("wall_s")
+    if wall is None:
+        return "not timed (--pretrain_from)"
+    return f"{wall:.0f} s" if wall < 600 else f"{wall / 60:.1f} min"
 
 
 def _table(results: dict, header: list[str], rows: list[tuple[str, Callable[[dict], list[str]]]]) -> str:
