@@ -79,9 +79,12 @@ def _remove_partial(ckpt_dir: Path, tag: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0) -> bool:
+def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, Any], keep_last: int = 0,
+         latest: bool = True) -> bool:
     """Save ``tag`` and point ``latest`` at it; an existing ``tag`` is replaced only once the new one is whole.
-    ``keep_last > 0`` then deletes all but that many newest step tags.
+    ``keep_last > 0`` then deletes all but that many newest step tags. ``latest=False`` (a finetuning run's
+    ``best``) writes the tag the same way but leaves ``latest`` and the step tags alone: a resume always continues
+    from the newest step.
 
     A write that fails (no space, quota, file-size limit) raises ``CheckpointWriteError`` on the ranks it failed
     on, each after removing the partial files; an interrupt (Ctrl-C) mid-save removes them too. Either way
@@ -111,13 +114,14 @@ def save(engine: Any, ckpt_dir: str | Path, tag: str, client_state: dict[str, An
         raise
     dist_utils.barrier()
     if dist_utils.is_main():
-        _commit(ckpt_dir, tag, keep_last)
+        _commit(ckpt_dir, tag, keep_last, latest)
     dist_utils.barrier()
     return True
 
 
-def _commit(ckpt_dir: Path, tag: str, keep_last: int) -> None:
-    """Rank 0: the written ``.tmp-TAG`` becomes ``TAG``, then ``latest`` names it."""
+def _commit(ckpt_dir: Path, tag: str, keep_last: int, latest: bool = True) -> None:
+    """Rank 0: the written ``.tmp-TAG`` becomes ``TAG``, then (``latest``) ``latest`` names it and older step tags
+    beyond ``keep_last`` go."""
     final, old = ckpt_dir / tag, ckpt_dir / (OLD_PREFIX + tag)
     if final.exists():
         # e.g. a --no_resume run reaching the step of an earlier run; read_latest restores `old` if we
@@ -126,6 +130,10 @@ def _commit(ckpt_dir: Path, tag: str, keep_last: int) -> None:
             shutil.rmtree(old)
         os.replace(final, old)
     os.replace(ckpt_dir / (TMP_PREFIX + tag), final)
+    if not latest:
+        if old.exists():
+            shutil.rmtree(old)
+        return
     try:
         write_latest(ckpt_dir, tag)
     except BaseException as exc:

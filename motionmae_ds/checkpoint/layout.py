@@ -28,6 +28,8 @@ LATEST_UNIVERSAL = "latest_universal"                 # DeepSpeed's own pointer,
 RUN_CHECKPOINTS = "checkpoints"   # RUN_DIR/checkpoints
 RUN_CONFIG = "config.yaml"        # the run's resolved config, next to its checkpoints
 TAG_RE = re.compile(r"^step(\d+)$")
+BEST_TAG = "best"                 # a finetuning run's best-by-validation checkpoint: never `latest`, never pruned
+BEST_RECORD = "best.json"         # inside it: the epoch, step and validation metric it was saved at
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
 UNIVERSAL_SUFFIX = "_universal"
@@ -188,13 +190,20 @@ def find_run_dir(path: str | Path) -> Optional[Path]:
 # -- cleaning up ----------------------------------------------------------------------------------------
 
 def remove_stale(ckpt_dir: str | Path) -> None:
-    """Drop leftovers of a save or conversion that crashed (rank 0 only; never touches ``latest``'s tag)."""
+    """Drop leftovers of a save or conversion that crashed (rank 0 only; never touches ``latest``'s tag). An
+    ``.old-TAG`` whose ``TAG`` is missing is a replacement that crashed between its two renames: it is put back
+    (``best`` is replaced that way at every improvement and no ``latest`` names it)."""
     if not dist_utils.is_main():
         return
     path = Path(ckpt_dir)
     if path.is_dir():
         for child in path.iterdir():
-            if child.name.startswith((TMP_PREFIX, OLD_PREFIX)) and child.is_dir():
+            if not (child.name.startswith((TMP_PREFIX, OLD_PREFIX)) and child.is_dir()):
+                continue
+            kept = path / child.name[len(OLD_PREFIX):]
+            if child.name.startswith(OLD_PREFIX) and not kept.exists() and is_complete(child):
+                os.replace(child, kept)
+            else:
                 shutil.rmtree(child, ignore_errors=True)
 
 

@@ -11,6 +11,8 @@ takes its ``topk`` most similar context positions within ``radius`` grid cells (
 similarities / ``temperature`` and averages their soft labels. The soft maps are upsampled bilinearly to the
 full frame and the argmax is the prediction, written as palette PNGs in DAVIS's results layout and scored
 with J and F (``eval/vos_metrics.py``). Defaults are CRW's: 20 frames, top-10, radius 12, temperature 0.05.
+For a person to look at, the first frames of each sequence also become overlays: the frame, the prediction and
+the ground truth side by side, each mask blended over the frame in its palette colour.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from motionmae_ds.builders import cache_dir
@@ -44,6 +47,9 @@ from motionmae_ds.runtime import distributed as dist_utils
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 
 PAIRINGS = ("successor", "duplicate")
+OVERLAY_FRAMES = 5     # overlays of each sequence's first frames
+OVERLAY_ALPHA = 0.5    # an object pixel of an overlay: (1 - alpha) x frame + alpha x its palette colour
+OVERLAY_GAP = 4        # white columns between the three panels
 # query x key similarities held at once while propagating one frame
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -177,15 +183,42 @@ def to_label_map(soft: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return soft.argmax(dim=0).to(torch.uint8).numpy()
 
 
+# -- overlays ---------------------------------------------------------------------------------------------
+
+def blend(frame: np.ndarray, labels: np.ndarray, palette: bytes, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """uint8 (H, W, 3): ``frame`` with every object pixel (label > 0) mixed with its palette colour; background
+    pixels stay the frame's."""
+    colours = np.frombuffer(palette.ljust(768, b"\0")[:768], dtype=np.uint8).reshape(256, 3).astype(np.float32)
+    out = frame.astype(np.float32)
+    objects = labels > 0
+    out[objects] = (1.0 - alpha) * out[objects] + alpha * colours[labels[objects]]
+    return np.floor(out + 0.5).astype(np.uint8)
+
+
+def write_overlay(path: Path, frame: np.ndarray, pred: np.ndarray, truth: Optional[np.ndarray],
+                  palette: bytes) -> None:
+    """frame | prediction | ground truth (the bare frame where there is none), as one RGB PNG, written under a
+    temporary name and renamed."""
+    gap = np.full((frame.shape[0], OVERLAY_GAP, 3), 255, dtype=np.uint8)
+    gt_panel = blend(frame, truth, palette) if truth is not None else frame
+    image = np.concatenate([frame, gap, blend(frame, pred, palette), gap, gt_panel], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
 # -- sequences --------------------------------------------------------------------------------------------
 
 FeatureFn = Callable[[np.ndarray, DavisSequence], torch.Tensor]
 
 
 def segment_sequence(seq: DavisSequence, features_of: FeatureFn, settings: PropagationSettings,
-                     out_dir: Optional[Path]) -> Optional[SequenceScores]:
-    """Propagate ``seq``'s first annotation; write the masks under ``out_dir/<seq>/`` (if given) and score
-    them against the ground truth of every frame but the first and last (None without full annotations)."""
+                     out_dir: Optional[Path], overlay_dir: Optional[Path] = None,
+                     overlay_frames: int = 0) -> Optional[SequenceScores]:
+    """Propagate ``seq``'s first annotation; write the masks under ``out_dir/<seq>/`` (if given), overlays of the
+    first ``overlay_frames`` frames under ``overlay_dir/<seq>/`` (if given) and score the masks against the
+    ground truth of every frame but the first and last (None without full annotations)."""
     first, palette = read_annotation(seq.first_annotation)
     ids = np.unique(first)
     ids = ids if ids[0] == 0 else np.concatenate([[0], ids])                # index 0 is the background
@@ -201,6 +234,10 @@ def segment_sequence(seq: DavisSequence, features_of: FeatureFn, settings: Propa
     if out_dir is not None:
         for path, pred in zip(seq.frames, preds):
             write_annotation(out_dir / seq.name / f"{path.stem}.png", pred, palette)
+    if overlay_dir is not None:
+        for t in range(min(overlay_frames, len(preds))):
+            truth = read_annotation(seq.annotations[t])[0] if seq.annotations[t] is not None else None
+            write_overlay(overlay_dir / seq.name / f"{seq.frames[t].stem}.png", frames[t], preds[t], truth, palette)
     if not seq.fully_annotated or len(preds) < 3:
         return None
     scores = SequenceScores(seq.name)
@@ -212,13 +249,16 @@ def segment_sequence(seq: DavisSequence, features_of: FeatureFn, settings: Propa
 
 
 def evaluate_sequences(sequences: list[DavisSequence], features_of: FeatureFn, settings: PropagationSettings,
-                       out_dir: Optional[Path], desc: str = "sequences") -> dict:
-    """Segment and score every sequence; ``out_dir`` gets ``results/<seq>/*.png`` and ``metrics.json``."""
+                       out_dir: Optional[Path], desc: str = "sequences", overlay_frames: int = OVERLAY_FRAMES) -> dict:
+    """Segment and score every sequence; ``out_dir`` gets ``results/<seq>/*.png`` (the masks),
+    ``overlays/<seq>/*.png`` (frame | prediction | ground truth of the first ``overlay_frames`` frames) and
+    ``metrics.json``."""
     settings.validate()
     scored = []
     results = out_dir / "results" if out_dir is not None else None
+    overlays = out_dir / "overlays" if out_dir is not None and overlay_frames > 0 else None
     for seq in tqdm(sequences, desc=desc):
-        scores = segment_sequence(seq, features_of, settings, results)
+        scores = segment_sequence(seq, features_of, settings, results, overlays, overlay_frames)
         if scores is not None:
             scored.append(scores)
     metrics = summarize(scored)
@@ -250,9 +290,11 @@ def vos_sequences(cfg: FinetuneConfig, davis_root: Optional[str], split: str, re
 
 
 def run_vos_evaluation(cfg: FinetuneConfig, sources: dict[str, Optional[str]], sequences: list[DavisSequence],
-                       settings: PropagationSettings, out_dir: str | Path) -> dict[str, dict]:
+                       settings: PropagationSettings, out_dir: str | Path,
+                       overlay_frames: int = OVERLAY_FRAMES) -> dict[str, dict]:
     """Label propagation with each encoder of ``sources`` (name -> weight source, None = random init);
-    ``out_dir/<name>/`` gets the masks (``results/``) and ``metrics.json``. Returns name -> metrics."""
+    ``out_dir/<name>/`` gets the masks (``results/``), the overlays of each sequence's first ``overlay_frames``
+    frames (``overlays/``) and ``metrics.json``. Returns name -> metrics."""
     settings.validate()
     tune_cpu_process()
     device = dist_utils.device()
@@ -261,7 +303,8 @@ def run_vos_evaluation(cfg: FinetuneConfig, sources: dict[str, Optional[str]], s
     for name, (encoder, message) in encoders.items():
         print(f"{name}: {message}", flush=True)
         features_of = encoder_features(encoder.to(device), settings, cfg.data.mean, cfg.data.std, device)
-        metrics = evaluate_sequences(sequences, features_of, settings, Path(out_dir) / name, desc=name)
+        metrics = evaluate_sequences(sequences, features_of, settings, Path(out_dir) / name, desc=name,
+                                     overlay_frames=overlay_frames)
         metrics["encoder"] = message
         (Path(out_dir) / name / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         out[name] = metrics

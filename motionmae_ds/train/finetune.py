@@ -9,6 +9,8 @@ end. Mixup draws come from a generator seeded by the position, like every other 
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +22,7 @@ from torch.utils.data import Dataset
 from motionmae_ds import checkpoint as ckpt
 from motionmae_ds.builders import build_finetune_model, build_split, classifier_of, resolve_lists
 from motionmae_ds.checkpoint.engine_io import FROZEN_SOURCE_ATTR
+from motionmae_ds.checkpoint.layout import BEST_RECORD, BEST_TAG, RUN_CHECKPOINTS
 from motionmae_ds.checkpoint.weights import PROBE_ENCODER_KEY, pinned_source
 from motionmae_ds.config import ConfigError, FinetuneConfig
 from motionmae_ds.data.finishing import finish_clips
@@ -41,12 +44,16 @@ class FinetuneTask(Task):
     stat_names = ("loss", "train_top1")
     rate_key = "clips_per_s"
     default_dir = "finetune"
+    curve_panels = (("loss", ("loss",)), ("top-1 (%)", ("train_top1", "val_top1")), ("learning rate", ("lr",)),
+                    ("clips/s", ("clips_per_s",)))
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         super().__init__(cfg)
         self.ema: Optional[ModelEma] = None
         self.init_report: Optional[str] = None
         self.encoder_source: Optional[str] = None  # a probe's frozen encoder, as its checkpoints name it
+        # the best validation so far and where its checkpoint is (``checkpoints/best``): epoch, step, val_top1
+        self.best: Optional[dict[str, Any]] = None
 
     def check(self, micro: int) -> None:
         cfg = self.cfg
@@ -143,6 +150,8 @@ class FinetuneTask(Task):
         state: dict[str, Any] = {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
         if self.encoder_source is not None:
             state[PROBE_ENCODER_KEY] = self.encoder_source
+        if self.best is not None:
+            state["best"] = dict(self.best)
         return state
 
     def load_client_state(self, state: dict[str, Any]) -> None:
@@ -157,6 +166,7 @@ class FinetuneTask(Task):
                                   f"than the probe's checkpoint was trained on; set finetune.init={trained_on}")
             ckpt.load_into(classifier_of(self.engine.module), trained_on, "finetune")
             self.encoder_source = trained_on
+        self.best = state.get("best")
 
     def run_info(self) -> dict[str, Any]:
         return {"lists": self.lists, "init": self.cfg.finetune.init, "init_report": self.init_report}
@@ -187,13 +197,36 @@ class FinetuneTask(Task):
                      "val_top5": metrics["top5"]})
         run.log.info(f"epoch {state.epoch}: val top-1 {metrics['top1']:.2f} ({metrics['num_videos']} videos)")
         summary.setdefault("val", []).append(metrics["top1"])
+        # every rank holds the same gathered metrics, so every rank takes the same branch into the collective save
+        if self.best is None or metrics["top1"] > self.best["val_top1"]:
+            self._save_best(run, state, metrics)
+
+    def _save_best(self, run: RunContext, state: TrainState, metrics: dict[str, Any]) -> None:
+        """``checkpoints/best``: a whole checkpoint (as the step tags, written and replaced atomically) that no
+        ``latest`` names and keep-last never prunes, with ``best.json`` naming its epoch, step and val top-1."""
+        self.best = {"epoch": state.epoch, "step": state.step, "val_top1": metrics["top1"],
+                     "val_top5": metrics["top5"]}
+        client = {"kind": self.kind, "config": self.cfg.to_dict(), **state.state_dict(), **self.client_state(),
+                  "world_size": run.world, "micro_batch": run.micro, "rng": ckpt.rng_state()}
+        ckpt_dir = run.out_dir / RUN_CHECKPOINTS
+        ckpt.save(run.engine, ckpt_dir, BEST_TAG, client, latest=False)
+        if dist_utils.is_main():
+            record = ckpt_dir / BEST_TAG / BEST_RECORD
+            tmp = record.with_name(f".{BEST_RECORD}.tmp")
+            tmp.write_text(json.dumps(self.best, indent=1) + "\n")
+            os.replace(tmp, record)
+        run.log.log({"epoch": state.epoch, "step": state.step, "best_val_top1": metrics["top1"]})
+        run.log.info(f"best checkpoint {ckpt_dir / BEST_TAG} (epoch {state.epoch}, step {state.step}, val top-1 "
+                     f"{metrics['top1']:.2f})")
 
     def finish(self, run: RunContext, summary: dict[str, Any]) -> None:
-        if self.test_set is None:
-            return
-        summary["test"] = self._test(run, run.engine.module, prefix="")
-        if self.ema is not None:
-            summary["test_ema"] = self._test(run, self.ema.module, prefix="ema_")
+        if self.best is not None:
+            summary["best"] = dict(self.best)
+        if self.test_set is not None:
+            summary["test"] = self._test(run, run.engine.module, prefix="")
+            if self.ema is not None:
+                summary["test_ema"] = self._test(run, self.ema.module, prefix="ema_")
+        self.write_curves(run)
 
     def _test(self, run: RunContext, model: nn.Module, prefix: str) -> dict[str, Any]:
         metrics, scores = self._evaluate(run, self.test_set, model)

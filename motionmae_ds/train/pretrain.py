@@ -44,6 +44,8 @@ class PretrainTask(Task):
     stat_names = ("loss", "loss_frame", "loss_motion")
     rate_key = "samples_per_s"
     default_dir = "pretrain"
+    curve_panels = (("loss", ("loss",)), ("loss per head", ("loss_frame", "loss_motion")), ("learning rate", ("lr",)),
+                    ("clips/s", ("samples_per_s",)))
 
     def __init__(self, cfg: PretrainConfig, figure: Optional[FigureFn] = None) -> None:
         super().__init__(cfg)
@@ -98,6 +100,7 @@ class PretrainTask(Task):
                 f"{run.steps_per_epoch} steps/epoch, output {run.out_dir}")
 
     def on_checkpoint(self, run: RunContext, tag: str) -> None:
+        self.write_curves(run)
         if self.figure is None or not self.cfg.run.visualize:
             return
         # under ZeRO-3 every rank takes part in gathering the weights, and rank 0 draws with a full copy

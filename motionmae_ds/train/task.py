@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from motionmae_ds.train.curves import PanelSpec, save_curves
 from motionmae_ds.train.logging import RunLogger
 from motionmae_ds.train.state import TrainState
 from motionmae_ds.train.throughput import FlopCounter
@@ -57,6 +58,8 @@ class Task:
     stat_names: tuple[str, ...] = ("loss",)
     rate_key = "samples_per_s"
     default_dir = "run"
+    # the panels of curves.png: (title, log keys drawn in it)
+    curve_panels: tuple[PanelSpec, ...] = ()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -110,10 +113,21 @@ class Task:
         return ""
 
     def on_checkpoint(self, run: RunContext, tag: str) -> None:
-        """After a checkpoint is written, on every rank (figures)."""
+        """After a checkpoint is written, on every rank (figures: curves.png, a task's own)."""
+        self.write_curves(run)
 
     def end_epoch(self, run: RunContext, state: TrainState, last: bool, summary: dict[str, Any]) -> None:
         """After an epoch's last step, before its checkpoint (validation)."""
 
     def finish(self, run: RunContext, summary: dict[str, Any]) -> None:
-        """After the last epoch (the multi-view test)."""
+        """After the last epoch (the multi-view test); then curves.png once more, with everything logged."""
+        self.write_curves(run)
+
+    def write_curves(self, run: RunContext) -> None:
+        """``curves.png`` in the run directory from log.jsonl (rank 0; a failure is a warning, never the run's)."""
+        if run.rank != 0 or not self.curve_panels:
+            return
+        try:
+            save_curves(run.out_dir, self.curve_panels)
+        except Exception as exc:  # a picture must never kill a training run
+            run.log.info(f"warning: {run.out_dir / 'curves.png'} failed: {type(exc).__name__}: {exc}")

@@ -86,3 +86,19 @@ def test_write_latest_and_read_pointer(tmp_path):
     assert ckpt.read_pointer(tmp_path) == "step00000001"
     assert ckpt.read_pointer(tmp_path, ckpt.LATEST_UNIVERSAL) == "step00000001_universal"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "latest_universal"]  # no temp files left
+
+
+def test_best_is_never_pruned_and_a_half_replaced_best_comes_back(tmp_path):
+    for s in (2, 4, 6):
+        make_tag(tmp_path, ckpt.tag_for(s))
+    make_tag(tmp_path, "best")
+    ckpt.prune(tmp_path, keep_last=1, keep=ckpt.tag_for(6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step00000006"]
+    # a replacement of best killed between its two renames: the previous best is put back, not deleted
+    (tmp_path / "best").rename(tmp_path / ".old-best")
+    make_tag(tmp_path, ".tmp-best", complete=False)
+    # an .old- copy whose tag was replaced completely is a leftover
+    make_tag(tmp_path, ".old-step00000006")
+    ckpt.remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "step00000006"]
+    assert (tmp_path / "best" / ckpt.MODEL_STATES).is_file()

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from vos_benchmark.benchmark import benchmark
 from vos_benchmark.evaluator import Evaluator
 
-from motionmae_ds.data.davis import davis_palette, read_annotation, read_sequences, write_annotation
+from motionmae_ds.data.davis import davis_palette, read_annotation, read_frame, read_sequences, write_annotation
 from motionmae_ds.data.synthetic_vos import ensure_synthetic_vos
 from motionmae_ds.eval.vos import PropagationSettings, evaluate_sequences, propagate_frame
 from motionmae_ds.eval.vos_metrics import SequenceScores, boundary_f_measure, boundary_map, region_similarity, summarize
@@ -126,13 +127,52 @@ def test_propagation_respects_radius_topk_and_temperature():
     assert torch.allclose(out[:, 0, 6], torch.tensor([0, 0, 0, 0, weights[0], weights[1], 0]), atol=1e-6)
 
 
+def colour_features(frames: np.ndarray, _seq) -> torch.Tensor:
+    """Each 8x8 cell's mean colour: real features of the frames, which propagate imperfect masks."""
+    x = F.avg_pool2d(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0, 8)
+    return F.normalize(x.permute(0, 2, 3, 1), dim=-1)
+
+
+def test_overlays_show_the_frame_the_prediction_and_the_truth(tmp_path):
+    root = ensure_synthetic_vos(tmp_path, num_sequences=2, num_frames=6, height=32, width=48)
+    sequences = read_sequences(root, "val")
+    out = tmp_path / "out"
+    evaluate_sequences(sequences, colour_features, PropagationSettings(), out, overlay_frames=4)
+    wrong = predicted_objects = 0
+    for seq in sequences:
+        files = sorted((out / "overlays" / seq.name).glob("*.png"))
+        assert [f.name for f in files] == [f"{t:05d}.png" for t in range(4)]  # the first 4 of 6 frames
+        for t, path in enumerate(files):
+            image = np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
+            frame = read_frame(seq.frames[t]).astype(np.float64)
+            h, w = frame.shape[:2]
+            pred, palette = read_annotation(out / "results" / seq.name / f"{t:05d}.png")
+            truth = read_annotation(seq.annotations[t])[0]
+            assert image.shape == (h, 3 * w + 8, 3)
+            assert (image[:, w:w + 4] == 255).all() and (image[:, 2 * w + 4:2 * w + 8] == 255).all()
+            assert (image[:, :w] == frame).all()
+            colours = np.frombuffer(palette, dtype=np.uint8).reshape(-1, 3).astype(np.float64)
+            for labels, panel in ((pred, image[:, w + 4:2 * w + 4]), (truth, image[:, 2 * w + 8:])):
+                background = labels == 0
+                assert (panel[background] == frame[background]).all()
+                # half the frame, half the object's palette colour (rounded)
+                expected = (frame[~background] + colours[labels[~background]]) / 2
+                assert (np.abs(panel[~background] - expected) <= 0.5).all()
+            assert (truth > 0).any()
+            predicted_objects += int((pred > 0).sum())
+            wrong += int((pred != truth).sum())
+    # the masks differ somewhere and the prediction has objects: its panel was checked against the prediction
+    assert wrong > 0 and predicted_objects > 0
+
+
 def test_eval_vos_on_a_davis_layout_writes_results_and_scores(tmp_path):
     # 64x96 frames: a 4x6 feature grid, on which even random-init features give masks that partly overlap the
     # objects (at 32x64 every pixel became background, J&F 0, and the comparison below would check nothing)
     root = ensure_synthetic_vos(tmp_path / "cache", num_sequences=2, num_frames=5, height=64, width=96)
     out = tmp_path / "out"
     proc = launch("eval_vos.py", ["--checkpoint", "none", "--davis", root, "--output_dir", out, "--set",
-                                  "model.depth=1", "model.embed_dim=48", "model.num_heads=3"], timeout=240)
+                                  "model.depth=1", "model.embed_dim=48", "model.num_heads=3", "--overlay_frames", "3"],
+                  timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "random_init" / "metrics.json").read_text())
     assert set(metrics["sequences"]) == {"seq_000", "seq_001"}
@@ -143,12 +183,16 @@ def test_eval_vos_on_a_davis_layout_writes_results_and_scores(tmp_path):
     assert metrics["J"] > 0 and metrics["F"] > 0  # not the degenerate all-background masks
     assert metrics["settings"]["topk"] == 10 and metrics["settings"]["pairing"] == "successor"
     assert len(list((out / "random_init" / "results" / "seq_001").glob("*.png"))) == 5
+    for seq in ("seq_000", "seq_001"):
+        assert sorted(p.name for p in (out / "random_init" / "overlays" / seq).glob("*.png")) == \
+            ["00000.png", "00001.png", "00002.png"]
     assert "random_init" in proc.stdout and "J&F" in proc.stdout
 
 
 @pytest.mark.parametrize("args,message", [
     (["--topk", "0"], "config error: --topk must be >= 1, got 0"),
     (["--temperature", "0"], "config error: --temperature must be > 0, got 0.0"),
+    (["--overlay_frames", "-1"], "config error: --overlay_frames must be >= 0, got -1"),
     (["--checkpoint", "/nonexistent/run"], "config error: --checkpoint /nonexistent/run: no such file"),
     (["--checkpoint", "none", "--davis", "/nonexistent/davis"], "config error: --davis: /nonexistent/davis/"
                                                                 "ImageSets/2017/val.txt: split file not found"),
