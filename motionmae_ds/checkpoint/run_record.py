@@ -71,8 +71,7 @@ class RunRecord:
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: unreadable run record ({exc}); move the directory aside or pass "
-                              f"--no_resume") from None
+            raise ConfigError(f"{path}: the run's record is not valid YAML ({str(exc).splitlines()[0]})") from None
         return data if isinstance(data, dict) else None
 
     def info(self) -> dict[str, Any]:
@@ -195,3 +194,14 @@ def require_kind(source: str | Path, kind: Optional[str], needed: str, command: 
         takes = f"launch/evaluate.py --checkpoint {source} takes it"
     raise WrongKindError(f"{source} is a {KIND_WORDS[kind]} checkpoint; {command} needs a {KIND_WORDS[needed]} "
                          f"one ({takes})")
+
+
+def require_kind_for(source: str | Path, kind: Optional[str], purpose: str) -> None:
+    """The kind checks of ``weights.load_into``: a DeepSpeed run's client state names its config, and so its kind;
+    a pretraining checkpoint cannot be evaluated, nor give a head to keep. Unknown kinds go on to the weights."""
+    if purpose == "evaluate":
+        require_kind(source, kind, "finetune", "evaluation (launch/evaluate.py, launch/finetune.py --eval)")
+    elif purpose == "finetune_with_head" and kind == "pretrain":
+        raise WrongKindError(f"{source} is a pretraining checkpoint, which has no classification head; "
+                             f"finetune.init_keep_head=true needs a finetuning one (launch/finetune.py writes them); "
+                             f"set finetune.init_keep_head=false to start from its encoder")

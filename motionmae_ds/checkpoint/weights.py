@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-import yaml
 from safetensors import safe_open
 from torch import nn
 
@@ -32,7 +31,6 @@ from motionmae_ds.checkpoint.layout import (
     ENCODER_PREFIX,
     HEAD_PREFIXES,
     MODEL_STATES,
-    RUN_CONFIG,
     STRIP_PREFIXES,
     WRAPPER_KEYS,
     CheckpointError,
@@ -43,7 +41,7 @@ from motionmae_ds.checkpoint.layout import (
     is_universal,
     resolve,
 )
-from motionmae_ds.checkpoint.run_record import WrongKindError, kind_of_config, require_kind
+from motionmae_ds.checkpoint.run_record import RunRecord, kind_of_config, require_kind_for
 from motionmae_ds.checkpoint.zero import (
     fp32_state_dict,
     load_model_states,
@@ -159,13 +157,7 @@ def _read_deepspeed(ckpt_dir: Path, tag: str, exact: bool) -> tuple[dict[str, to
 def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:
     """The run's resolved config.yaml next to its checkpoints, for model states that do not carry one."""
     run_dir = find_run_dir(ckpt_dir)
-    if run_dir is None:
-        return None
-    try:
-        data = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
+    return RunRecord(run_dir).config() if run_dir is not None else None
 
 
 def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -249,7 +241,7 @@ def load_into(model: nn.Module, source: str | Path, purpose: str,
     if purpose not in PURPOSES:
         raise ValueError(f"purpose={purpose!r} is not one of {', '.join(PURPOSES)}")
     raw, info = read_weights(source)
-    _check_kind(source, kind_of_config(info.get("config")), purpose)
+    require_kind_for(source, kind_of_config(info.get("config")), purpose)
     if purpose in ("frozen_encoder", "continue_pretraining"):
         report = _load_encoder(model.encoder if purpose == "continue_pretraining" else model, raw, info, source)
     elif purpose == "evaluate":
@@ -261,17 +253,6 @@ def load_into(model: nn.Module, source: str | Path, purpose: str,
     if log is not None:
         log(report.summary())
     return report
-
-
-def _check_kind(source: str | Path, kind: Optional[str], purpose: str) -> None:
-    """A DeepSpeed run's client state names its config, and so its kind: a pretraining checkpoint cannot be
-    evaluated, nor give a head to keep. Sources of unknown kind go on to the weight checks."""
-    if purpose == "evaluate":
-        require_kind(source, kind, "finetune", "evaluation (launch/evaluate.py, launch/finetune.py --eval)")
-    elif purpose == "finetune_with_head" and kind == "pretrain":
-        raise WrongKindError(f"{source} is a pretraining checkpoint, which has no classification head; "
-                             f"finetune.init_keep_head=true needs a finetuning one (launch/finetune.py writes them); "
-                             f"set finetune.init_keep_head=false to start from its encoder")
 
 
 def _load_classifier(model: nn.Module, raw: Mapping[str, torch.Tensor], info: dict[str, Any], source: str | Path,
