@@ -41,7 +41,7 @@ def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, c
     # the source is as it was: its latest names its own tag, nothing was added beside it
     assert (ckpt / "latest").read_text().strip() == tag and sorted(p.name for p in ckpt.iterdir()) == sorted(
         p.name for p in zero2_pretrain.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "run_universal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.pt", "run", "run_universal"]
     assert not [p for p in uni.iterdir() if p.name.startswith(".")]
 
     worker(["dump", "--config", tiny_yaml, "--ckpt_dir", uni, "--out", tmp_path / "one.pt"], ranks=1)

@@ -72,7 +72,7 @@ def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path
     universal = one_rank / "checkpoints" / "step00000002_universal"
     assert (one_rank / "checkpoints" / "latest").read_text().strip() == universal.name
     assert (one_rank / "config.yaml").read_bytes() == (out / "config.yaml").read_bytes()
-    out, ckpts = one_rank, one_rank / "checkpoints"
+    source_ckpts, out, ckpts = ckpts, one_rank, one_rank / "checkpoints"
 
     dump = tmp_path / "loaded.pt"
     _, stdout = train_in_process("pretrain", cfg, out, task=RecordLoad, dump=str(dump))
@@ -87,7 +87,7 @@ def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path
     # what the trainer loaded is exactly what the 2-rank run held: its fp32 weights as DeepSpeed consolidates
     # them from the ZeRO shards, and its moments as the conversion wrote them per parameter (that the conversion
     # keeps the 2-rank engine's moments exactly: tests/checkpoint/test_universal.py)
-    consolidated = ckpt.fp32_state_dict(ckpts, "step00000002")
+    consolidated = ckpt.fp32_state_dict(source_ckpts, "step00000002")
     assert sorted(loaded["fp32"]) == sorted(consolidated)
     for name, value in consolidated.items():
         assert torch.equal(loaded["fp32"][name], value), name
