@@ -179,6 +179,7 @@ class Trainer:
                                    "resumed_from": self.resumed_from}
         self.stop_requested = False
         self.warned_data_wait = False
+        self.postfix: dict[str, str] = {}
         self.total_steps = ctx.steps_per_epoch * cfg.schedule.epochs
         self.loop_started, self.loop_first_step = time.perf_counter(), state.step
         self.preemption = PreemptionFlag().install()
@@ -265,6 +266,7 @@ class Trainer:
         epoch_started = time.perf_counter()
         loader = self._loader(state.epoch, state.micro_in_epoch)
         bar = Progress(self.micro_per_epoch, state.micro_in_epoch, f"epoch {state.epoch}", dist_utils.is_main())
+        bar.set_postfix(**self.postfix)  # the last log row's, until this epoch logs its own
         n_stats = len(task.stat_names)
         # the epoch line's averages: the statistics are on the host already (the step's one copy), so they cost
         # nothing more
@@ -343,5 +345,6 @@ class Trainer:
             self.log.info(data_wait_warning(record["data_wait"], record["data_wait_s"], self.cfg.data.num_workers))
         summary["first_loss"] = means[0] if summary["first_loss"] is None else summary["first_loss"]
         summary["last_loss"] = means[0]
-        bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}")
+        self.postfix = {"loss": f"{means[0]:.4f}", "lr": f"{lr:.2e}"}
+        bar.set_postfix(**self.postfix)
         state.meter.reset()
