@@ -17,7 +17,7 @@ from pathlib import Path
 
 from motionmae_ds.checkpoint.layout import RUN_CONFIG, find_run_dir
 from motionmae_ds.config import ConfigError, load_finetune_config
-from motionmae_ds.eval.evaluate import evaluate_checkpoint
+from motionmae_ds.eval.evaluate import evaluate_checkpoint, require_finetuned
 from motionmae_ds.runtime.cli import metrics_line, run_entry
 from motionmae_ds.runtime.flags import (
     add_checkpoint,
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = Path(args.checkpoint)
         if not checkpoint.exists():
             raise ConfigError(f"--checkpoint {checkpoint}: no such file or directory")
+        require_finetuned(checkpoint)  # before its run's config is read as a finetuning config
         run_dir = _run_dir(checkpoint)
         config = args.config or run_dir / RUN_CONFIG
         if not Path(config).is_file():

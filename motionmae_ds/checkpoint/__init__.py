@@ -41,6 +41,15 @@ from motionmae_ds.checkpoint.layout import (
     write_latest,
 )
 from motionmae_ds.checkpoint.manager import CheckpointManager
+from motionmae_ds.checkpoint.run_record import (
+    RUN_HISTORY,
+    RUN_INFO,
+    RunRecord,
+    WrongKindError,
+    kind_of_config,
+    require_kind,
+    source_kind,
+)
 from motionmae_ds.checkpoint.universal import prepare_resume, rescale_micro_in_epoch, to_universal
 from motionmae_ds.checkpoint.weights import (
     PURPOSES,
@@ -55,6 +64,7 @@ from motionmae_ds.checkpoint.zero import fp32_state_dict, load_model_states, mod
 __all__ = [
     "CLASSIFIER_ONLY_PREFIXES", "DECODER_PREFIXES", "HEAD_PREFIXES", "LATEST", "LATEST_UNIVERSAL", "MODEL_STATES",
     "OLD_PREFIX", "PURPOSES", "RUN_CHECKPOINTS", "RUN_CONFIG", "TAG_RE", "TMP_PREFIX", "UNIVERSAL_SUFFIX",
+    "RUN_HISTORY", "RUN_INFO", "RunRecord", "WrongKindError", "kind_of_config", "require_kind", "source_kind",
     "CheckpointError", "CheckpointManager", "IncompleteCheckpointError", "LoadReport", "WeightsDoNotFitError",
     "encoder_weights", "find_run_dir", "fp32_state_dict", "gathered_module", "hf", "hf_pretraining", "is_complete",
     "is_universal", "list_tags", "load_into", "load_latest", "load_model_states", "module_weights", "normalise_names",

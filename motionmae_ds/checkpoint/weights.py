@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import torch
-import yaml
 from safetensors import safe_open
 from torch import nn
 
@@ -31,7 +30,6 @@ from motionmae_ds.checkpoint.layout import (
     ENCODER_PREFIX,
     HEAD_PREFIXES,
     MODEL_STATES,
-    RUN_CONFIG,
     STRIP_PREFIXES,
     WRAPPER_KEYS,
     CheckpointError,
@@ -43,6 +41,7 @@ from motionmae_ds.checkpoint.layout import (
     resolve,
 )
 from motionmae_ds.checkpoint.pos_tables import load_learned_pos
+from motionmae_ds.checkpoint.run_record import RunRecord, kind_of_config, require_kind_for
 from motionmae_ds.checkpoint.zero import (
     fp32_state_dict,
     load_model_states,
@@ -192,13 +191,7 @@ def pinned_source(source: str | Path) -> str:
 def _run_config(ckpt_dir: Path) -> Optional[dict[str, Any]]:
     """The run's resolved config.yaml next to its checkpoints, for model states that do not carry one."""
     run_dir = find_run_dir(ckpt_dir)
-    if run_dir is None:
-        return None
-    try:
-        data = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
+    return RunRecord(run_dir).config() if run_dir is not None else None
 
 
 def unwrap_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -282,6 +275,7 @@ def load_into(model: nn.Module, source: str | Path, purpose: str,
     if purpose not in PURPOSES:
         raise ValueError(f"purpose={purpose!r} is not one of {', '.join(PURPOSES)}")
     raw, info = read_weights(source)
+    require_kind_for(source, kind_of_config(info.get("config")), purpose)
     if purpose in ("frozen_encoder", "continue_pretraining"):
         report = _load_encoder(model.encoder if purpose == "continue_pretraining" else model, raw, info, source)
     elif purpose == "evaluate":

@@ -225,6 +225,18 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
 
 # -- saved weights ----------------------------------------------------------------------------------------
 
+EVALUATION = "evaluation (launch/evaluate.py, launch/finetune.py --eval)"
+
+
+def require_finetuned(source: str | Path) -> None:
+    """Refuse a pretraining run's checkpoint before its config is read as a finetuning one (one line naming both
+    kinds and the commands that take it); the client state's config is checked again when the weights load."""
+    try:
+        ckpt.require_kind(source, ckpt.source_kind(source), "finetune", EVALUATION)
+    except ckpt.CheckpointError as exc:
+        raise ConfigError(f"--checkpoint {exc}") from None
+
+
 def load_eval_weights(model: nn.Module, source: str | Path) -> str:
     """Weights of a finetune run (exact module names) or any classifier checkpoint (head kept) that fill the
     whole model. Returns what was loaded, for the log."""
@@ -247,6 +259,7 @@ def evaluate_checkpoint(cfg: FinetuneConfig, source: str | Path, output_dir: str
             raise ConfigError(f"{cfg.source}: data.{split}_list={lists[split]}: file not found")
         return build_split(cfg, lists[split], split)
 
+    require_finetuned(source)
     # list files are checked before any process group exists; the synthetic set needs rank 0 to go first
     dataset = None if cfg.data.synthetic else split_dataset()
     dist_utils.init_distributed()

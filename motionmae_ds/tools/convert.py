@@ -10,7 +10,8 @@ Formats written by ``export``:
 - ``hf_pretraining``: the whole pretraining model, its frame branch as a ``transformers``
   ``VideoMAEForPreTraining`` directory (encoder + decoder) and the time head beside it
   (``checkpoint/hf_pretraining.py``);
-- ``universal``: DeepSpeed's universal checkpoint next to the source tag, ``latest`` pointed at it.
+- ``universal``: DeepSpeed's universal checkpoint in a run directory of its own (default: the source run's +
+  ``_universal``) with a copy of the source run's record; the source run is only read.
 ``plain``/``encoder`` go to safetensors instead of a pickle with ``use_safetensors`` (the run config then
 rides in the file's metadata, which the checkpoint loader reads back). The source is a DeepSpeed run,
 checkpoint or tag directory, or an HF VideoMAE directory; reading it is the checkpoint package's job.

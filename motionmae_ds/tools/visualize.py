@@ -132,11 +132,17 @@ def render_reconstruction(model: Any, video: torch.Tensor, cfg: PretrainConfig, 
 
 
 # -- loading a trained model without a DeepSpeed engine ---------------------------------------------------
+VISUALIZE = "launch/visualize.py (reconstruction figures)"
+
+
 def load_pretraining_checkpoint(checkpoint: str | Path, tag: Optional[str] = None) -> tuple[Any, PretrainConfig]:
     """The pretraining model and its config from a run, checkpoint or tag directory (default tag: the one
     ``latest`` names); the config comes from the checkpoint itself, else from the run's config.yaml."""
     ckpt_dir, tag = ckpt.resolve(checkpoint, tag)
+    ckpt.require_kind(checkpoint, ckpt.source_kind(checkpoint), "pretrain", VISUALIZE)
     states = ckpt.load_model_states(ckpt_dir, tag)
+    ckpt.require_kind(checkpoint, states.get("kind") or ckpt.kind_of_config(states.get("config")), "pretrain",
+                      VISUALIZE)
     if "config" in states:
         cfg = config_from_dict(states["config"], origin=str(ckpt_dir / tag))
     else:

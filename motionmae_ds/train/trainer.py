@@ -7,10 +7,12 @@ reseeded at every micro-step from (seed, epoch, micro-step, rank). A run resumed
 at another world size (through DeepSpeed's universal format), therefore retraces the uninterrupted run.
 
 What the loop owns, so that both tasks have it: the DeepSpeed engine and its batch layout, the lr/wd schedule,
-the non-finite stop, preemption (SIGTERM/SIGUSR1: finish the step, save, exit with ``PREEMPTED_EXIT_CODE``), tqdm,
-the log rows (log.jsonl and TensorBoard), throughput and MFU. It composes the parts that have a home of their own:
-the run's position, log meter and bad-video counts (``train/state.py``), the checkpoint cadence, keep-last and
-resume checks (``checkpoint/manager.py``), and the task's hooks, which see a ``RunContext``, not the trainer.
+the non-finite stop, preemption (SIGTERM/SIGUSR1: finish the step, save, exit with ``PREEMPTED_EXIT_CODE``), the
+console (a progress bar on a terminal or plain lines in a file, a line per epoch, the wall time at the end), the log
+rows (log.jsonl and TensorBoard), throughput and MFU. It composes the parts that have a home of their own: the run's
+position, log meter and bad-video counts (``train/state.py``), the checkpoint cadence, keep-last and resume checks
+(``checkpoint/manager.py``), the run's record and what a relaunch may resume (``checkpoint/run_record.py``), and the
+task's hooks, which see a ``RunContext``, not the trainer.
 """
 from __future__ import annotations
 
@@ -20,23 +22,23 @@ from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from motionmae_ds.builders import build_engine, compile_blocks
 from motionmae_ds.checkpoint.layout import RUN_CHECKPOINTS
 from motionmae_ds.checkpoint.manager import CheckpointManager
+from motionmae_ds.checkpoint.run_record import ResumePlan, RunRecord, plan_resume
 from motionmae_ds.config import ConfigError, batch_layout, check_paths
 from motionmae_ds.data.decode import torchcodec as torchcodec_backend
 from motionmae_ds.data.loader import DistributedSampler, make_loader
 from motionmae_ds.data.sampling import derive_seed
 from motionmae_ds.runtime import distributed as dist_utils
-from motionmae_ds.runtime.cli import check_output_dir, output_dir_of
+from motionmae_ds.runtime.cli import check_output_dir, is_main_process, output_dir_of
 from motionmae_ds.runtime.cpu_process import tune_cpu_process
 from motionmae_ds.runtime.distributed import enable_tf32
 from motionmae_ds.runtime.ds_config import fill_batch, load_ds_config
 from motionmae_ds.runtime.errors import NonFiniteLossError
 from motionmae_ds.runtime.preemption import Preempted, PreemptionFlag
-from motionmae_ds.train.logging import RunLogger
+from motionmae_ds.train.logging import Progress, RunLogger, clock, epoch_line
 from motionmae_ds.train.optim import set_lr_wd
 from motionmae_ds.train.schedule import Schedule, scaled_lr
 from motionmae_ds.train.state import TrainState
@@ -66,14 +68,21 @@ class Trainer:
 
     def __init__(self, task: Task, ds_config_path: str | Path, output_dir: Optional[str | Path] = None,
                  resume: bool = True) -> None:
+        self.started = time.perf_counter()
         self.task, self.cfg = task, task.cfg
         cfg = self.cfg
-        # config, paths and the run directory first: a typo, a full disk or a missing decoder library should not
-        # wait for the process group and the comm build
+        # config, paths and the run directory first: a typo, a full disk, a relaunch with another config or a
+        # missing decoder library should not wait for the process group and the comm build
         check_paths(cfg)
-        load_ds_config(ds_config_path)
+        ds_json = load_ds_config(ds_config_path)
+        self.ds_config_path = str(ds_config_path)
         self.out_dir = output_dir_of(cfg, output_dir, task.default_dir)
         check_output_dir(self.out_dir)
+        self.record = RunRecord(self.out_dir)
+        self.plan = (plan_resume(self.out_dir, task.kind, cfg.to_dict(), type(cfg)().to_dict(), ds_json) if resume
+                     else ResumePlan("fresh"))
+        if self.plan.action == "complete":
+            return  # run() says so and touches nothing
         if cfg.data.decode_backend == "torchcodec":
             torchcodec_backend.require()
         dist_utils.init_distributed()
@@ -149,24 +158,30 @@ class Trainer:
 
     # -- loop -----------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if self.plan.action == "complete":
+            if is_main_process():
+                print(self.plan.message, flush=True)
+            return {"first_loss": None, "last_loss": None, "steps": None, "resumed_from": None, "complete": True}
         self._build()
         state = self._restore()
         cfg, task, ctx = self.cfg, self.task, self.ctx
         self.log.open(resume_step=state.step)
-        self.log.write_config(cfg.to_dict(), extra={
-            "world_size": self.world, "micro_batch": self.micro, "accum_steps": self.accum,
-            "total_batch": self.total_batch, "peak_lr": ctx.peak_lr, "steps_per_epoch": ctx.steps_per_epoch,
-            "ds_config": self.ds_config, **task.run_info()})
+        self._write_record(state)
         for line in task.startup_lines():
             self.log.info(line)
         if self.resumed_from:
             self.log.info(f"resumed from {self.checkpoints.ckpt_dir / self.resumed_from}: epoch {state.epoch}, "
                           f"step {state.step}")
         self.log.info(task.describe(ctx))
+        self.log.info(f"device: {self.device.type} ({self.world} rank(s), DeepSpeed's accelerator; DS_ACCELERATOR "
+                      f"picks another)")
         summary: dict[str, Any] = {"first_loss": None, "last_loss": None, "steps": state.step,
                                    "resumed_from": self.resumed_from}
         self.stop_requested = False
         self.warned_data_wait = False
+        self.postfix: dict[str, str] = {}
+        self.total_steps = ctx.steps_per_epoch * cfg.schedule.epochs
+        self.loop_started, self.loop_first_step = time.perf_counter(), state.step
         self.preemption = PreemptionFlag().install()
         # the stop request's slot in the step's all-reduce: made on the device once and filled in place when a
         # signal arrives, so a step copies nothing from the host for it (a CUDA fill_ takes the scalar as an
@@ -184,10 +199,57 @@ class Trainer:
                 state.next_epoch()
             summary["steps"] = state.step
             task.finish(ctx, summary)
+            self._complete(state)
         finally:
             self.preemption.restore()
             self.log.close()
         return summary
+
+    # -- the run's record ------------------------------------------------------------------------------
+    def _write_record(self, state: TrainState) -> None:
+        """A run from step 0 writes its config and info once; a resume appends to the history (rank 0)."""
+        if not dist_utils.is_main():
+            return
+        ctx = self.ctx
+        event = {"step": state.step, "epoch": state.epoch, "world_size": self.world, "micro_batch": self.micro,
+                 "accum_steps": self.accum}
+        if self.resumed_from is None or self.record.config() is None:
+            info = {"kind": self.task.kind, "world_size": self.world, "micro_batch": self.micro,
+                    "accum_steps": self.accum, "total_batch": self.total_batch, "peak_lr": ctx.peak_lr,
+                    "steps_per_epoch": ctx.steps_per_epoch, "ds_config_file": self.ds_config_path,
+                    "ds_config": self.ds_config, **self.task.run_info()}
+            start = {"event": "start" if self.resumed_from is None else "resume", **event}
+            if self.resumed_from is not None:
+                start["tag"] = self.resumed_from  # a run recorded before the record existed
+            self.record.start(self.cfg.to_dict(), info, start)
+            return
+        changed = {c.key: [c.recorded, c.requested] for c in self.plan.safe_changes}
+        self.record.append({"event": "resume", "tag": self.resumed_from, **event, "changed": changed})
+        if changed:
+            self.log.info("resume-safe settings changed since the run started (recorded -> requested): "
+                          + "; ".join(c.line() for c in self.plan.safe_changes))
+
+    def _complete(self, state: TrainState) -> None:
+        """The last lines of a finished run: its completion in the history, the wall time on the console."""
+        wall = time.perf_counter() - self.started
+        latest = self.checkpoints.latest()
+        if dist_utils.is_main():
+            self.record.append({"event": "complete", "tag": latest.name if latest else None, "step": state.step,
+                                "wall_s": round(wall, 1)})
+        trained = state.step - self.loop_first_step
+        self.log.info(f"finished: {state.step} steps ({trained} in this process), wall time {clock(wall)} "
+                      f"({wall:.1f} s)")
+
+    def _epoch_line(self, state: TrainState, lr: float, sums: torch.Tensor, micro_steps: int, clips: int,
+                    wait_s: float, started: float) -> None:
+        now = time.perf_counter()
+        took = now - started
+        means = (sums / max(micro_steps, 1)).tolist()
+        done = state.step - self.loop_first_step
+        remaining = (now - self.loop_started) / done * (self.total_steps - state.step) if done > 0 else None
+        self.log.info(epoch_line(state.epoch, self.cfg.schedule.epochs, state.step, self.total_steps,
+                                 self.task.record(means), lr, clips / took if took > 0 else 0.0,
+                                 wait_s / took if took > 0 else 0.0, now - self.started, remaining))
 
     def _preempt(self, state: TrainState) -> None:
         """Every rank is here at the same step: write one checkpoint and stop."""
@@ -201,15 +263,22 @@ class Trainer:
     def _train_epoch(self, state: TrainState, summary: dict[str, Any]) -> None:
         cfg, engine, task = self.cfg, self.engine, self.task
         engine.train()
+        epoch_started = time.perf_counter()
         loader = self._loader(state.epoch, state.micro_in_epoch)
-        bar = tqdm(total=self.micro_per_epoch, initial=state.micro_in_epoch, desc=f"epoch {state.epoch}",
-                   disable=not dist_utils.is_main(), dynamic_ncols=True, leave=False)
+        bar = Progress(self.micro_per_epoch, state.micro_in_epoch, f"epoch {state.epoch}", dist_utils.is_main())
+        bar.set_postfix(**self.postfix)  # the last log row's, until this epoch logs its own
         n_stats = len(task.stat_names)
+        # the epoch line's averages: the statistics are on the host already (the step's one copy), so they cost
+        # nothing more
+        epoch_sums, epoch_micro, epoch_clips, epoch_wait = torch.zeros(n_stats, dtype=torch.float64), 0, 0, 0.0
         batches = iter(loader)
+        lr = self.schedule.lr(state.step)
         for micro in range(state.micro_in_epoch, self.micro_per_epoch):
             waiting = time.perf_counter()
             batch = next(batches)
-            state.meter.add_wait(time.perf_counter() - waiting)
+            waited = time.perf_counter() - waiting
+            state.meter.add_wait(waited)
+            epoch_wait += waited
             state.bad_videos.note(batch, state.step, self.log)
             lr, wd = self.schedule.lr(state.step), self.schedule.wd(state.step)
             set_lr_wd(engine.optimizer, lr, wd)
@@ -235,6 +304,8 @@ class Trainer:
             engine.backward(loss)
             engine.step()
             state.meter.add(stats_mean, clips * self.world)
+            epoch_sums += stats_mean
+            epoch_micro, epoch_clips = epoch_micro + 1, epoch_clips + clips * self.world
             bar.update(1)
             state.micro_in_epoch = micro + 1
             if state.micro_in_epoch % self.accum:
@@ -252,9 +323,10 @@ class Trainer:
             if self.checkpoints.step_due(state.step):
                 self._save(state)
         bar.close()
+        self._epoch_line(state, lr, epoch_sums, epoch_micro, epoch_clips, epoch_wait, epoch_started)
         state.bad_videos.end_epoch(state.epoch, state.step, self.log, cfg.data.max_bad_fraction, task.train_list)
 
-    def _log_row(self, state: TrainState, lr: float, summary: dict[str, Any], bar: tqdm) -> None:
+    def _log_row(self, state: TrainState, lr: float, summary: dict[str, Any], bar: Progress) -> None:
         """One log row: the meter's averages since the last row, lr, gradient norm, throughput, and how long the
         steps waited for the loader (rank 0's wait: ``data_wait_s`` per optimizer step, ``data_wait`` its share
         of the window's wall time); above ``DATA_WAIT_WARNING`` the run says so, once."""
@@ -273,5 +345,6 @@ class Trainer:
             self.log.info(data_wait_warning(record["data_wait"], record["data_wait_s"], self.cfg.data.num_workers))
         summary["first_loss"] = means[0] if summary["first_loss"] is None else summary["first_loss"]
         summary["last_loss"] = means[0]
-        bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}")
+        self.postfix = {"loss": f"{means[0]:.4f}", "lr": f"{lr:.2e}"}
+        bar.set_postfix(**self.postfix)
         state.meter.reset()

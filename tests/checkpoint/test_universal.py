@@ -1,5 +1,6 @@
-"""Resume at another world size: a 2-rank ZeRO-2 checkpoint -> universal -> loaded by 1 rank under the real
-launcher holds exactly the 2-rank run's fp32 master weights and Adam moments."""
+"""Resume at another world size: a 2-rank ZeRO-2 checkpoint -> universal (in a directory of its own, the source
+left as it was) -> loaded by 1 rank under the real launcher holds exactly the 2-rank run's fp32 master weights and
+Adam moments."""
 import shutil
 
 import pytest
@@ -25,15 +26,25 @@ def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, c
     assert ref["load_universal"] is False and ref["world_size"] == 2
 
     ckpt = shutil.copytree(zero2_pretrain, tmp_path / "run" / "checkpoints")
+    # the conversion never writes into the run it reads: it may not go into it (or above it) ...
+    for inside in (ckpt, tmp_path / "run", tmp_path / "run" / "checkpoints" / "sub", tmp_path):
+        refused = convert_cli("--checkpoint", ckpt, "--format", "universal", "--output", inside)
+        assert refused.returncode == 2 and "the universal copy goes to a directory of its own" in refused.stderr
+    # ... and by default makes a run directory of its own beside it
     proc = convert_cli("--checkpoint", ckpt, "--format", "universal")
     assert proc.returncode == 0, proc.stderr
     new_tag = tag + "_universal"
-    assert proc.stdout.strip().endswith(f"wrote {ckpt / new_tag}")
-    assert (ckpt / "latest").read_text() == new_tag and (ckpt / "latest_universal").read_text() == new_tag
-    assert is_universal(ckpt / new_tag) and not is_universal(ckpt / tag)
-    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]
+    uni = tmp_path / "run_universal" / "checkpoints"
+    assert f"wrote {uni / new_tag}" in proc.stdout and f"--output_dir {uni.parent}" in proc.stdout
+    assert (uni / "latest").read_text() == new_tag and (uni / "latest_universal").read_text() == new_tag
+    assert is_universal(uni / new_tag) and not is_universal(ckpt / tag)
+    # the source is as it was: its latest names its own tag, nothing was added beside it
+    assert (ckpt / "latest").read_text().strip() == tag and sorted(p.name for p in ckpt.iterdir()) == sorted(
+        p.name for p in zero2_pretrain.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.pt", "run", "run_universal"]
+    assert not [p for p in uni.iterdir() if p.name.startswith(".")]
 
-    worker(["dump", "--config", tiny_yaml, "--ckpt_dir", ckpt, "--out", tmp_path / "one.pt"], ranks=1)
+    worker(["dump", "--config", tiny_yaml, "--ckpt_dir", uni, "--out", tmp_path / "one.pt"], ranks=1)
     one = torch.load(tmp_path / "one.pt", weights_only=False)
     assert one["load_universal"] is True and one["world_size"] == 1
     assert one["client"]["tag"] == new_tag and one["client"]["world_size"] == 2
@@ -49,13 +60,13 @@ def test_two_ranks_to_one_through_universal(zero2_pretrain, tiny_yaml, worker, c
     assert any(ref["exp_avg_sq"][k].abs().sum() > 0 for k in ref["exp_avg_sq"])  # moments are not trivially zero
 
     # the universal tag also converts to plain (from its per-parameter fp32 files), identically
-    plain = torch.load(export(ckpt, tmp_path / "plain.pth", "plain"), weights_only=True)
+    plain = torch.load(export(uni, tmp_path / "plain.pth", "plain"), weights_only=True)
     assert sorted(plain) == sorted(consolidated) and all(torch.equal(plain[k], consolidated[k]) for k in plain)
 
-    # converting again refuses to overwrite, writes nothing and leaves latest alone
+    # converting again refuses to overwrite and writes nothing
     again = convert_cli("--checkpoint", ckpt, "--tag", tag, "--format", "universal")
-    assert again.returncode == 2 and f"{ckpt / new_tag}: exists" in again.stderr
-    assert (ckpt / "latest").read_text() == new_tag
+    assert again.returncode == 2 and f"{uni.parent}: exists" in again.stderr
+    assert (uni / "latest").read_text() == new_tag and (ckpt / "latest").read_text().strip() == tag
 
 
 def test_prepare_resume_follows_latest(zero2_pretrain, tmp_path):

@@ -80,6 +80,7 @@ def test_corrupt_shard(ckpt, tmp_path, fmt):
         assert_fails(proc, f"{shard}: corrupt or unreadable checkpoint shard")
     assert snapshot(ckpt.parent) == before  # no temp folder, no latest_universal, latest unchanged
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no universal run dir, whole or half made
 
 
 def test_corrupt_model_states_and_existing_output(ckpt, tmp_path):

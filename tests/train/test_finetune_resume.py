@@ -46,23 +46,29 @@ def test_finetune_kill9_mid_epoch_resumes_exactly(tmp_path):
 def test_two_rank_finetune_checkpoint_resumes_on_one_rank(tmp_path):
     lists = motion_lists(tmp_path / "cache")
     cfg = write_config(tmp_path / "ft.yaml", data={"train_list": lists["train"], "val_list": lists["val"]},
-                       schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2}, eval={"val_every_epochs": 0})
+                       schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2}, eval={"val_every_epochs": 0},
+                       run={"keep_last": 0})
     out = tmp_path / "run"
     args = ["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out]
     # 24 videos: 6 steps per epoch on 2 ranks x batch 2, 12 on 1 rank
-    first = launch("finetune.py", args + ["--set", "schedule.epochs=1"], ranks=2)
+    first = launch("finetune.py", args, ranks=2)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     ckpts = out / "checkpoints"
-    assert (ckpts / "latest").read_text().strip() == "step00000006"
+    assert (ckpts / "latest").read_text().strip() == "step00000012"
 
-    # the converter's main() in this process (its subprocess form is tested in tests/tools)
-    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--output", ckpts, "--format", "universal"])
+    # the converter's main() in this process (its subprocess form is tested in tests/tools), on epoch 0's
+    # checkpoint, into a run directory of its own
+    one_rank = tmp_path / "one_rank"
+    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--tag", "step00000006", "--output", one_rank,
+                                               "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
-    assert (ckpts / "latest").read_text().strip() == "step00000006_universal"
+    assert (ckpts / "latest").read_text().strip() == "step00000012"
+    uni = one_rank / "checkpoints"
+    assert (uni / "latest").read_text().strip() == "step00000006_universal"
 
-    _, stdout = train_in_process("finetune", cfg, out)
-    assert f"resumed from {ckpts / 'step00000006_universal'}" in stdout
-    steps = read_log(out)
+    _, stdout = train_in_process("finetune", cfg, one_rank)
+    assert f"resumed from {uni / 'step00000006_universal'}" in stdout
+    steps = read_log(one_rank)
     assert [r["step"] for r in steps] == list(range(1, 7)) + list(range(7, 19))
     assert all(r["epoch"] == 1 for r in steps[6:])
-    assert (ckpts / "latest").read_text().strip() == "step00000018"
+    assert (uni / "latest").read_text().strip() == "step00000018"

@@ -1,5 +1,5 @@
 """kill -9 mid-epoch, re-run the same command: the resumed losses equal an uninterrupted run's (with decoder
-masking on: its draws resume too). --no_resume starts over."""
+masking on: its draws resume too). --no_resume starts over; the same command on a complete run does nothing."""
 from motionmae_ds.runtime.cli import training_parser
 from tests.helpers import ZERO2, assert_same_steps, read_log, run_killed_at, train_in_process
 from tests.helpers import run_pretrain as run
@@ -44,9 +44,9 @@ def test_no_resume_starts_over(tiny_config, tmp_path):
     out = tmp_path / "run"
     first, _ = train_in_process("pretrain", cfg, out)
     assert first["resumed_from"] is None
-    # same command: everything is done, resumes at the end and trains nothing more
+    # same command: the run is complete, says so and trains nothing more
     second, stdout = train_in_process("pretrain", cfg, out)
-    assert second["resumed_from"] == "step00000006" and "resumed from" in stdout
+    assert second["complete"] and f"{out} is complete (step 6" in stdout and "resumed from" not in stdout
     assert len(read_log(out)) == 6
     third, stdout = train_in_process("pretrain", cfg, out, resume=False)
     assert third["resumed_from"] is None and "resumed from" not in stdout

@@ -1,7 +1,9 @@
-"""A 2-rank run (the real launcher) stopped mid-epoch, converted to DeepSpeed's universal format, resumes on 1 rank
-(in this process: the one-rank group of tests/helpers.py's train_in_process): the trainer's own load puts the 2-rank
-run's exact fp32 master weights and Adam moments into the engine, moves the position to the new layout, and the
-run trains the rest of the epoch and the next."""
+"""A 2-rank run's mid-epoch checkpoint (the real launcher), converted to DeepSpeed's universal format in a run
+directory of its own, resumes on 1 rank (in this process: the one-rank group of tests/helpers.py's
+train_in_process): the trainer's own load puts the 2-rank run's exact fp32 master weights and Adam moments into the
+engine, moves the position to the new layout, and the run trains the rest of the epoch and the next."""
+import json
+
 import pytest
 import torch
 
@@ -47,25 +49,30 @@ def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path
     cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
                       run={"save_every_steps": 2, "keep_last": 0})
     out = tmp_path / "run"
-    first = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out,
-                 "--set", "schedule.epochs=1"], ranks=2)
+    first = run(["--config", cfg, "--deepspeed_config", ZERO2, "--output_dir", out], ranks=2)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     ckpts = out / "checkpoints"
-    assert ckpt.list_tags(ckpts) == ["step00000002", "step00000003"]
+    assert ckpt.list_tags(ckpts) == ["step00000002", "step00000003", "step00000004", "step00000006"]
     saved = ckpt.read_client_state(ckpts, "step00000002")
     assert (saved["epoch"], saved["micro_in_epoch"], saved["world_size"]) == (0, 2, 2)
 
-    # without conversion a different world size is refused (a config error: exit 2 and one line through the
-    # entry point, tests/runtime/test_failures.py)
+    # latest back at step 2, as a run killed after it would have left it: without conversion a different world
+    # size is refused (a config error: exit 2 and one line through the entry point, tests/runtime/test_failures.py)
+    ckpt.write_latest(ckpts, "step00000002")
     with pytest.raises(ConfigError, match="written by 2 ranks.*universal"):
         train_in_process("pretrain", cfg, out)
 
-    # the converter's main() in this process (its subprocess form is tested in tests/tools), on the mid-epoch tag
-    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--tag", "step00000002", "--output", ckpts,
+    # the converter's main() in this process (its subprocess form is tested in tests/tools), on the mid-epoch tag,
+    # into a run directory of its own: the source's latest stays where it was
+    one_rank = tmp_path / "one_rank"
+    conv = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--tag", "step00000002", "--output", one_rank,
                                                "--format", "universal"])
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
-    universal = ckpts / "step00000002_universal"
-    assert (ckpts / "latest").read_text().strip() == universal.name
+    assert (ckpts / "latest").read_text().strip() == "step00000002"
+    universal = one_rank / "checkpoints" / "step00000002_universal"
+    assert (one_rank / "checkpoints" / "latest").read_text().strip() == universal.name
+    assert (one_rank / "config.yaml").read_bytes() == (out / "config.yaml").read_bytes()
+    source_ckpts, out, ckpts = ckpts, one_rank, one_rank / "checkpoints"
 
     dump = tmp_path / "loaded.pt"
     _, stdout = train_in_process("pretrain", cfg, out, task=RecordLoad, dump=str(dump))
@@ -80,7 +87,7 @@ def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path
     # what the trainer loaded is exactly what the 2-rank run held: its fp32 weights as DeepSpeed consolidates
     # them from the ZeRO shards, and its moments as the conversion wrote them per parameter (that the conversion
     # keeps the 2-rank engine's moments exactly: tests/checkpoint/test_universal.py)
-    consolidated = ckpt.fp32_state_dict(ckpts, "step00000002")
+    consolidated = ckpt.fp32_state_dict(source_ckpts, "step00000002")
     assert sorted(loaded["fp32"]) == sorted(consolidated)
     for name, value in consolidated.items():
         assert torch.equal(loaded["fp32"][name], value), name
@@ -93,3 +100,6 @@ def test_two_rank_checkpoint_resumes_mid_epoch_on_one_rank(tiny_config, tmp_path
     # way (prepare_resume follows latest: tests/checkpoint/test_universal.py)
     assert (ckpts / "latest").read_text().strip() == "step00000010"
     assert not (ckpts / "step00000010" / "zero").exists()
+    # the copy's history: the source run's, then the conversion, this run's resume and completion
+    events = [json.loads(line)["event"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert events == ["start", "complete", "converted", "resume", "complete"]

@@ -92,14 +92,17 @@ def test_zero3_kill9_resume_and_conversions(tiny_config, tmp_path):
 
     # universal: the 2-rank ZeRO-3 checkpoint loads into a 1-rank ZeRO-3 engine, whose gathered fp32 master
     # weights are the plain conversion's, bit for bit
+    # (by default into a run directory of its own beside the source run, whose latest is left as it was)
     uni = call_main("convert_checkpoint.py", ["--checkpoint", ckpts, "--format", "universal"])
     assert uni.returncode == 0, uni.stderr
-    assert latest.read_text().strip() == final + ckpt.UNIVERSAL_SUFFIX
-    assert ckpt.is_universal(ckpts / (final + ckpt.UNIVERSAL_SUFFIX))
-    assert ckpt.read_weights(ckpts)[1]["weights"] == "fp32 master (universal checkpoint)"
+    assert latest.read_text().strip() == final
+    uni_ckpts = cut_dir.with_name(cut_dir.name + ckpt.UNIVERSAL_SUFFIX) / "checkpoints"
+    assert (uni_ckpts / "latest").read_text().strip() == final + ckpt.UNIVERSAL_SUFFIX
+    assert ckpt.is_universal(uni_ckpts / (final + ckpt.UNIVERSAL_SUFFIX))
+    assert ckpt.read_weights(uni_ckpts)[1]["weights"] == "fp32 master (universal checkpoint)"
     dump_file = tmp_path / "dump.pt"
-    deepspeed_run(["dump", "--config", cfg, "--deepspeed_config", zero3, "--ckpt_dir", ckpts, "--out", dump_file],
-                  ranks=1)
+    deepspeed_run(["dump", "--config", cfg, "--deepspeed_config", zero3, "--ckpt_dir", uni_ckpts, "--out",
+                   dump_file], ranks=1)
     dump = torch.load(dump_file, map_location="cpu", weights_only=False)
     assert dump["load_universal"] and dump["world_size"] == 1 and dump["client"]["step"] == STEPS
     assert dump["adam_step"] == [STEPS]
