@@ -26,6 +26,8 @@ RESUME_SAFE_KEYS = frozenset({
     "data.max_bad_fraction",  # when a run stops on unreadable videos
     "data.cache_dir",         # where the synthetic videos are cached (the same videos either way)
     "model.grad_checkpointing",  # recomputes activations: memory, not maths
+    "run.compile",            # the same blocks compiled or eager (equal within float rounding; a run that fails to
+                              # compile resumes eager)
     "eval.batch_size",        # videos per forward in evaluation: per-video scores are the same
     "eval.save_scores",       # what predictions.jsonl holds
 })

@@ -1,5 +1,6 @@
 """Stop signals as schedulers send them, through the real ``deepspeed`` launcher with two ranks and a loader worker
-each: SIGTERM to every process ``pkill -f`` matches (the ranks and their loader workers), and SIGTERM to the whole
+each: SIGTERM to every process ``pkill -f`` matches (the ranks; their loader workers, started from a forkserver, do
+not carry the rank's command line), and SIGTERM to the whole
 process group (``kill -- -PGID``, as scancel and a pod eviction signal every process) while a checkpoint is being
 written. Every rank finishes its step, one complete checkpoint is written, every rank exits with 75, and the same
 command resumes: its log is the uninterrupted run's, row for row, the stop falling between two log rows.
@@ -23,6 +24,13 @@ TIMINGS = ("samples_per_s", "tflops", "data_wait_s", "data_wait")
 
 def _rows(run_dir) -> dict[int, dict]:
     return {r["step"]: {k: v for k, v in r.items() if k not in TIMINGS} for r in read_log(run_dir)}
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # it exited since it was listed (a loader worker between epochs)
+        return []
 
 
 def _session(sid: int) -> list[psutil.Process]:
@@ -55,7 +63,7 @@ def test_scheduler_signals_checkpoint_exit_75_and_resume_the_same_rows(tiny_conf
     assert sorted(reference) == [1, 3, 4, 6, 8, 9, 12]
     assert all({"data_wait_s", "data_wait"} <= set(r) for r in read_log(tmp_path / "ref"))
 
-    # 1. SIGTERM to every process the README's pkill pattern matches: both ranks and their loader workers (the
+    # 1. SIGTERM to every process the README's pkill pattern matches: both ranks (the
     #    pattern is limited to this run's session: other runs on this machine keep theirs)
     cut = tmp_path / "cut"
     proc = start_pretrain(args + ["--output_dir", cut], ranks=2, log_path=tmp_path / "cut.txt")
@@ -64,11 +72,13 @@ def test_scheduler_signals_checkpoint_exit_75_and_resume_the_same_rows(tiny_conf
     def steps_logged() -> bool:
         if not any(r["step"] >= 4 for r in read_log(cut)):
             return False
-        matched[:] = [p for p in _session(proc.pid) if RANKS_PATTERN in " ".join(p.cmdline())]
+        matched[:] = [p for p in _session(proc.pid) if RANKS_PATTERN in " ".join(_cmdline(p))]
         return True
 
     code = pkill_run(proc, "TERM", RANKS_PATTERN, steps_logged, "training steps")
-    assert len(matched) >= 3, [p.cmdline()[:3] for p in matched]  # two ranks and at least one worker
+    # the two ranks (their loader workers start from a forkserver, whose command line is not the rank's: the
+    # whole-group SIGTERM below reaches them)
+    assert len(matched) == 2, [_cmdline(p)[:3] for p in matched]
     text = (tmp_path / "cut.txt").read_text()
     assert code == PREEMPTED_EXIT_CODE, text[-3000:]
     assert "Traceback" not in text and "killed by signal" not in text, text[-3000:]

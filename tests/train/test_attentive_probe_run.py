@@ -3,6 +3,7 @@ only the pooler and the head trained, the multi-view test; the engine's checkpoi
 and optimiser states), and its readers take the encoder from the run's finetune.init (in this process). A 2-rank
 run through the launcher, killed with -9 and relaunched, retraces the steps it had logged past its checkpoint."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -121,14 +122,23 @@ class EncoderAtFinish(FinetuneTask):
 
 def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
     # the run's finetune.init reads other weights when it resumes (a pretraining run it names went on and moved
-    # its latest): the checkpoint does not hold the encoder, so the probe goes on over the one it was trained on
-    cfg = _probe_config(tmp_path, run={"save_every_epochs": 1})
+    # its latest; here a link repointed): the checkpoint does not hold the encoder, so the probe goes on over the
+    # one it was trained on
+    link = tmp_path / "encoder.pth"
+    link.symlink_to(tmp_path / "init.pth")
+    cfg = _probe_config(tmp_path, schedule={"epochs": 2}, finetune={"init": str(link)},
+                        run={"save_every_epochs": 1, "keep_last": 0})
     first = torch.load(tmp_path / "init.pth")["model"]
     other = save_tiny_classifier(tmp_path / "other.pth", seed=8)
     out = tmp_path / "probe"
     train_in_process("finetune", cfg, out)
-    summary, _ = train_in_process("finetune", cfg, out, task=EncoderAtFinish,
-                                  sets=["schedule.epochs=2", f"finetune.init={tmp_path / 'other.pth'}"])
+    # as if the run had stopped after epoch 0 (6 steps): its last checkpoint goes, `latest` names step 6 again
+    ckpts = out / "checkpoints"
+    shutil.rmtree(ckpts / "step00000012")
+    (ckpts / "latest").write_text("step00000006")
+    link.unlink()
+    link.symlink_to(tmp_path / "other.pth")
+    summary, _ = train_in_process("finetune", cfg, out, task=EncoderAtFinish)
     assert summary["resumed_from"] is not None
     encoder = {name: torch.from_numpy(array) for name, array in summary["encoder"].items()}
     assert encoder and all(torch.equal(v, first[n].bfloat16().float()) for n, v in encoder.items())

@@ -2,6 +2,7 @@
 pretraining give the same losses, their checkpoints carry the eager names (no ``_orig_mod.``), and each resumes
 the other's checkpoint: eager -> compiled and compiled -> eager. Activation checkpointing around compiled blocks
 (drop path on: the recompute must draw what the forward drew) gives the gradients of the compiled blocks without it."""
+import shutil
 import subprocess
 
 import torch
@@ -70,17 +71,17 @@ def _close(a: dict, b: dict, steps) -> None:
 
 
 def test_compiled_and_eager_match_and_resume_each_other(tiny_config, tmp_path):
-    # 12 videos / batch 2 = 6 steps per epoch, one process
-    cfg = tiny_config(schedule={"epochs": 2, "warmup_epochs": 1, "batch_size": 2}, model={"depth": 2},
+    # 12 videos / batch 2 = 6 steps per epoch, 3 epochs, one process
+    cfg = tiny_config(schedule={"epochs": 3, "warmup_epochs": 1, "batch_size": 2}, model={"depth": 2},
                       run={"log_every": 1, "save_every_epochs": 1, "keep_last": 0})
     base = ["--config", cfg, "--deepspeed_config", ZERO2]
     eager_dir, compiled_dir = tmp_path / "eager", tmp_path / "compiled"
     _both(tmp_path, {"eager": base + ["--output_dir", eager_dir],
                      "compiled": base + ["--output_dir", compiled_dir, "--set", "run.compile=true"]})
     eager, compiled = ({r["step"]: r for r in read_log(d)} for d in (eager_dir, compiled_dir))
-    assert sorted(eager) == sorted(compiled) == list(range(1, 13))
-    _close(eager, compiled, range(1, 13))
-    assert compiled[12]["loss"] < compiled[1]["loss"]
+    assert sorted(eager) == sorted(compiled) == list(range(1, 19))
+    _close(eager, compiled, range(1, 19))
+    assert compiled[18]["loss"] < compiled[1]["loss"]
 
     for run_dir in (eager_dir, compiled_dir):
         ckpt_dir = run_dir / "checkpoints"
@@ -89,10 +90,14 @@ def test_compiled_and_eager_match_and_resume_each_other(tiny_config, tmp_path):
         assert ckpt.read_client_state(ckpt_dir, ckpt.tag_for(12))["config"]["run"]["compile"] == (
             run_dir == compiled_dir)
 
-    # one more epoch each, the other way round: the eager checkpoint resumed compiled, the compiled one eager
-    more = ["--set", "schedule.epochs=3"]
-    outs = _both(tmp_path, {"eager_then_compiled": base + ["--output_dir", eager_dir] + more + ["run.compile=true"],
-                            "compiled_then_eager": base + ["--output_dir", compiled_dir] + more})
+    # the last epoch again, the other way round: the eager checkpoint of step 12 resumed compiled, the compiled one
+    # eager (run.compile is resume-safe); as if both had stopped there, the last checkpoint goes and `latest` names
+    # step 12 again
+    for run_dir in (eager_dir, compiled_dir):
+        shutil.rmtree(run_dir / "checkpoints" / ckpt.tag_for(18))
+        (run_dir / "checkpoints" / "latest").write_text(ckpt.tag_for(12))
+    outs = _both(tmp_path, {"eager_then_compiled": base + ["--output_dir", eager_dir, "--set", "run.compile=true"],
+                            "compiled_then_eager": base + ["--output_dir", compiled_dir]})
     for name, run_dir in (("eager_then_compiled", eager_dir), ("compiled_then_eager", compiled_dir)):
         assert f"resumed from {run_dir / 'checkpoints' / ckpt.tag_for(12)}" in outs[name]
     eager, compiled = ({r["step"]: r for r in read_log(d)} for d in (eager_dir, compiled_dir))
