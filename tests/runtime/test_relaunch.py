@@ -110,8 +110,7 @@ def test_help_has_no_accelerator_warning():
     probe = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                            timeout=120)
     assert probe.returncode == 0, probe.stderr
-    if probe.stdout.split()[-1] != "cpu":
-        pytest.skip("DeepSpeed found an accelerator here: it has no fallback to warn about")
+    # on a machine with an accelerator DeepSpeed has no fallback to warn about: the output holds no warning either way
     assert FALLBACK_WARNING not in probe.stdout + probe.stderr
     helped = subprocess.run([sys.executable, "launch/pretrain.py", "--help"], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=120)
