@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from motionmae_ds.train.pretrain import PretrainTask
 from tests.helpers import REPO, ZERO2, run_pretrain, train_in_process
+from tests.stop_at import StopAt
 
 FALLBACK_WARNING = "Setting accelerator to CPU"
 
@@ -21,19 +21,6 @@ FALLBACK_WARNING = "Setting accelerator to CPU"
 def snapshot(run_dir) -> dict:
     return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(run_dir.rglob("*")) if p.is_file()}
-
-
-class StopAt(PretrainTask):
-    """Pretraining killed (an exception out of the loop) after optimizer step ``stop``."""
-
-    def __init__(self, cfg, stop: int) -> None:
-        super().__init__(cfg)
-        self.stop = stop
-
-    def after_step(self, engine, step: int) -> None:
-        super().after_step(engine, step)
-        if step == self.stop:
-            raise KeyboardInterrupt(f"stopped after step {step}")
 
 
 def test_relaunch_refuses_resumes_and_completes(tiny_config, tmp_path):

@@ -11,6 +11,7 @@ from motionmae_ds.train.finetune import FinetuneTask
 from motionmae_ds.train.pretrain import PretrainTask
 from tests.finetune_support import motion_lists, write_config
 from tests.helpers import ZERO2, read_log, train_in_process
+from tests.stop_at import StopAt
 
 PER_EPOCH = 6  # 12 videos / batch 2 on one rank
 
@@ -35,19 +36,6 @@ class MarkBuild(PretrainTask):
     def build_model(self):
         open(self.marker, "w").close()
         return super().build_model()
-
-
-class StopAt(PretrainTask):
-    """Pretraining killed (an exception out of the loop) after optimizer step ``stop``."""
-
-    def __init__(self, cfg, stop: int) -> None:
-        super().__init__(cfg)
-        self.stop = stop
-
-    def after_step(self, engine, step: int) -> None:
-        super().after_step(engine, step)
-        if step == self.stop:
-            raise KeyboardInterrupt(f"stopped after step {step}")
 
 
 def test_completed_run_is_left_alone_and_another_config_is_refused(tiny_config, tmp_path):
