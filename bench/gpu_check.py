@@ -309,34 +309,53 @@ def step_cases(model: str, p: dict[str, Any], compile_in_dry: bool = False) -> l
     return cases
 
 
-def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False, fused_adam: bool = False
-        ) -> dict[str, Any]:
+PARTS = ("all", "main", "compile")
+
+
+def run(dry: bool, skip_tests: bool = False, compile_in_dry: bool = False, fused_adam: bool = False,
+        part: str = "all", save: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """The check. ``part``: everything (``all``), all but the compiled step cases (``main``), or only those
+    (``compile``: each costs a minute or more of compilation; a short lease runs them last). ``save`` is called
+    with the result so far after every case, so that a run stopped at its time limit still leaves its rows."""
     p = DRY if dry else FULL
-    result: dict[str, Any] = {"mode": "dry" if dry else "full", "env": environment(), "settings": {
-        k: v for k, v in p.items() if k != "synthetic"}}
-    result["gpu_tests"] = ({"skipped": "--skip_tests"} if skip_tests
-                           else guarded(lambda: gpu_tests(GPU_TESTS_TIMEOUT_S)))
+    result: dict[str, Any] = {"mode": "dry" if dry else "full", "part": part, "env": environment(), "settings": {
+        k: v for k, v in p.items() if k != "synthetic"}, "steps": [], "loader": [], "data": []}
+    checkpoint = save or (lambda _: None)
+    main_part, compiled = part in ("all", "main"), part in ("all", "compile")
+    if main_part:
+        result["gpu_tests"] = ({"skipped": "--skip_tests"} if skip_tests
+                               else guarded(lambda: gpu_tests(GPU_TESTS_TIMEOUT_S)))
+        checkpoint(result)
+    else:
+        result["gpu_tests"] = {"skipped": f"--part {part}"}
     if fused_adam:  # information only: the trainer never runs DeepSpeed's FusedAdam
         result["fused_adam"] = guarded(lambda: gpu_tests(FUSED_ADAM_TIMEOUT_S, marker="fused_adam"))
-    steps = []
+    steps = result["steps"]
     for model in p["models"]:
         for kind, ckpt, comp in step_cases(model, p, compile_in_dry):
+            if not (compiled if comp else main_part):
+                continue
             cfg = pretrain_config(model, p, dry, ckpt, comp)
             row = {"model": model, "impl": kind, "act_ckpt": ckpt, "compile": comp}
             row.update(guarded(lambda cfg=cfg, kind=kind: engine_case(cfg, p, hf=kind == "hf")))
             steps.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    result["steps"] = steps
+            checkpoint(result)
     for row in steps:
         if row["impl"] == "hf" and "step_s" in row:
             ours = next((r for r in steps if r["model"] == row["model"] and r["impl"] == "ours"
                          and not r["act_ckpt"] and not r["compile"] and "step_s" in r), None)
             if ours is not None:
                 row["ours_over_hf_step_time"] = round(ours["step_s"] / row["step_s"], 3)
-    cfg = pretrain_config(p["models"][0], p, dry, False, False)
-    result["loader"] = [guarded(lambda w=w: loader_case(cfg, w, p["loader_batches"])) for w in p["loader_workers"]]
-    result["data"] = [guarded(lambda: nvdec_case(bench_video(dry, Path(tempfile.mkdtemp(prefix="gpu_check_"))), dry)),
-                      guarded(lambda: finishing_case(dry))]
+    if main_part:
+        cfg = pretrain_config(p["models"][0], p, dry, False, False)
+        for w in p["loader_workers"]:
+            result["loader"].append(guarded(lambda w=w: loader_case(cfg, w, p["loader_batches"])))
+            checkpoint(result)
+        video_dir = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+        for case in (lambda: nvdec_case(bench_video(dry, video_dir), dry), lambda: finishing_case(dry)):
+            result["data"].append(guarded(case))
+            checkpoint(result)
     return result
 
 
@@ -381,12 +400,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--fused_adam", action="store_true",
                     help="also build and test DeepSpeed's FusedAdam (~400 s; information only, the trainer uses "
                          "torch's AdamW)")
+    ap.add_argument("--part", choices=PARTS, default="all",
+                    help="all; main: all but the compiled step cases; compile: only those (a minute or more each)")
     args = ap.parse_args(argv)
     dry = args.dry or (not args.full and not torch.cuda.is_available())
-    result = run(dry, skip_tests=args.skip_tests, fused_adam=args.fused_adam)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+
+    def save(result: dict[str, Any]) -> None:  # after every case: a run stopped at a time limit keeps its rows
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out)
+
+    result = run(dry, skip_tests=args.skip_tests, fused_adam=args.fused_adam, part=args.part, save=save)
+    save(result)
     text = table(result)
     out.with_suffix(".md").write_text(text)
     print(text, flush=True)

@@ -40,5 +40,13 @@ declare -A pins=([av]="av==18.1.0" [decord2]="decord2==3.4.0" [torchcodec]="torc
 for name in ${DECODERS:-av torchcodec}; do
   binary "${pins[$name]:?unknown decoder $name (av, decord2, torchcodec)}"
 done
-ls -l "$out"
+# torchcodec's CUDA wheel links NVIDIA NPP (color conversion and its core), which a PyTorch image lacks: only those
+# two libraries (10 MB) from NPP's wheel (150 MB) into $out/npp; bench/gpu_session.sh puts them on the library path
+npp=$(mktemp -d)
+python -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+  "${platforms[@]}" -d "$npp" "nvidia-npp==${NPP_VERSION:-13.2.0.93}"
+mkdir -p "$out/npp"
+unzip -o -j -q "$npp"/nvidia_npp-*.whl 'nvidia/cu13/lib/libnppicc.so.*' 'nvidia/cu13/lib/libnppc.so.*' -d "$out/npp"
+rm -rf "$npp"
+ls -l "$out" "$out/npp"
 du -sh "$out"
