@@ -102,3 +102,41 @@ def test_the_gpu_wheel_set_carries_the_shards_dependencies():
     script = (REPO / "bench" / "prepare_gpu_wheels.sh").read_text()
     pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().split() if "==" in line)
     assert f"webdataset=={pins['webdataset']}" in script and "braceexpand==" in script
+
+
+def test_parts_split_the_cases_and_every_case_is_saved_as_it_ends(monkeypatch):
+    """--part main runs all but the compiled step cases, --part compile only those, and the result so far is saved
+    after every case (a lease's time limit then keeps what ran). The cases themselves are replaced by recorders:
+    what is tested is the driver's choice and order."""
+    gc = _module()
+    ran = []
+
+    def case(name):
+        def record(*args, **kwargs):
+            ran.append(name(*args, **kwargs) if callable(name) else name)
+            return {"value": len(ran)}
+        return record
+
+    monkeypatch.setattr(gc, "gpu_tests", case("tests"))
+    monkeypatch.setattr(gc, "engine_case", case(lambda cfg, p, hf: ("step", "hf" if hf else "ours",
+                                                                   cfg.model.grad_checkpointing, cfg.run.compile)))
+    monkeypatch.setattr(gc, "loader_case", case(lambda cfg, w, b: ("loader", w)))
+    monkeypatch.setattr(gc, "bench_video", lambda dry, out: "video.mp4")
+    monkeypatch.setattr(gc, "nvdec_case", case("nvdec"))
+    monkeypatch.setattr(gc, "finishing_case", case("finishing"))
+    compiled = [("step", "ours", False, True), ("step", "ours", True, True)]
+    eager = [("step", "ours", False, False), ("step", "ours", True, False), ("step", "hf", False, False)]
+    main = ["tests", *eager, ("loader", 0), ("loader", 2), "nvdec", "finishing"]
+    for part, expected in (("main", main), ("compile", compiled), ("all", ["tests", *eager, *compiled, *main[4:]])):
+        ran.clear()
+        saved = []
+        result = gc.run(True, compile_in_dry=True, part=part, save=lambda r: saved.append(json.dumps(r)))
+        assert ran == expected, part
+        # one save per case, each holding exactly the cases done by then
+        assert len(saved) == len(expected)
+        for k, snapshot in enumerate(saved):
+            r = json.loads(snapshot)
+            done = len(r["steps"]) + len(r["loader"]) + len(r["data"]) + ("value" in r["gpu_tests"])
+            assert done == k + 1, (part, k)
+        assert result["part"] == part
+        assert ("value" in result["gpu_tests"]) is (part != "compile")
