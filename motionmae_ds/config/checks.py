@@ -119,10 +119,24 @@ def batch_layout(cfg: Any, world_size: int) -> tuple[int, int, int]:
             repeats = f"data.num_repeats={clips} x " if clips > 1 else ""
             raise ConfigError(
                 f"{cfg.source}: schedule.total_batch_size={total} is not a multiple of "
-                f"schedule.batch_size={micro} x {repeats}world size {world_size}")
+                f"schedule.batch_size={micro} x {repeats}world size {world_size}; "
+                + _batch_remedy(total, micro, clips, world_size))
         return micro, total // (micro * clips * world_size), total
     accum = cfg.schedule.accum_steps or 1
     return micro, accum, micro * clips * accum * world_size
+
+
+def _batch_remedy(total: int, micro: int, clips: int, world_size: int) -> str:
+    """What to set when the total batch does not divide: the largest micro batch up to the configured one (the
+    memory it was sized for) that divides it on this world size, else a world size that can hold it."""
+    per_rank, spare = divmod(total, clips * world_size)
+    if not spare and per_rank:
+        fits = max(d for d in range(1, min(micro, per_rank) + 1) if per_rank % d == 0)
+        return (f"with {world_size} ranks use --set schedule.batch_size={fits} "
+                f"({per_rank // fits} accumulation step(s)), or change schedule.total_batch_size")
+    return (f"a total batch of {total} cannot be split evenly over {world_size} ranks"
+            + (f" x {clips} clips per video" if clips > 1 else "")
+            + "; change schedule.total_batch_size or the number of ranks")
 
 
 def check_engine(cfg: Any, zero_stage: int, origin: str) -> None:
