@@ -17,6 +17,15 @@ os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, (os.cpu_count() or 2)
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(autouse=True)
+def _release_ports():
+    """The master ports a test took from tests.helpers.free_port are its own until it ends (its runs have ended)."""
+    yield
+    from tests.helpers import release_ports
+
+    release_ports()
+
+
 # A tiny pretraining recipe (a 2-frame-tubelet ViT on 32x32 synthetic MP4s) that the loop, evaluation and
 # launcher tests share.
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ check, and take what they need from the tests on their command line.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -27,10 +29,63 @@ REPO = Path(__file__).resolve().parents[1]
 ZERO2 = REPO / "ds_configs" / "zero2.json"
 
 
-def free_port() -> int:
+# Master ports for the runs tests start. A port the OS picks (bind to 0) and the test then releases can be handed to
+# another process before the launcher binds it: to another xdist worker's run, or as the local end of any outgoing
+# connection, since the OS picks both from its ephemeral range. These come from just below that range, where no
+# connection gets a port by chance, and each is held for the test that asked for it by an exclusive lock on a file
+# named after it, in a directory that every test process on the machine shares: no two tests hold one port at a time.
+# The autouse fixture in tests/conftest.py releases a test's ports when it ends.
+PORT_SPAN = 8000
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "motionmae_test_ports"
+_held_ports: dict[int, int] = {}  # port -> descriptor of its lock file
+
+
+def _port_range() -> tuple[int, int]:
+    """[low, high) under the kernel's ephemeral range (Linux: ip_local_port_range; 32768 elsewhere)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    high = max(ephemeral_low, 1024 + PORT_SPAN)
+    return high - PORT_SPAN, high
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port for a run's master (TCP store), held by this test until it ends (``release_ports``)."""
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    low, high = _port_range()
+    first = low + (os.getpid() * 7919 + time.monotonic_ns()) % (high - low)  # workers start far apart
+    for k in range(high - low):
+        port = low + (first - low + k) % (high - low)
+        if port in _held_ports:
+            continue
+        fd = os.open(_PORT_LOCKS / str(port), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another test holds it
+            os.close(fd)
+            continue
+        if _bindable(port):
+            _held_ports[port] = fd
+            return port
+        os.close(fd)  # in use outside the tests (or in TIME_WAIT): the next one
+    raise RuntimeError(f"no free port in [{low}, {high}) for a test run")
+
+
+def release_ports() -> None:
+    """Hand back the ports this test process holds (the runs that used them have ended)."""
+    for fd in _held_ports.values():
+        os.close(fd)
+    _held_ports.clear()
 
 
 def run_env(**extra: str) -> dict[str, str]:

@@ -130,7 +130,7 @@ def test_parts_split_the_cases_and_every_case_is_saved_as_it_ends(monkeypatch):
     for part, expected in (("main", main), ("compile", compiled), ("all", ["tests", *eager, *compiled, *main[4:]])):
         ran.clear()
         saved = []
-        result = gc.run(True, compile_in_dry=True, part=part, save=lambda r: saved.append(json.dumps(r)))
+        result = gc.run(True, compile_in_dry=True, part=part, save=lambda r, saved=saved: saved.append(json.dumps(r)))
         assert ran == expected, part
         # one save per case, each holding exactly the cases done by then
         assert len(saved) == len(expected)
