@@ -8,6 +8,11 @@ torch._dynamo, ~1.5 s per process) out of the training processes, and knows ZeRO
 empty placeholders and each rank one shard of every weight, so the shadow copy is a separate, unpartitioned model
 filled from the gathered weights, and every update gathers them (``deepspeed.zero.GatheredParameters``; every rank
 takes part, every rank keeps the same full fp32 average).
+
+Frozen parameters (a probe's encoder) never change, so their average is the weight itself: they are copied in and
+then left alone. Each update touches the trained parameters and the buffers only, and ``state_dict`` leaves the
+frozen ones out (a probe's checkpoint then holds no copy of its encoder; ``copy_frozen`` fills them back from the
+model, which the probe restores from the encoder's own source).
 """
 from __future__ import annotations
 
@@ -24,14 +29,14 @@ def _zero3_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if hasattr(p, "ds_id")]
 
 
-def _pairs(shadow: nn.Module, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(shadow tensor, model tensor) of every entry of the state dict (parameters and persistent buffers; a
-    non-persistent buffer such as the position table is a constant of the architecture), matched by name."""
+def _pairs(shadow: nn.Module, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (shadow tensor, model tensor) of every entry of the state dict (parameters and persistent buffers; a
+    non-persistent buffer such as the position table is a constant of the architecture)."""
     theirs = model.state_dict(keep_vars=True)
     mine = shadow.state_dict(keep_vars=True)
     if sorted(mine) != sorted(theirs):
         raise ValueError("the EMA's module and the model have different parameters or buffers")
-    return [(mine[name], theirs[name]) for name in mine]
+    return {name: (mine[name], theirs[name]) for name in mine}
 
 
 class ModelEma:
@@ -54,6 +59,8 @@ class ModelEma:
         if device is None:
             device = next(model.parameters()).device
         self.module = shadow.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
+        # names of the model's frozen parameters: the average of a weight that never changes is that weight
+        self.frozen = frozenset(n for n, p in model.named_parameters() if not p.requires_grad)
         self._copy_from(model)
 
     def get_decay(self, step: Optional[int] = None) -> float:
@@ -63,17 +70,25 @@ class ModelEma:
         return 0.0 if step <= 1 else self.decay
 
     @torch.no_grad()
-    def _copy_from(self, model: nn.Module) -> None:
+    def _copy_from(self, model: nn.Module, only: Optional[frozenset[str]] = None) -> None:
+        """Copy ``model``'s entries (those named in ``only``, or all) into the average."""
         with deepspeed.zero.GatheredParameters(_zero3_params(model), modifier_rank=None):
-            for m, t in _pairs(self.module, model):
-                m.copy_(t)
+            for name, (m, t) in _pairs(self.module, model).items():
+                if only is None or name in only:
+                    m.copy_(t)
+
+    def copy_frozen(self, model: nn.Module) -> None:
+        """Take the frozen parameters from ``model`` again (a probe that reloaded the encoder it was trained on)."""
+        self._copy_from(model, only=self.frozen)
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: Optional[int] = None) -> None:
-        """One EMA step towards ``model``'s current weights (on every rank under ZeRO-3: it gathers them)."""
+        """One EMA step towards ``model``'s current weights (on every rank under ZeRO-3: it gathers the trained
+        ones); frozen parameters are left as they were copied."""
         weight = 1.0 - self.get_decay(step)
-        with deepspeed.zero.GatheredParameters(_zero3_params(model), modifier_rank=None):
-            pairs = _pairs(self.module, model)
+        trained = [p for n, p in model.named_parameters() if hasattr(p, "ds_id") and n not in self.frozen]
+        with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
+            pairs = [pair for name, pair in _pairs(self.module, model).items() if name not in self.frozen]
             floats = [(m, t) for m, t in pairs if m.is_floating_point()]
             for m, t in pairs:
                 if not m.is_floating_point():
@@ -89,7 +104,13 @@ class ModelEma:
                 torch._foreach_add_(mine, theirs, alpha=weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
+        """The average of the trained parameters and the buffers (the frozen ones are the model's own)."""
+        return {k: v for k, v in self.module.state_dict().items() if k not in self.frozen}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)
+        """Restore ``state_dict()``'s entries; a whole module's state (checkpoints before frozen entries were left
+        out) loads too. The frozen entries stay as copied from the model."""
+        missing = sorted(set(self.module.state_dict()) - self.frozen - set(state))
+        if missing:
+            raise ValueError(f"the EMA state lacks {len(missing)} trained entries ({', '.join(missing[:3])}, ...)")
+        self.module.load_state_dict({k: v for k, v in state.items() if k not in self.frozen}, strict=False)

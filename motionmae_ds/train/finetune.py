@@ -147,7 +147,7 @@ class FinetuneTask(Task):
             self.ema.update(engine.module, step)
 
     def client_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"ema": self.ema.module.state_dict()} if self.ema is not None else {}
+        state: dict[str, Any] = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         if self.encoder_source is not None:
             state[PROBE_ENCODER_KEY] = self.encoder_source
         if self.best is not None:
@@ -156,7 +156,7 @@ class FinetuneTask(Task):
 
     def load_client_state(self, state: dict[str, Any]) -> None:
         if self.ema is not None and "ema" in state:
-            self.ema.module.load_state_dict(state["ema"])
+            self.ema.load_state_dict(state["ema"])
         trained_on = state.get(PROBE_ENCODER_KEY)
         if trained_on and self.encoder_source and trained_on != self.encoder_source:
             # finetune.init reads other weights now (its run went on): the probe continues on the encoder it
@@ -166,6 +166,8 @@ class FinetuneTask(Task):
                                   f"than the probe's checkpoint was trained on; set finetune.init={trained_on}")
             ckpt.load_into(classifier_of(self.engine.module), trained_on, "finetune")
             self.encoder_source = trained_on
+            if self.ema is not None:  # its frozen part is the encoder as it was built: the one trained on now
+                self.ema.copy_frozen(self.engine.module)
         self.best = state.get("best")
 
     def run_info(self) -> dict[str, Any]:

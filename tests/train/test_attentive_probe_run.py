@@ -118,6 +118,10 @@ class EncoderAtFinish(FinetuneTask):
         # as numpy: torch tensors would cross to the test process through shared memory of a process that exits
         summary["encoder"] = {n: p.detach().float().numpy().copy() for n, p in
                               run.engine.module.backbone.named_parameters() if not n.startswith(("head.", "fc_norm."))}
+        if self.ema is not None:
+            summary["ema_encoder"] = {n: p.detach().float().numpy().copy() for n, p in
+                                      self.ema.module.backbone.named_parameters()
+                                      if not n.startswith(("head.", "fc_norm."))}
 
 
 def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
@@ -126,7 +130,9 @@ def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
     # one it was trained on
     link = tmp_path / "encoder.pth"
     link.symlink_to(tmp_path / "init.pth")
-    cfg = _probe_config(tmp_path, schedule={"epochs": 2}, finetune={"init": str(link)},
+    # with a model EMA: its frozen part is the encoder too, and the checkpoint holds only its probe part
+    cfg = _probe_config(tmp_path, schedule={"epochs": 2},
+                        finetune={"init": str(link), "model_ema": True, "model_ema_decay": 0.5},
                         run={"save_every_epochs": 1, "keep_last": 0})
     first = torch.load(tmp_path / "init.pth")["model"]
     other = save_tiny_classifier(tmp_path / "other.pth", seed=8)
@@ -143,8 +149,17 @@ def test_a_resumed_probe_keeps_the_encoder_it_was_trained_on(tmp_path):
     encoder = {name: torch.from_numpy(array) for name, array in summary["encoder"].items()}
     assert encoder and all(torch.equal(v, first[n].bfloat16().float()) for n, v in encoder.items())
     assert not all(torch.equal(v, other[n].bfloat16().float()) for n, v in encoder.items())
+    # the EMA's frozen encoder is the one trained on as well (the engine's bf16 weights, as the model runs them)
+    ema_encoder = {name: torch.from_numpy(array) for name, array in summary["ema_encoder"].items()}
+    assert sorted(ema_encoder) == sorted(encoder) and all(torch.equal(ema_encoder[n], v) for n, v in encoder.items())
     states = ckpt.read_client_state(out / "checkpoints", (out / "checkpoints" / "latest").read_text().strip())
     assert states["probe_encoder"] == str((tmp_path / "init.pth").resolve())
+    # the EMA in the checkpoint: the probe's trained weights (and buffers), no copy of the encoder
+    trained = {n for n, v in build_finetune_model(load_finetune_config(cfg)).named_parameters()
+               if n.startswith(("pooler.", "backbone.head."))}
+    assert trained and trained <= set(states["ema"])
+    assert not any(k.startswith("backbone.") and not k.startswith(("backbone.head.", "backbone.fc_norm."))
+                   for k in states["ema"])
     # and its readers take that encoder too, not the other weights its config's finetune.init now names
     raw, _ = ckpt.read_weights(out / "checkpoints")
     assert all(torch.equal(raw["backbone." + n], first[n]) for n in encoder)

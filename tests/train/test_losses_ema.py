@@ -58,6 +58,47 @@ def test_ema_equals_timms_model_ema_v3(dtype):
     assert not ours.module.training and all(p.dtype == torch.float32 for p in ours.module.parameters())
 
 
+def test_ema_of_a_probe_leaves_its_frozen_encoder_alone_and_out_of_its_state():
+    # a probe: the first layer frozen (the encoder), the rest trained; the frozen weights are the model's own, by
+    # hand: never averaged, not in the state a checkpoint keeps, and taken from the model again on request
+    model = _net(torch.float32)
+    model[0].requires_grad_(False)
+    ema = ModelEma(model, decay=0.5)
+    assert ema.frozen == {"0.weight", "0.bias"}
+    g = torch.Generator().manual_seed(1)
+    expected = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():  # even a frozen weight that moved (which a probe never does) stays out
+                p.add_(torch.randn(p.shape, generator=g))
+        model.eval()
+        ema.update(model, step)
+        d = 0.0 if step == 1 else 0.5
+        for name, value in model.state_dict().items():
+            if name not in ema.frozen and value.is_floating_point():
+                expected[name] = d * expected[name] + (1 - d) * value
+        for name, value in ema.module.state_dict().items():
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    state = ema.state_dict()
+    assert set(state) == set(model.state_dict()) - {"0.weight", "0.bias"}
+    # restored into a fresh average of the model as it is now: trained entries from the state, frozen from the model
+    again = ModelEma(model, decay=0.5)
+    again.load_state_dict(state)
+    for name, value in again.module.state_dict().items():
+        torch.testing.assert_close(value, model.state_dict()[name] if name in ema.frozen else state[name],
+                                   rtol=0, atol=0, msg=name)
+    # a whole module's state (checkpoints written before) loads; a state without a trained entry is refused
+    again.load_state_dict(ema.module.state_dict())
+    with pytest.raises(ValueError, match=r"the EMA state lacks 1 trained entries \(2.weight"):
+        again.load_state_dict({k: v for k, v in state.items() if k != "2.weight"})
+    # copy_frozen takes the frozen part from a model that reloaded its encoder
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+    again.copy_frozen(model)
+    assert torch.equal(again.module[0].weight, torch.full((8, 8), 3.0))
+    assert torch.equal(again.module[2].weight, state["2.weight"])
+
+
 class EmaChecked(FinetuneTask):
     """Checks every EMA update against the hand formula on the gathered weights: ema = d * ema + (1 - d) * model,
     d = 0 at step 1 (a copy of the model), the configured decay after."""
