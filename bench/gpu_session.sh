@@ -35,9 +35,15 @@ phase() {  # phase NAME LIMIT_S FUNCTION: runs FUNCTION under a time limit, its 
   return 0
 }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-  || { say "installing .whl/*.whl failed"; exit 3; }
-export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl; then
+  # a wheel is a zip of what goes on the path: unpacked, the lease is not lost to an installer problem
+  say "pip could not install .whl/*.whl: unpacking them into /tmp/site instead"
+  for w in .whl/*.whl; do python3 -m zipfile -e "$w" /tmp/site || { say "cannot unpack $w"; exit 3; }; done
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# the launcher as a module: the same code as the `deepspeed` command, whichever way the wheels went in
+deepspeed() { python3 -m deepspeed.launcher.runner "$@"; }
+export -f deepspeed
 # torchcodec (the CUDA wheel) opens FFmpeg by its plain sonames and links NVIDIA NPP; such an image has neither.
 # PyAV's wheel bundles FFmpeg under hashed names: links with the plain names point at those files. NPP's two
 # libraries come from .whl/npp (bench/prepare_gpu_wheels.sh). CUDA's NVRTC is the image's (torch's nvidia packages).
