@@ -36,12 +36,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-
-import torch  # noqa: E402
-from common import hf_videomae_pretraining, sync  # noqa: E402  (bench/common.py)
-from gpu_data import bench_video, finishing_case, nvdec_case  # noqa: E402  (bench/gpu_data.py)
-from gpu_env import FUSED_ADAM_TIMEOUT_S, GPU_TESTS_TIMEOUT_S, environment, gpu_tests  # noqa: E402
+import torch
+from common import hf_videomae_pretraining, sync  # bench/common.py
+from gpu_data import bench_video, finishing_case, nvdec_case  # bench/gpu_data.py
+from gpu_env import FUSED_ADAM_TIMEOUT_S, GPU_TESTS_TIMEOUT_S, REPO, environment, gpu_tests  # bench/gpu_env.py
 
 FULL = {"frames": 16, "img_size": 224, "mask_ratio": 0.9, "models": ("vit_base", "vit_large"),
         "batch": {"vit_base": 32, "vit_large": 16}, "compile_models": ("vit_base",), "warmup": 3, "steps": 10,

@@ -17,16 +17,17 @@ model, which the probe restores from the encoder's own source).
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import deepspeed
 import torch
 from torch import nn
 
 
-def _zero3_params(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters ZeRO-3 partitioned (they carry a ``ds_id``); empty otherwise."""
-    return [p for p in model.parameters() if hasattr(p, "ds_id")]
+def _zero3_params(model: nn.Module, names: Optional[Callable[[str], bool]] = None) -> list[nn.Parameter]:
+    """The parameters ZeRO-3 partitioned (they carry a ``ds_id``), those whose name ``names`` accepts; empty
+    otherwise."""
+    return [p for n, p in model.named_parameters() if hasattr(p, "ds_id") and (names is None or names(n))]
 
 
 def _pairs(shadow: nn.Module, model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -72,9 +73,10 @@ class ModelEma:
     @torch.no_grad()
     def _copy_from(self, model: nn.Module, only: Optional[frozenset[str]] = None) -> None:
         """Copy ``model``'s entries (those named in ``only``, or all) into the average."""
-        with deepspeed.zero.GatheredParameters(_zero3_params(model), modifier_rank=None):
+        chosen = None if only is None else only.__contains__
+        with deepspeed.zero.GatheredParameters(_zero3_params(model, chosen), modifier_rank=None):
             for name, (m, t) in _pairs(self.module, model).items():
-                if only is None or name in only:
+                if chosen is None or chosen(name):
                     m.copy_(t)
 
     def copy_frozen(self, model: nn.Module) -> None:
@@ -86,7 +88,7 @@ class ModelEma:
         """One EMA step towards ``model``'s current weights (on every rank under ZeRO-3: it gathers the trained
         ones); frozen parameters are left as they were copied."""
         weight = 1.0 - self.get_decay(step)
-        trained = [p for n, p in model.named_parameters() if hasattr(p, "ds_id") and n not in self.frozen]
+        trained = _zero3_params(model, lambda name: name not in self.frozen)
         with deepspeed.zero.GatheredParameters(trained, modifier_rank=None):
             pairs = [pair for name, pair in _pairs(self.module, model).items() if name not in self.frozen]
             floats = [(m, t) for m, t in pairs if m.is_floating_point()]
